@@ -30,10 +30,7 @@ pub struct AgentRef {
 
 impl AgentRef {
     pub fn latest(name: AgentName) -> AgentRef {
-        AgentRef {
-            name,
-            selector: AgentSelector::Latest,
-        }
+        AgentRef { name, selector: AgentSelector::Latest }
     }
 }
 
@@ -52,15 +49,10 @@ impl FromStr for AgentRef {
     fn from_str(s: &str) -> Result<Self> {
         let (name, selector) = match s.split_once('@') {
             None => (s, AgentSelector::Latest),
-            Some((name, rest)) if rest.starts_with(AgentDigest::PREFIX) => {
-                (name, AgentSelector::Digest(rest.parse()?))
-            }
+            Some((name, rest)) if rest.starts_with(AgentDigest::PREFIX) => (name, AgentSelector::Digest(rest.parse()?)),
             Some((name, rest)) => (name, AgentSelector::Version(rest.parse()?)),
         };
-        Ok(AgentRef {
-            name: name.parse()?,
-            selector,
-        })
+        Ok(AgentRef { name: name.parse()?, selector })
     }
 }
 

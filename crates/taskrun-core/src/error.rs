@@ -5,11 +5,7 @@ use std::fmt;
 pub enum Error {
     /// A field's value is malformed or out of range.
     #[error("invalid {field} {value:?}: {reason}")]
-    Invalid {
-        field: &'static str,
-        value: String,
-        reason: String,
-    },
+    Invalid { field: &'static str, value: String, reason: String },
     /// A required field is missing.
     #[error("missing {0}")]
     Missing(&'static str),
@@ -21,11 +17,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn invalid(
-        field: &'static str,
-        value: impl fmt::Display,
-        reason: impl Into<String>,
-    ) -> Error {
+    pub(crate) fn invalid(field: &'static str, value: impl fmt::Display, reason: impl Into<String>) -> Error {
         let mut value = value.to_string();
         if value.len() > 80 {
             let mut cut = 77;
@@ -35,11 +27,7 @@ impl Error {
             value.truncate(cut);
             value.push_str("...");
         }
-        Error::Invalid {
-            field,
-            value,
-            reason: reason.into(),
-        }
+        Error::Invalid { field, value, reason: reason.into() }
     }
 
     /// The field this error is about, when it names one.

@@ -19,16 +19,9 @@ pub(crate) fn check_token(field: &'static str, s: &str, max: usize) -> Result<()
         return Err(Error::invalid(field, s, format!("longer than {max} bytes")));
     }
     if !s.as_bytes()[0].is_ascii_alphanumeric() {
-        return Err(Error::invalid(
-            field,
-            s,
-            "must start with a letter or digit",
-        ));
+        return Err(Error::invalid(field, s, "must start with a letter or digit"));
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
         return Err(Error::invalid(
             field,
             s,
@@ -127,31 +120,16 @@ impl AgentName {
             return Err(Error::Missing(FIELD));
         }
         if s.len() > Self::MAX_LEN {
-            return Err(Error::invalid(
-                FIELD,
-                s,
-                format!("longer than {} bytes", Self::MAX_LEN),
-            ));
+            return Err(Error::invalid(FIELD, s, format!("longer than {} bytes", Self::MAX_LEN)));
         }
         if !s.as_bytes()[0].is_ascii_lowercase() {
-            return Err(Error::invalid(
-                FIELD,
-                s,
-                "must start with a lowercase letter",
-            ));
+            return Err(Error::invalid(FIELD, s, "must start with a lowercase letter"));
         }
         if s.ends_with('-') {
             return Err(Error::invalid(FIELD, s, "must not end with '-'"));
         }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-        {
-            return Err(Error::invalid(
-                FIELD,
-                s,
-                format!("character {c:?} is not allowed (use a-z, 0-9, '-')"),
-            ));
+        if let Some(c) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+            return Err(Error::invalid(FIELD, s, format!("character {c:?} is not allowed (use a-z, 0-9, '-')")));
         }
         Ok(())
     }
@@ -196,11 +174,7 @@ pub struct AgentVersion {
 
 impl AgentVersion {
     pub const fn new(major: u32, minor: u32, patch: u32) -> AgentVersion {
-        AgentVersion {
-            major,
-            minor,
-            patch,
-        }
+        AgentVersion { major, minor, patch }
     }
 }
 
@@ -213,31 +187,15 @@ impl FromStr for AgentVersion {
         }
         let parts: Vec<&str> = s.split('.').collect();
         let [major, minor, patch] = parts.as_slice() else {
-            return Err(Error::invalid(
-                FIELD,
-                s,
-                "expected MAJOR.MINOR.PATCH, e.g. 1.2.3",
-            ));
+            return Err(Error::invalid(FIELD, s, "expected MAJOR.MINOR.PATCH, e.g. 1.2.3"));
         };
         let num = |p: &str| -> Result<u32> {
-            if p.is_empty()
-                || !p.bytes().all(|b| b.is_ascii_digit())
-                || (p.len() > 1 && p.starts_with('0'))
-            {
-                return Err(Error::invalid(
-                    FIELD,
-                    s,
-                    "each part must be a number without leading zeros",
-                ));
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || (p.len() > 1 && p.starts_with('0')) {
+                return Err(Error::invalid(FIELD, s, "each part must be a number without leading zeros"));
             }
-            p.parse()
-                .map_err(|_| Error::invalid(FIELD, s, "part does not fit in 32 bits"))
+            p.parse().map_err(|_| Error::invalid(FIELD, s, "part does not fit in 32 bits"))
         };
-        Ok(AgentVersion {
-            major: num(major)?,
-            minor: num(minor)?,
-            patch: num(patch)?,
-        })
+        Ok(AgentVersion { major: num(major)?, minor: num(minor)?, patch: num(patch)? })
     }
 }
 
@@ -310,20 +268,11 @@ impl FromStr for AgentDigest {
         let Some(hex_part) = s.strip_prefix(Self::PREFIX) else {
             return Err(Error::invalid(FIELD, s, "must start with \"sha256:\""));
         };
-        if hex_part.len() != 64
-            || !hex_part
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(Error::invalid(
-                FIELD,
-                s,
-                "expected 64 lowercase hex digits after \"sha256:\"",
-            ));
+        if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(Error::invalid(FIELD, s, "expected 64 lowercase hex digits after \"sha256:\""));
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut out)
-            .map_err(|e| Error::invalid(FIELD, s, e.to_string()))?;
+        hex::decode_to_slice(hex_part, &mut out).map_err(|e| Error::invalid(FIELD, s, e.to_string()))?;
         Ok(AgentDigest(out))
     }
 }

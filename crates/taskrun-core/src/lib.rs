@@ -22,7 +22,5 @@ pub use ids::{AgentDigest, AgentName, AgentVersion, RunId, TaskId, WorkerId};
 pub use model::{Modality, ModelBackend, ModelRequirement};
 pub use run::{OutputChunk, Run, RunOutcome, TaskEvent, TaskEventKind};
 pub use status::{IllegalTransition, RunStatus, TaskStatus, derive_task_status};
-pub use task::{
-    Json, Labels, MAX_LABELS, RetryPolicy, Task, TaskLimits, TaskSpec, validate_labels,
-};
+pub use task::{Json, Labels, MAX_LABELS, RetryPolicy, Task, TaskLimits, TaskSpec, validate_labels};
 pub use worker::{Worker, WorkerInfo, WorkerState};

@@ -65,18 +65,10 @@ impl ModelBackend {
         crate::ids::check_token("model_backend.name", &self.name, 64)?;
         crate::ids::check_token("model_backend.provider", &self.provider, 64)?;
         if self.model_name.is_empty() || self.model_name.len() > 256 {
-            return Err(Error::invalid(
-                "model_backend.model_name",
-                &self.model_name,
-                "must be 1 to 256 bytes",
-            ));
+            return Err(Error::invalid("model_backend.model_name", &self.model_name, "must be 1 to 256 bytes"));
         }
         if self.context_window == 0 {
-            return Err(Error::invalid(
-                "model_backend.context_window",
-                "0",
-                "must be greater than zero",
-            ));
+            return Err(Error::invalid("model_backend.context_window", "0", "must be greater than zero"));
         }
         Ok(())
     }
@@ -99,20 +91,10 @@ impl ModelRequirement {
 
     /// Whether `backend` satisfies this requirement.
     pub fn matches(&self, backend: &ModelBackend) -> bool {
-        self.provider
-            .as_ref()
-            .is_none_or(|p| p == &backend.provider)
-            && self
-                .model_name
-                .as_ref()
-                .is_none_or(|m| m == &backend.model_name)
-            && self
-                .min_context_window
-                .is_none_or(|w| backend.context_window >= w)
-            && self
-                .modalities
-                .iter()
-                .all(|m| backend.modalities.contains(m))
+        self.provider.as_ref().is_none_or(|p| p == &backend.provider)
+            && self.model_name.as_ref().is_none_or(|m| m == &backend.model_name)
+            && self.min_context_window.is_none_or(|w| backend.context_window >= w)
+            && self.modalities.iter().all(|m| backend.modalities.contains(m))
     }
 
     /// Whether any of `backends` satisfies this requirement (an empty

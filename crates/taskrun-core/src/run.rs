@@ -33,14 +33,7 @@ pub struct Run {
 
 impl Run {
     /// A new PENDING Run, lease 0.
-    pub fn new(
-        id: RunId,
-        task_id: TaskId,
-        shard: u32,
-        attempt: u32,
-        now: Timestamp,
-        not_before: Timestamp,
-    ) -> Run {
+    pub fn new(id: RunId, task_id: TaskId, shard: u32, attempt: u32, now: Timestamp, not_before: Timestamp) -> Run {
         Run {
             id,
             task_id,
@@ -75,11 +68,7 @@ impl Run {
     /// Refused unless the Run holds `lease`.
     pub fn check_lease(&self, lease: u64) -> Result<()> {
         if self.lease != lease {
-            return Err(Error::invalid(
-                "lease",
-                lease,
-                format!("stale: run {} holds lease {}", self.id, self.lease),
-            ));
+            return Err(Error::invalid("lease", lease, format!("stale: run {} holds lease {}", self.id, self.lease)));
         }
         Ok(())
     }
@@ -97,9 +86,7 @@ impl Run {
         self.status = self.status.transition(outcome.status())?;
         match outcome {
             RunOutcome::Completed { result } => self.result = Some(result),
-            RunOutcome::Failed { error } | RunOutcome::Cancelled { reason: error } => {
-                self.error = Some(error)
-            }
+            RunOutcome::Failed { error } | RunOutcome::Cancelled { reason: error } => self.error = Some(error),
         }
         self.finished_at = Some(now);
         self.updated_at = now;
@@ -146,12 +133,7 @@ pub struct TaskEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskEventKind {
     /// The Task's or one of its Runs' status changed.
-    Status {
-        task_status: TaskStatus,
-        run_id: Option<RunId>,
-        run_status: Option<RunStatus>,
-        message: Option<String>,
-    },
+    Status { task_status: TaskStatus, run_id: Option<RunId>, run_status: Option<RunStatus>, message: Option<String> },
     /// A Run emitted output.
     Output(OutputChunk),
 }

@@ -92,27 +92,18 @@ status_enum!(RunStatus, "run", "run_status", [
 
 impl TaskStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
-        )
+        matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled)
     }
 
     fn can_move_to(self, to: TaskStatus) -> bool {
         use TaskStatus::*;
-        matches!(
-            (self, to),
-            (Pending, Running | Failed | Cancelled) | (Running, Completed | Failed | Cancelled)
-        )
+        matches!((self, to), (Pending, Running | Failed | Cancelled) | (Running, Completed | Failed | Cancelled))
     }
 }
 
 impl RunStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
-        )
+        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
     }
 
     /// Assigned to a Worker and not yet finished.
@@ -144,12 +135,7 @@ impl RunStatus {
 /// - RUNNING once any Run was assigned — including while a failed shard waits
 ///   for its retry: a Task never goes back to PENDING;
 /// - PENDING otherwise.
-pub fn derive_task_status(
-    current: TaskStatus,
-    fan_out: u32,
-    retry: &RetryPolicy,
-    runs: &[Run],
-) -> TaskStatus {
+pub fn derive_task_status(current: TaskStatus, fan_out: u32, retry: &RetryPolicy, runs: &[Run]) -> TaskStatus {
     if current.is_terminal() {
         return current;
     }

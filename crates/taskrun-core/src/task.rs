@@ -77,24 +77,15 @@ pub const MAX_LABELS: usize = 32;
 /// Checks every label in `labels`; `field` names where they came from.
 pub fn validate_labels(field: &'static str, labels: &Labels) -> Result<()> {
     if labels.len() > MAX_LABELS {
-        return Err(Error::invalid(
-            field,
-            labels.len(),
-            format!("more than {MAX_LABELS} labels"),
-        ));
+        return Err(Error::invalid(field, labels.len(), format!("more than {MAX_LABELS} labels")));
     }
     for (k, v) in labels {
         let key_ok = !k.is_empty()
             && k.len() <= 63
             && k.as_bytes()[0].is_ascii_alphanumeric()
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
         if !key_ok {
-            return Err(Error::invalid(
-                field,
-                k,
-                "label key must be 1-63 bytes of a-z, A-Z, 0-9, '.', '_', '-', '/'",
-            ));
+            return Err(Error::invalid(field, k, "label key must be 1-63 bytes of a-z, A-Z, 0-9, '.', '_', '-', '/'"));
         }
         if !v.is_empty() {
             check_token(field, v, 63).map_err(|_| {
@@ -122,11 +113,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 3,
-            initial_backoff_ms: 1_000,
-            max_backoff_ms: 60_000,
-        }
+        RetryPolicy { max_attempts: 3, initial_backoff_ms: 1_000, max_backoff_ms: 60_000 }
     }
 }
 
@@ -159,10 +146,7 @@ impl RetryPolicy {
     /// How long to wait before attempt `next_attempt` (2 = the first retry).
     pub fn backoff(&self, next_attempt: u32) -> Duration {
         let doublings = next_attempt.saturating_sub(2).min(63);
-        let ms = self
-            .initial_backoff_ms
-            .saturating_mul(1u64 << doublings)
-            .min(self.max_backoff_ms);
+        let ms = self.initial_backoff_ms.saturating_mul(1u64 << doublings).min(self.max_backoff_ms);
         Duration::from_millis(ms)
     }
 }
@@ -201,9 +185,7 @@ impl TaskLimits {
     pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
 
     pub fn validate(&self) -> Result<()> {
-        if self.execution_timeout_ms == 0
-            || self.execution_timeout_ms > Self::MAX_EXECUTION_TIMEOUT_MS
-        {
+        if self.execution_timeout_ms == 0 || self.execution_timeout_ms > Self::MAX_EXECUTION_TIMEOUT_MS {
             return Err(Error::invalid(
                 "limits.execution_timeout_ms",
                 self.execution_timeout_ms,
@@ -211,11 +193,7 @@ impl TaskLimits {
             ));
         }
         if self.schedule_to_start_timeout_ms == Some(0) {
-            return Err(Error::invalid(
-                "limits.schedule_to_start_timeout_ms",
-                0,
-                "must be greater than zero",
-            ));
+            return Err(Error::invalid("limits.schedule_to_start_timeout_ms", 0, "must be greater than zero"));
         }
         if let Some(m) = self.memory_limit_bytes
             && (m < 64 * 1024 || m > Self::MAX_MEMORY_BYTES)
@@ -227,11 +205,7 @@ impl TaskLimits {
             ));
         }
         if self.output_limit_bytes == Some(0) {
-            return Err(Error::invalid(
-                "limits.output_limit_bytes",
-                0,
-                "must be greater than zero",
-            ));
+            return Err(Error::invalid("limits.output_limit_bytes", 0, "must be greater than zero"));
         }
         Ok(())
     }
@@ -302,19 +276,11 @@ impl TaskSpec {
         self.limits.validate()?;
         if let Some(key) = &self.idempotency_key {
             if key.is_empty() || key.len() > 256 {
-                return Err(Error::invalid(
-                    "idempotency_key",
-                    key,
-                    "must be 1 to 256 bytes",
-                ));
+                return Err(Error::invalid("idempotency_key", key, "must be 1 to 256 bytes"));
             }
         }
         if self.fan_out == 0 || self.fan_out > Self::MAX_FAN_OUT {
-            return Err(Error::invalid(
-                "fan_out",
-                self.fan_out,
-                format!("must be 1 to {}", Self::MAX_FAN_OUT),
-            ));
+            return Err(Error::invalid("fan_out", self.fan_out, format!("must be 1 to {}", Self::MAX_FAN_OUT)));
         }
         Ok(())
     }
@@ -338,15 +304,7 @@ impl Task {
     /// A new PENDING Task. Validates the spec.
     pub fn new(id: TaskId, spec: TaskSpec, now: Timestamp, max_input_bytes: usize) -> Result<Task> {
         spec.validate(max_input_bytes)?;
-        Ok(Task {
-            id,
-            spec,
-            status: TaskStatus::Pending,
-            created_at: now,
-            updated_at: now,
-            result: None,
-            error: None,
-        })
+        Ok(Task { id, spec, status: TaskStatus::Pending, created_at: now, updated_at: now, result: None, error: None })
     }
 
     /// Moves to `to` if the state machine allows it.

@@ -4,10 +4,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    AgentDigest, AgentName, Error, Labels, ModelBackend, Result, Timestamp, WorkerId,
-    validate_labels,
-};
+use crate::{AgentDigest, AgentName, Error, Labels, ModelBackend, Result, Timestamp, WorkerId, validate_labels};
 
 /// What a Worker announces in its hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,11 +27,7 @@ impl WorkerInfo {
 
     pub fn validate(&self) -> Result<()> {
         if self.slots == 0 || self.slots > Self::MAX_SLOTS {
-            return Err(Error::invalid(
-                "slots",
-                self.slots,
-                format!("must be 1 to {}", Self::MAX_SLOTS),
-            ));
+            return Err(Error::invalid("slots", self.slots, format!("must be 1 to {}", Self::MAX_SLOTS)));
         }
         validate_labels("labels", &self.labels)?;
         for backend in &self.model_backends {
@@ -43,11 +36,7 @@ impl WorkerInfo {
         let mut names = BTreeSet::new();
         for backend in &self.model_backends {
             if !names.insert(&backend.name) {
-                return Err(Error::invalid(
-                    "model_backend.name",
-                    &backend.name,
-                    "announced twice",
-                ));
+                return Err(Error::invalid("model_backend.name", &backend.name, "announced twice"));
             }
         }
         Ok(())
