@@ -155,7 +155,7 @@ impl RetryPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskLimits {
     /// Wall-clock time one Run may take once it starts.
-    pub execution_timeout_ms: u64,
+    pub run_timeout_ms: u64,
     /// How long the Task may wait for a Worker before it fails; none = forever.
     pub schedule_to_start_timeout_ms: Option<u64>,
     /// Linear memory cap for the agent; none = the Worker's default.
@@ -169,7 +169,7 @@ pub struct TaskLimits {
 impl Default for TaskLimits {
     fn default() -> Self {
         TaskLimits {
-            execution_timeout_ms: 5 * 60 * 1000,
+            run_timeout_ms: 5 * 60 * 1000,
             schedule_to_start_timeout_ms: None,
             memory_limit_bytes: None,
             output_limit_bytes: None,
@@ -179,24 +179,24 @@ impl Default for TaskLimits {
 }
 
 impl TaskLimits {
-    /// The longest execution timeout accepted: one day.
-    pub const MAX_EXECUTION_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+    /// The longest Run timeout accepted: one day.
+    pub const MAX_RUN_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
     /// The largest memory cap accepted: 4 GiB (wasm32's address space).
     pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
 
     pub fn validate(&self) -> Result<()> {
-        if self.execution_timeout_ms == 0 || self.execution_timeout_ms > Self::MAX_EXECUTION_TIMEOUT_MS {
+        if self.run_timeout_ms == 0 || self.run_timeout_ms > Self::MAX_RUN_TIMEOUT_MS {
             return Err(Error::invalid(
-                "limits.execution_timeout_ms",
-                self.execution_timeout_ms,
-                format!("must be 1 to {}", Self::MAX_EXECUTION_TIMEOUT_MS),
+                "limits.run_timeout_ms",
+                self.run_timeout_ms,
+                format!("must be 1 to {}", Self::MAX_RUN_TIMEOUT_MS),
             ));
         }
         if self.schedule_to_start_timeout_ms == Some(0) {
             return Err(Error::invalid("limits.schedule_to_start_timeout_ms", 0, "must be greater than zero"));
         }
         if let Some(m) = self.memory_limit_bytes
-            && (m < 64 * 1024 || m > Self::MAX_MEMORY_BYTES)
+            && !(64 * 1024..=Self::MAX_MEMORY_BYTES).contains(&m)
         {
             return Err(Error::invalid(
                 "limits.memory_limit_bytes",
@@ -274,10 +274,10 @@ impl TaskSpec {
         }
         self.retry.validate()?;
         self.limits.validate()?;
-        if let Some(key) = &self.idempotency_key {
-            if key.is_empty() || key.len() > 256 {
-                return Err(Error::invalid("idempotency_key", key, "must be 1 to 256 bytes"));
-            }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > 256)
+        {
+            return Err(Error::invalid("idempotency_key", key, "must be 1 to 256 bytes"));
         }
         if self.fan_out == 0 || self.fan_out > Self::MAX_FAN_OUT {
             return Err(Error::invalid("fan_out", self.fan_out, format!("must be 1 to {}", Self::MAX_FAN_OUT)));

@@ -39,10 +39,14 @@ pub const EXCLUSIVE_DEPENDENCIES: &[(&str, &[&str])] = &[
     ("sled", &["taskrun-store-sled"]),
     ("wasmtime", &["taskrun-worker"]),
     ("wasmtime-wasi", &["taskrun-worker"]),
+    ("ed25519-dalek", &["taskrun-signing"]),
 ];
 
 /// Words the project does not use for its own concepts.
-pub const FORBIDDEN_WORDS: &[&str] = &["job", "jobs", "executor", "executors", "runner", "runners"];
+pub const FORBIDDEN_WORDS: &[&str] = &[
+    "job", "jobs", "execution", "executions", "executor", "executors", "node", "nodes", "runner", "runners", "bot",
+    "bots", "flow", "flows", "llm", "llms",
+];
 
 /// The workspace's packages and their direct and resolved dependencies.
 #[derive(Debug)]

@@ -35,8 +35,8 @@ fn spec_validation_names_the_field() {
         ("retry.max_backoff_ms", |s| {
             s.retry = RetryPolicy { max_attempts: 2, initial_backoff_ms: 10, max_backoff_ms: 5 }
         }),
-        ("limits.execution_timeout_ms", |s| s.limits.execution_timeout_ms = 0),
-        ("limits.execution_timeout_ms", |s| s.limits.execution_timeout_ms = TaskLimits::MAX_EXECUTION_TIMEOUT_MS + 1),
+        ("limits.run_timeout_ms", |s| s.limits.run_timeout_ms = 0),
+        ("limits.run_timeout_ms", |s| s.limits.run_timeout_ms = TaskLimits::MAX_RUN_TIMEOUT_MS + 1),
         ("limits.schedule_to_start_timeout_ms", |s| s.limits.schedule_to_start_timeout_ms = Some(0)),
         ("limits.memory_limit_bytes", |s| s.limits.memory_limit_bytes = Some(10)),
         ("limits.output_limit_bytes", |s| s.limits.output_limit_bytes = Some(0)),

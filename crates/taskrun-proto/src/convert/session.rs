@@ -1,0 +1,170 @@
+//! The Worker's reports on RunService.Connect that carry core values:
+//! RunStatusUpdate (a RunOutcome, or "started") and RunOutputChunk (an
+//! OutputChunk), each with the lease it echoes.
+
+use taskrun_core::{OutputChunk, RunId, RunOutcome, RunStatus, Timestamp};
+
+use super::enums::run_status_from_wire;
+use super::{Result, json, parse, timestamp, to_u64, wire_i64};
+use crate::{InvalidMessage, pb};
+
+/// Where a Run got to, as a RunStatusUpdate says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunProgress {
+    /// RUNNING: the agent started.
+    Started,
+    /// COMPLETED, FAILED or CANCELLED.
+    Finished(RunOutcome),
+}
+
+impl RunProgress {
+    pub fn status(&self) -> RunStatus {
+        match self {
+            RunProgress::Started => RunStatus::Running,
+            RunProgress::Finished(outcome) => outcome.status(),
+        }
+    }
+}
+
+/// A validated RunStatusUpdate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStatusReport {
+    pub run_id: RunId,
+    /// The lease echoed from the assignment (1 or more).
+    pub lease: u64,
+    pub progress: RunProgress,
+    /// When it happened, on the Worker's clock.
+    pub at: Timestamp,
+    /// 16 to 128 bytes; the same for a resend of the same update.
+    pub nonce: String,
+    /// With a terminal status, the seq of the Run's last output chunk
+    /// (0 = none).
+    pub last_output_seq: u64,
+}
+
+impl RunStatusReport {
+    pub const MIN_NONCE_LEN: usize = 16;
+    pub const MAX_NONCE_LEN: usize = 128;
+}
+
+impl From<RunStatusReport> for pb::RunStatusUpdate {
+    fn from(r: RunStatusReport) -> pb::RunStatusUpdate {
+        let status = pb::RunStatus::from(r.progress.status()).into();
+        let (result_json, error) = match r.progress {
+            RunProgress::Started => (None, None),
+            RunProgress::Finished(RunOutcome::Completed { result }) => (Some(result.into()), None),
+            RunProgress::Finished(RunOutcome::Failed { error } | RunOutcome::Cancelled { reason: error }) => {
+                (None, Some(error))
+            }
+        };
+        pb::RunStatusUpdate {
+            run_id: r.run_id.into(),
+            lease: wire_i64(r.lease),
+            status,
+            result_json,
+            error,
+            at_unix_ms: r.at.as_millis(),
+            nonce: r.nonce,
+            last_output_seq: wire_i64(r.last_output_seq),
+        }
+    }
+}
+
+impl TryFrom<pb::RunStatusUpdate> for RunStatusReport {
+    type Error = InvalidMessage;
+    fn try_from(u: pb::RunStatusUpdate) -> Result<RunStatusReport> {
+        let run_id = parse("run_id", &u.run_id)?;
+        let lease = to_u64("lease", u.lease, 1, None)?;
+        let status = run_status_from_wire("status", u.status)?;
+        let progress = match status {
+            RunStatus::Pending | RunStatus::Assigned => {
+                return Err(InvalidMessage::Invalid {
+                    field: "status".into(),
+                    value: status.to_string(),
+                    reason: "a Worker reports RUNNING, COMPLETED, FAILED or CANCELLED".to_owned(),
+                });
+            }
+            RunStatus::Running => {
+                absent("result_json", &u.result_json, "is set only when COMPLETED")?;
+                absent("error", &u.error, "is set only when FAILED or CANCELLED")?;
+                RunProgress::Started
+            }
+            RunStatus::Completed => {
+                absent("error", &u.error, "is set only when FAILED or CANCELLED")?;
+                let Some(result) = u.result_json else {
+                    return Err(InvalidMessage::Missing("result_json".into()));
+                };
+                RunProgress::Finished(RunOutcome::Completed { result: json("result_json", result)? })
+            }
+            RunStatus::Failed | RunStatus::Cancelled => {
+                absent("result_json", &u.result_json, "is set only when COMPLETED")?;
+                let Some(error) = u.error else {
+                    return Err(InvalidMessage::Missing("error".into()));
+                };
+                RunProgress::Finished(if status == RunStatus::Failed {
+                    RunOutcome::Failed { error }
+                } else {
+                    RunOutcome::Cancelled { reason: error }
+                })
+            }
+        };
+        let nonce_len = u.nonce.len();
+        if u.nonce.is_empty() {
+            return Err(InvalidMessage::Missing("nonce".into()));
+        }
+        if !(RunStatusReport::MIN_NONCE_LEN..=RunStatusReport::MAX_NONCE_LEN).contains(&nonce_len) {
+            return Err(InvalidMessage::Invalid {
+                field: "nonce".into(),
+                value: format!("{nonce_len} bytes"),
+                reason: format!(
+                    "must be {} to {} bytes",
+                    RunStatusReport::MIN_NONCE_LEN,
+                    RunStatusReport::MAX_NONCE_LEN
+                ),
+            });
+        }
+        Ok(RunStatusReport {
+            run_id,
+            lease,
+            progress,
+            at: timestamp(u.at_unix_ms),
+            nonce: u.nonce,
+            last_output_seq: to_u64("last_output_seq", u.last_output_seq, 0, None)?,
+        })
+    }
+}
+
+fn absent(field: &'static str, value: &Option<String>, reason: &'static str) -> Result<()> {
+    match value {
+        None => Ok(()),
+        Some(_) => Err(InvalidMessage::Inconsistent { field: field.into(), reason }),
+    }
+}
+
+/// A validated RunOutputChunk: the chunk and the lease it echoes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutputReport {
+    /// The lease echoed from the assignment (1 or more).
+    pub lease: u64,
+    pub chunk: OutputChunk,
+}
+
+impl From<RunOutputReport> for pb::RunOutputChunk {
+    fn from(r: RunOutputReport) -> pb::RunOutputChunk {
+        pb::RunOutputChunk {
+            run_id: r.chunk.run_id.into(),
+            lease: wire_i64(r.lease),
+            seq: wire_i64(r.chunk.seq),
+            data: r.chunk.data,
+        }
+    }
+}
+
+impl TryFrom<pb::RunOutputChunk> for RunOutputReport {
+    type Error = InvalidMessage;
+    fn try_from(c: pb::RunOutputChunk) -> Result<RunOutputReport> {
+        let run_id = parse("run_id", &c.run_id)?;
+        let lease = to_u64("lease", c.lease, 1, None)?;
+        Ok(RunOutputReport { lease, chunk: OutputChunk { run_id, seq: to_u64("seq", c.seq, 1, None)?, data: c.data } })
+    }
+}

@@ -1,0 +1,7 @@
+//! taskrun-proto's integration tests: one binary, one module per concern.
+
+mod descriptor;
+mod invalid;
+mod roundtrip;
+mod samples;
+mod status;
