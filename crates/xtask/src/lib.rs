@@ -3,7 +3,10 @@
 //! clippy with warnings denied, and every test, slow suites included.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod demo;
 pub mod tidy;
+
+pub use demo::demo;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,7 +34,7 @@ fn pinned_toolchain(root: &Path) -> Result<String> {
         .context("rust-toolchain.toml has no channel")
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     println!("$ {}", format_command(cmd));
     let status = cmd.status().with_context(|| format!("could not start {:?}", cmd.get_program()))?;
     if !status.success() {

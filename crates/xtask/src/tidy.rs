@@ -44,8 +44,22 @@ pub const EXCLUSIVE_DEPENDENCIES: &[(&str, &[&str])] = &[
 
 /// Words the project does not use for its own concepts.
 pub const FORBIDDEN_WORDS: &[&str] = &[
-    "job", "jobs", "execution", "executions", "executor", "executors", "node", "nodes", "runner", "runners", "bot",
-    "bots", "flow", "flows", "llm", "llms",
+    "job",
+    "jobs",
+    "execution",
+    "executions",
+    "executor",
+    "executors",
+    "node",
+    "nodes",
+    "runner",
+    "runners",
+    "bot",
+    "bots",
+    "flow",
+    "flows",
+    "llm",
+    "llms",
 ];
 
 /// The workspace's packages and their direct and resolved dependencies.

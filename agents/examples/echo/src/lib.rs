@@ -1,0 +1,18 @@
+//! Emits its input back in chunks of up to 16 characters, then returns it.
+//! The input is JSON text, so the result is too.
+
+use taskrun_agent_sdk::{Agent, Error, emit, export_agent};
+
+struct Echo;
+
+impl Agent for Echo {
+    fn run(input: String) -> Result<String, Error> {
+        let chars: Vec<char> = input.chars().collect();
+        for chunk in chars.chunks(16) {
+            emit(&chunk.iter().collect::<String>());
+        }
+        Ok(input)
+    }
+}
+
+export_agent!(Echo);

@@ -1,0 +1,145 @@
+//! Control-plane configuration: a TOML file, overridden by flags and
+//! environment variables in the binary.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Everything the control plane can be configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// Where the sled store and other state live.
+    pub data_dir: PathBuf,
+    /// `sled` (durable, the default) or `memory` (tests and demos).
+    pub store: StoreKind,
+    /// Transport security.
+    pub transport: TransportConfig,
+    pub limits: LimitsConfig,
+    pub workers: WorkersConfig,
+    /// The trust policy PublishAgent verifies against (TOML, see
+    /// signing/FORMAT.md). Without one, nothing can be published.
+    pub trust_policy: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("taskrun-data"),
+            store: StoreKind::Sled,
+            transport: TransportConfig::default(),
+            limits: LimitsConfig::default(),
+            workers: WorkersConfig::default(),
+            trust_policy: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Sled,
+    Memory,
+}
+
+/// How connections are secured. `insecure = true` serves plaintext gRPC,
+/// and is accepted only on a loopback address.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest Task input accepted, in bytes.
+    pub max_input_bytes: usize,
+    /// Output kept per Run, in bytes.
+    pub max_output_bytes_per_run: u64,
+    /// Largest agent component accepted by PublishAgent, in bytes.
+    pub max_agent_bytes: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_input_bytes: 1 << 20, max_output_bytes_per_run: 4 << 20, max_agent_bytes: 64 << 20 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// How often Workers heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which a Worker is lost and its Runs retried.
+    pub heartbeat_timeout_ms: u64,
+    /// How far a Worker's clock may be from ours.
+    pub max_clock_skew_ms: u64,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig { heartbeat_interval_ms: 2_000, heartbeat_timeout_ms: 6_000, max_clock_skew_ms: 30_000 }
+    }
+}
+
+impl WorkersConfig {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys are errors.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(config)
+    }
+
+    /// Checks the combination of settings.
+    pub fn validate(&self) -> Result<()> {
+        if !self.transport.insecure {
+            return Err(Error::Config(
+                "TLS serving is not available yet: set transport.insecure = true (or pass --insecure) \
+                 and listen on a loopback address"
+                    .to_owned(),
+            ));
+        }
+        if !self.listen.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "refusing to serve plaintext on {}: insecure mode listens only on loopback (127.0.0.1 or ::1)",
+                self.listen
+            )));
+        }
+        let w = &self.workers;
+        if w.heartbeat_interval_ms == 0 || w.heartbeat_timeout_ms <= w.heartbeat_interval_ms {
+            return Err(Error::Config(
+                "workers.heartbeat_timeout_ms must be greater than workers.heartbeat_interval_ms (> 0)".to_owned(),
+            ));
+        }
+        if self.limits.max_input_bytes == 0 || self.limits.max_agent_bytes == 0 {
+            return Err(Error::Config("limits must be greater than zero".to_owned()));
+        }
+        Ok(())
+    }
+}

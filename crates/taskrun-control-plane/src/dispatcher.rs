@@ -1,0 +1,249 @@
+//! The scheduler loop: reads PENDING Runs, places them with
+//! [`crate::scheduler`], takes each Run's lease in the store and sends the
+//! RunAssignment down the chosen Worker's stream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use taskrun_core::{AgentManifest, AgentRef, Run, Task, TaskId, WorkerState};
+use taskrun_proto::pb;
+use taskrun_store::Error as StoreError;
+use tracing::{debug, info, warn};
+
+use crate::scheduler::{PendingRun, WorkerSlot, place, timeout_reason};
+use crate::state::ControlPlane;
+
+/// How often the loop looks again without being woken (retry backoffs and
+/// schedule-to-start timeouts come due on their own).
+const TICK: Duration = Duration::from_millis(100);
+
+/// The most PENDING Runs read in one pass.
+const MAX_PER_PASS: usize = 1024;
+
+impl ControlPlane {
+    /// Runs until shutdown.
+    pub(crate) async fn scheduler_loop(self: Arc<Self>) {
+        let mut counter = 0u64;
+        loop {
+            tokio::select! {
+                () = self.kick.notified() => {}
+                () = tokio::time::sleep(TICK) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            // Keep placing while passes place something: a pass reads a
+            // bounded number of Runs.
+            loop {
+                match self.dispatch_once(&mut counter).await {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        warn!(error = %e, "scheduling pass failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass. Returns how many Runs it assigned.
+    pub(crate) async fn dispatch_once(&self, counter: &mut u64) -> Result<usize, StoreError> {
+        let mut slots: Vec<WorkerSlot> = self
+            .sessions()
+            .values()
+            .map(|s| WorkerSlot {
+                info: s.info.clone(),
+                state: s.state,
+                active: u32::try_from(s.active.len()).unwrap_or(u32::MAX),
+                last_assigned: s.last_assigned,
+            })
+            .collect();
+        let now = self.clock.now();
+        let free: usize = slots.iter().filter(|w| w.state == WorkerState::Connected).map(|w| w.free() as usize).sum();
+        // With no free slot, only timeouts can change anything: read a few.
+        let limit = (free * 4).clamp(16, MAX_PER_PASS);
+        let runs = self.store.pending_runs(now, limit).await?;
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let mut tasks: HashMap<TaskId, Task> = HashMap::new();
+        let mut agents: HashMap<AgentRef, Option<AgentManifest>> = HashMap::new();
+        let mut pending = Vec::with_capacity(runs.len());
+        let mut pending_runs: Vec<(Run, Task, AgentManifest)> = Vec::with_capacity(runs.len());
+        for run in runs {
+            let task = match tasks.get(&run.task_id) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = self.store.get_task(&run.task_id).await?;
+                    tasks.insert(run.task_id.clone(), t.clone());
+                    t
+                }
+            };
+            let manifest = match agents.get(&task.spec.agent) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = self.resolve_agent(&task.spec).await.ok().map(|a| a.manifest);
+                    agents.insert(task.spec.agent.clone(), m.clone());
+                    m
+                }
+            };
+            let Some(manifest) = manifest else {
+                debug!(task_id = %task.id, agent = %task.spec.agent, "agent not resolvable; run waits");
+                continue;
+            };
+            let candidate = PendingRun {
+                run_id: run.id.clone(),
+                task_id: task.id.clone(),
+                lease: run.lease,
+                priority: task.spec.priority,
+                task_created_at: task.created_at,
+                agent: task.spec.agent.name.clone(),
+                digest: manifest.digest,
+                worker_labels: task.spec.worker_labels.clone(),
+                model: task.spec.model.clone(),
+            };
+            if let Some(timeout_ms) = task.spec.limits.schedule_to_start_timeout_ms {
+                let waiting_since = if run.attempt <= 1 { task.created_at } else { run.not_before };
+                let waited = now.since(waiting_since);
+                if waited >= Duration::from_millis(timeout_ms) {
+                    let reason =
+                        timeout_reason(&candidate, &slots, u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+                    self.fail_unstarted(&task.id, &reason).await;
+                    continue;
+                }
+            }
+            pending.push(candidate);
+            pending_runs.push((run, task, manifest));
+        }
+        let placements = place(&pending, &mut slots, counter);
+        let assigned = join_all(placements.into_iter().map(|(ri, wi)| {
+            let (run, task, manifest) = &pending_runs[ri];
+            let worker = slots[wi].info.id.clone();
+            let last_assigned = slots[wi].last_assigned;
+            async move { self.assign(run, task, manifest, &worker, last_assigned).await }
+        }))
+        .await;
+        Ok(assigned.into_iter().filter(|ok| *ok).count())
+    }
+
+    /// Takes the Run's next lease for `worker` and sends the assignment.
+    async fn assign(
+        &self,
+        run: &Run,
+        task: &Task,
+        manifest: &AgentManifest,
+        worker: &taskrun_core::WorkerId,
+        last_assigned: u64,
+    ) -> bool {
+        let now = self.clock.now();
+        let change = match self.store.assign_run(&run.id, worker, run.lease, now).await {
+            Ok(change) => change,
+            Err(StoreError::LeaseConflict { .. } | StoreError::FailedPrecondition { .. }) => return false,
+            Err(e) => {
+                warn!(run_id = %run.id, error = %e, "could not assign run");
+                return false;
+            }
+        };
+        self.publish(&change.events);
+        let run = &change.run;
+        let deadline = now.saturating_add(Duration::from_millis(task.spec.limits.run_timeout_ms));
+        let assignment = pb::RunAssignment {
+            message_id: uuid::Uuid::now_v7().simple().to_string(),
+            run_id: run.id.to_string(),
+            task_id: task.id.to_string(),
+            shard: i32::try_from(run.shard).unwrap_or(i32::MAX),
+            fan_out: i32::try_from(task.spec.fan_out).unwrap_or(i32::MAX),
+            attempt: i32::try_from(run.attempt).unwrap_or(i32::MAX),
+            lease: i64::try_from(run.lease).unwrap_or(i64::MAX),
+            agent: Some(manifest.clone().into()),
+            input_json: task.spec.input.to_string(),
+            limits: Some(task.spec.limits.clone().into()),
+            deadline_unix_ms: deadline.as_millis(),
+            issued_at_unix_ms: now.as_millis(),
+            nonce: uuid::Uuid::now_v7().simple().to_string(),
+            model: Some(task.spec.model.clone().into()),
+            model_backend: None,
+        };
+        let sent = {
+            let mut sessions = self.sessions();
+            match sessions.get_mut(worker) {
+                Some(s) => {
+                    s.active.insert(run.id.clone());
+                    s.last_assigned = last_assigned;
+                    s.send(pb::run_server_message::Kind::Assignment(assignment))
+                }
+                None => false,
+            }
+        };
+        if sent {
+            info!(run_id = %run.id, task_id = %task.id, worker_id = %worker, lease = run.lease, "run assigned");
+        } else {
+            // The Worker went away between placement and sending: its loss
+            // handling (or the next one) fails the Run over.
+            warn!(run_id = %run.id, worker_id = %worker, "worker gone before the assignment was sent");
+            self.worker_vanished(worker).await;
+        }
+        true
+    }
+
+    /// A Task that no Worker started in time fails with `reason`.
+    async fn fail_unstarted(&self, task: &TaskId, reason: &str) {
+        match self.store.fail_task(task, reason, self.clock.now()).await {
+            Ok(out) => {
+                info!(task_id = %task, reason, "task failed before it started");
+                self.publish(&out.events);
+                self.cancel_on_workers(&out.active_runs, reason);
+            }
+            Err(e) => debug!(task_id = %task, error = %e, "could not fail an unstarted task"),
+        }
+    }
+
+    /// Fails the Runs of a Worker that has no session (anymore).
+    async fn worker_vanished(&self, worker: &taskrun_core::WorkerId) {
+        if self.sessions().contains_key(worker) {
+            return;
+        }
+        if let Ok(changes) = self.store.fail_runs_of_worker(worker, "worker disconnected", self.clock.now()).await {
+            for change in &changes {
+                self.publish(&change.events);
+            }
+        }
+    }
+
+    /// At start-up: Workers the store says were connected get one heartbeat
+    /// timeout to reconnect; those that do not are lost and their Runs fail
+    /// over.
+    pub(crate) async fn reap_absent_workers(self: Arc<Self>) {
+        tokio::select! {
+            () = tokio::time::sleep(self.config.workers.heartbeat_timeout()) => {}
+            () = self.shutdown.cancelled() => return,
+        }
+        let workers = match self.store.list_workers().await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "could not list workers at start-up");
+                return;
+            }
+        };
+        for w in workers {
+            if !matches!(w.state, WorkerState::Connected | WorkerState::Draining)
+                || self.sessions().contains_key(&w.info.id)
+            {
+                continue;
+            }
+            let _ = self.store.set_worker_state(&w.info.id, WorkerState::Lost).await;
+            self.worker_vanished(&w.info.id).await;
+        }
+        self.kick.notify_one();
+    }
+
+    /// Cancels a Task and tells the Workers of its active Runs to stop.
+    pub(crate) async fn cancel_task(&self, id: &TaskId, reason: &str) -> Result<Task, tonic::Status> {
+        let out = self.store.cancel_task(id, reason, self.clock.now()).await.map_err(crate::status::store_status)?;
+        info!(task_id = %id, active_runs = out.active_runs.len(), "task cancelled");
+        self.publish(&out.events);
+        self.cancel_on_workers(&out.active_runs, reason);
+        Ok(out.task)
+    }
+}

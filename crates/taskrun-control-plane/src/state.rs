@@ -1,0 +1,127 @@
+//! The control plane's shared state: the store, the connected Workers'
+//! sessions, the scheduler's wake-up and the WatchTask subscriptions.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use taskrun_core::{Clock, RunId, TaskEvent, TaskId, WorkerId, WorkerInfo, WorkerState};
+use taskrun_proto::pb;
+use taskrun_store::Store;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// What the control plane sends down one Worker's stream.
+pub(crate) type Outbound = mpsc::UnboundedSender<Result<pb::RunServerMessage, tonic::Status>>;
+
+/// One connected Worker.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// Tells this connection apart from an earlier one of the same Worker.
+    pub generation: u64,
+    pub tx: Outbound,
+    pub info: WorkerInfo,
+    pub state: WorkerState,
+    /// Runs this Worker holds (ASSIGNED or RUNNING).
+    pub active: HashSet<RunId>,
+    pub last_assigned: u64,
+}
+
+impl Session {
+    pub fn send(&self, kind: pb::run_server_message::Kind) -> bool {
+        self.tx.send(Ok(pb::RunServerMessage { kind: Some(kind) })).is_ok()
+    }
+}
+
+/// Everything the services share. Cheap to clone through `Arc`.
+#[derive(Debug)]
+pub struct ControlPlane {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: Config,
+    /// Checks what PublishAgent receives; None = publishing is refused.
+    pub(crate) verifier: Option<Arc<taskrun_signing::Verifier>>,
+    sessions: Mutex<HashMap<WorkerId, Session>>,
+    /// Wakes the scheduler: a Task was created, a slot freed, a Worker came.
+    pub(crate) kick: Notify,
+    watchers: Mutex<HashMap<TaskId, watch::Sender<u64>>>,
+    generation: AtomicU64,
+    /// Set when the control plane shuts down: streams end, loops stop.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl ControlPlane {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: Config,
+        verifier: Option<Arc<taskrun_signing::Verifier>>,
+    ) -> Arc<ControlPlane> {
+        Arc::new(ControlPlane {
+            store,
+            clock,
+            config,
+            verifier,
+            sessions: Mutex::new(HashMap::new()),
+            kick: Notify::new(),
+            watchers: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(crate) fn sessions(&self) -> MutexGuard<'_, HashMap<WorkerId, Session>> {
+        // A panic while holding the lock cannot leave a session half-updated
+        // in a way that matters more than losing the whole map would.
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The ids of the Workers connected now.
+    pub fn connected_workers(&self) -> Vec<WorkerId> {
+        let mut ids: Vec<WorkerId> = self.sessions().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Tells WatchTask streams of the Tasks these events belong to that
+    /// there is more to read.
+    pub(crate) fn publish(&self, events: &[TaskEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        for event in events {
+            if let Some(tx) = watchers.get(&event.task_id) {
+                if tx.receiver_count() == 0 {
+                    watchers.remove(&event.task_id);
+                } else {
+                    tx.send_replace(event.seq);
+                }
+            }
+        }
+    }
+
+    /// A receiver that changes whenever the Task gets new events.
+    pub(crate) fn subscribe(&self, task: &TaskId) -> watch::Receiver<u64> {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        watchers.entry(task.clone()).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    /// Stops the loops and ends every stream.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+        self.kick.notify_one();
+        // Dropping the senders ends every Worker's stream.
+        self.sessions().clear();
+    }
+}

@@ -1,0 +1,187 @@
+//! TaskService: clients create, read, list, cancel and watch Tasks.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use taskrun_core::{AgentSelector, Task, TaskEventKind, TaskId, TaskSpec};
+use taskrun_proto::{pb, task_status_from_wire};
+use taskrun_store::{PageRequest, StoredAgent, TaskFilter};
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+
+use crate::state::ControlPlane;
+use crate::status::{parse_field, store_status};
+
+/// The TaskService handlers.
+#[derive(Debug, Clone)]
+pub struct TaskApi(pub Arc<ControlPlane>);
+
+impl ControlPlane {
+    /// The published agent build a Task's agent reference names.
+    pub(crate) async fn resolve_agent(&self, spec: &TaskSpec) -> Result<StoredAgent, Status> {
+        let agent = &spec.agent;
+        let found = match &agent.selector {
+            AgentSelector::Latest => self.store.get_agent(&agent.name, None).await,
+            AgentSelector::Version(v) => self.store.get_agent(&agent.name, Some(*v)).await,
+            AgentSelector::Digest(d) => self.store.get_agent_by_digest(d).await,
+        };
+        match found {
+            Ok(stored) if stored.manifest.name == agent.name => Ok(stored),
+            Ok(stored) => Err(Status::invalid_argument(format!(
+                "agent {agent}: that digest is agent {}, not {}",
+                stored.manifest.name, agent.name
+            ))),
+            Err(e) if e.is_not_found() => Err(Status::not_found(format!(
+                "agent {agent} is not published (publish it with `taskrun agent publish`)"
+            ))),
+            Err(e) => Err(store_status(e)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::task_service_server::TaskService for TaskApi {
+    #[instrument(skip_all)]
+    async fn create_task(
+        &self,
+        request: Request<pb::CreateTaskRequest>,
+    ) -> Result<Response<pb::CreateTaskResponse>, Status> {
+        let cp = &self.0;
+        let spec = TaskSpec::try_from(request.into_inner())?;
+        let max = cp.config.limits.max_input_bytes;
+        spec.validate(max).map_err(|e| Status::invalid_argument(format!("spec: {e}")))?;
+        cp.resolve_agent(&spec).await?;
+        let now = cp.clock.now();
+        let task = Task::new(TaskId::generate(), spec, now, max)
+            .map_err(|e| Status::invalid_argument(format!("spec: {e}")))?;
+        let outcome = cp.store.create_task(task).await.map_err(store_status)?;
+        let existing = !outcome.is_created();
+        let task = outcome.into_inner();
+        if !existing {
+            info!(task_id = %task.id, agent = %task.spec.agent, "task created");
+            cp.kick.notify_one();
+        }
+        Ok(Response::new(pb::CreateTaskResponse { task: Some(task.into()), existing }))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let id: TaskId = parse_field("task_id", &request.get_ref().task_id)?;
+        let task = self.0.store.get_task(&id).await.map_err(store_status)?;
+        let runs = self.0.store.list_runs(&id).await.map_err(store_status)?;
+        Ok(Response::new(pb::GetTaskResponse {
+            task: Some(task.into()),
+            runs: runs.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let req = request.into_inner();
+        let status = match req.statuses.as_slice() {
+            [] => None,
+            [one] => Some(task_status_from_wire("statuses", *one)?),
+            _ => return Err(Status::invalid_argument("statuses: filter by at most one status")),
+        };
+        let agent = match req.agent_name.as_deref() {
+            None | Some("") => None,
+            Some(name) => Some(parse_field("agent_name", name)?),
+        };
+        taskrun_core::validate_labels("label_selector", &req.label_selector)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if req.page_size < 0 {
+            return Err(Status::invalid_argument(format!("page_size out of range: {}", req.page_size)));
+        }
+        let filter = TaskFilter { status, agent, labels: req.label_selector };
+        let page = PageRequest {
+            page_size: req.page_size.unsigned_abs(),
+            page_token: (!req.page_token.is_empty()).then_some(req.page_token),
+        };
+        let page = self.0.store.list_tasks(&filter, &page).await.map_err(store_status)?;
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn cancel_task(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        let req = request.into_inner();
+        let id: TaskId = parse_field("task_id", &req.task_id)?;
+        let reason = if req.reason.is_empty() { "cancelled by a client".to_owned() } else { req.reason };
+        let task = self.0.cancel_task(&id, &reason).await?;
+        Ok(Response::new(pb::CancelTaskResponse { task: Some(task.into()) }))
+    }
+
+    type WatchTaskStream = Pin<Box<dyn Stream<Item = Result<pb::WatchTaskResponse, Status>> + Send>>;
+
+    #[instrument(skip_all)]
+    async fn watch_task(
+        &self,
+        request: Request<pb::WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let req = request.into_inner();
+        let id: TaskId = parse_field("task_id", &req.task_id)?;
+        if req.after_cursor < 0 {
+            return Err(Status::invalid_argument(format!("after_cursor out of range: {}", req.after_cursor)));
+        }
+        // NOT_FOUND now rather than as the stream's first item.
+        self.0.store.get_task(&id).await.map_err(store_status)?;
+        let cp = Arc::clone(&self.0);
+        let cursor = req.after_cursor.unsigned_abs();
+        Ok(Response::new(Box::pin(watch_stream(cp, id, cursor))))
+    }
+}
+
+/// Stored events after `cursor`, then live ones, until the Task is terminal.
+fn watch_stream(
+    cp: Arc<ControlPlane>,
+    id: TaskId,
+    mut cursor: u64,
+) -> impl Stream<Item = Result<pb::WatchTaskResponse, Status>> + Send {
+    async_stream::try_stream! {
+        let mut changes = cp.subscribe(&id);
+        loop {
+            // Mark what we have seen before reading, so an event stored
+            // between the read and the wait still wakes us.
+            changes.borrow_and_update();
+            let events = cp.store.events_since(&id, cursor, 500).await.map_err(store_status)?;
+            let mut ended = false;
+            for event in events {
+                cursor = event.seq;
+                let terminal = matches!(
+                    &event.kind,
+                    TaskEventKind::Status { task_status, run_id: None, .. } if task_status.is_terminal()
+                );
+                yield pb::WatchTaskResponse::from(event);
+                if terminal {
+                    ended = true;
+                    break;
+                }
+            }
+            if ended {
+                break;
+            }
+            let shutting_down = tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // The sender went away: subscribe again.
+                        changes = cp.subscribe(&id);
+                    }
+                    false
+                }
+                () = cp.shutdown.cancelled() => true,
+            };
+            if shutting_down {
+                Err(Status::unavailable("control plane shutting down; watch again from the last cursor"))?;
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+mod api;
+mod e2e;
+mod fencing;
+mod scheduler;
+mod support;

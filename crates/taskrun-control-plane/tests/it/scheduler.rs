@@ -1,0 +1,157 @@
+//! Placement rules, without a network.
+
+use std::collections::BTreeSet;
+
+use taskrun_control_plane::scheduler::{PendingRun, WorkerSlot, place, timeout_reason, unschedulable_reason};
+use taskrun_core::{
+    AgentDigest, Labels, Modality, ModelBackend, ModelRequirement, TaskId, Timestamp, WorkerInfo, WorkerState,
+};
+
+fn run(n: u64, priority: i32, created: i64) -> PendingRun {
+    PendingRun {
+        run_id: format!("run_{n:04}").parse().unwrap(),
+        task_id: format!("task_{n:04}").parse::<TaskId>().unwrap(),
+        lease: 0,
+        priority,
+        task_created_at: Timestamp(created),
+        agent: "echo".parse().unwrap(),
+        digest: AgentDigest::of(b"echo"),
+        worker_labels: Labels::new(),
+        model: ModelRequirement::default(),
+    }
+}
+
+fn worker(id: &str, slots: u32) -> WorkerSlot {
+    WorkerSlot {
+        info: WorkerInfo {
+            id: id.parse().unwrap(),
+            agents: BTreeSet::new(),
+            digests: BTreeSet::new(),
+            model_backends: vec![ModelBackend {
+                name: "default".into(),
+                provider: "echo".into(),
+                model_name: "echo".into(),
+                context_window: 4096,
+                modalities: vec![Modality::Text],
+                supports_streaming: true,
+            }],
+            labels: Labels::new(),
+            slots,
+            version: "test".into(),
+        },
+        state: WorkerState::Connected,
+        active: 0,
+        last_assigned: 0,
+    }
+}
+
+fn placed(pending: &[PendingRun], workers: &mut [WorkerSlot]) -> Vec<(String, String)> {
+    let mut counter = 0;
+    place(pending, workers, &mut counter)
+        .into_iter()
+        .map(|(r, w)| (pending[r].run_id.to_string(), workers[w].info.id.to_string()))
+        .collect()
+}
+
+#[test]
+fn higher_priority_first_then_fifo() {
+    let pending = vec![run(1, 0, 10), run(2, 5, 30), run(3, 0, 5), run(4, 5, 20)];
+    let mut workers = vec![worker("w1", 3)];
+    let got: Vec<String> = placed(&pending, &mut workers).into_iter().map(|(r, _)| r).collect();
+    // Only three slots: priority 5 (FIFO: 4 then 2), then the oldest priority 0.
+    assert_eq!(got, ["run_0004", "run_0002", "run_0003"]);
+}
+
+#[test]
+fn spreads_load_and_takes_turns() {
+    let pending: Vec<PendingRun> = (1..=6).map(|n| run(n, 0, n as i64)).collect();
+    let mut workers = vec![worker("w1", 4), worker("w2", 4), worker("w3", 4)];
+    let got = placed(&pending, &mut workers);
+    let per_worker: Vec<u32> = workers.iter().map(|w| w.active).collect();
+    assert_eq!(per_worker, [2, 2, 2], "{got:?}");
+}
+
+#[test]
+fn least_loaded_by_fraction_of_slots() {
+    let mut big = worker("big", 10);
+    big.active = 4; // 40 % busy
+    let mut small = worker("small", 2);
+    small.active = 1; // 50 % busy
+    let mut workers = vec![small, big];
+    let got = placed(&[run(1, 0, 0)], &mut workers);
+    assert_eq!(got, [("run_0001".to_owned(), "big".to_owned())]);
+}
+
+#[test]
+fn prefers_a_worker_that_holds_the_agent() {
+    let mut warm = worker("warm", 4);
+    warm.active = 3;
+    warm.info.digests.insert(AgentDigest::of(b"echo"));
+    let mut workers = vec![worker("cold", 4), warm];
+    let got = placed(&[run(1, 0, 0)], &mut workers);
+    assert_eq!(got[0].1, "warm");
+}
+
+#[test]
+fn labels_agents_and_model_backends_route() {
+    let mut gpu = worker("gpu", 2);
+    gpu.info.labels.insert("gpu".into(), "a100".into());
+    let mut chat_only = worker("chat-only", 2);
+    chat_only.info.agents.insert("chat".parse().unwrap());
+    let mut vision = worker("vision", 2);
+    vision.info.model_backends[0].modalities.push(Modality::Image);
+    let mut workers = vec![gpu, chat_only, vision];
+
+    let mut needs_gpu = run(1, 0, 0);
+    needs_gpu.worker_labels.insert("gpu".into(), "a100".into());
+    let mut needs_image = run(2, 0, 1);
+    needs_image.model.modalities = vec![Modality::Image];
+    let got = placed(&[needs_gpu, needs_image], &mut workers);
+    assert_eq!(got, [("run_0001".into(), "gpu".into()), ("run_0002".into(), "vision".into())]);
+}
+
+#[test]
+fn full_draining_and_lost_workers_get_nothing() {
+    let mut full = worker("full", 1);
+    full.active = 1;
+    let mut draining = worker("draining", 4);
+    draining.state = WorkerState::Draining;
+    let mut lost = worker("lost", 4);
+    lost.state = WorkerState::Lost;
+    let mut workers = vec![full, draining, lost];
+    assert!(placed(&[run(1, 0, 0)], &mut workers).is_empty());
+}
+
+#[test]
+fn explains_why_nothing_can_run() {
+    let r = run(1, 0, 0);
+    assert_eq!(unschedulable_reason(&r, &[]).as_deref(), Some("no connected worker"));
+
+    let mut w = worker("w1", 1);
+    w.info.agents.insert("chat".parse().unwrap());
+    assert_eq!(unschedulable_reason(&r, &[w]).as_deref(), Some("no connected worker accepts agent echo"));
+
+    let mut r2 = run(2, 0, 0);
+    r2.worker_labels.insert("gpu".into(), "a100".into());
+    let msg = unschedulable_reason(&r2, &[worker("w1", 1)]).unwrap();
+    assert_eq!(msg, "no connected worker accepts agent echo and carries labels gpu=a100");
+
+    // Busy but compatible: it will run when a slot frees.
+    let mut busy = worker("w1", 1);
+    busy.active = 1;
+    assert_eq!(unschedulable_reason(&r, std::slice::from_ref(&busy)), None);
+    assert_eq!(
+        timeout_reason(&r, &[busy], 1500),
+        "not started within its schedule-to-start timeout (1500 ms): every suitable worker was busy"
+    );
+}
+
+#[test]
+fn thousand_runs_place_deterministically() {
+    let pending: Vec<PendingRun> = (0..1000).map(|n| run(n, (n % 7) as i32, n as i64)).collect();
+    let mut a = vec![worker("w1", 100), worker("w2", 100), worker("w3", 100)];
+    let mut b = a.clone();
+    let first = placed(&pending, &mut a);
+    assert_eq!(first.len(), 300);
+    assert_eq!(first, placed(&pending, &mut b));
+}

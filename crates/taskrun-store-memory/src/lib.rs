@@ -1,0 +1,352 @@
+//! An in-memory TaskRun store, for tests and development. Nothing survives
+//! the process. One mutex guards everything, so every change is atomic; the
+//! state-change logic is [`taskrun_store::logic`], shared with every backend.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use taskrun_core::{
+    AgentDigest, AgentManifest, AgentName, AgentVersion, Run, RunId, RunOutcome, Task, TaskEvent, TaskId, Timestamp,
+    Worker, WorkerId, WorkerState,
+};
+use taskrun_store::logic::{self, OutputStep, TaskAggregate, Touched};
+use taskrun_store::{
+    AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, Page, PageRequest, Result, RunChange,
+    RunStore, StoreConfig, StoredAgent, TaskFilter, TaskStore, WorkerStore, encode_page_token,
+};
+
+/// The in-memory store.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    config: StoreConfig,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tasks: BTreeMap<TaskId, TaskAggregate>,
+    run_task: HashMap<RunId, TaskId>,
+    idempotency: HashMap<String, TaskId>,
+    events: HashMap<TaskId, Vec<TaskEvent>>,
+    output_seen: HashSet<(RunId, u64)>,
+    workers: BTreeMap<WorkerId, Worker>,
+    agents: BTreeMap<(AgentName, AgentVersion), StoredAgent>,
+    digests: HashMap<AgentDigest, (AgentName, AgentVersion)>,
+    blobs: HashMap<AgentDigest, Vec<u8>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::with_config(StoreConfig::default())
+    }
+
+    pub fn with_config(config: StoreConfig) -> MemoryStore {
+        MemoryStore { config, inner: Mutex::default() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Changes are applied to a copy and swapped in, so a panic while the
+        // lock was held cannot have left half a change behind.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    fn aggregate(&self, id: &TaskId) -> Result<&TaskAggregate> {
+        self.tasks.get(id).ok_or_else(|| Error::not_found("task", id))
+    }
+
+    fn task_of_run(&self, run: &RunId) -> Result<TaskId> {
+        self.run_task.get(run).cloned().ok_or_else(|| Error::not_found("run", run))
+    }
+
+    fn run(&self, id: &RunId) -> Result<&Run> {
+        let agg = self.aggregate(&self.task_of_run(id)?)?;
+        Ok(&agg.runs[agg.run_index(id)?].run)
+    }
+
+    /// Applies `f` to a copy of the Task's aggregate and stores the copy if
+    /// `f` succeeds.
+    fn change<R>(&mut self, task: &TaskId, f: impl FnOnce(&mut TaskAggregate) -> Result<(Touched, R)>) -> Result<R> {
+        let mut agg = self.aggregate(task)?.clone();
+        let (touched, out) = f(&mut agg)?;
+        self.store(agg, touched);
+        Ok(out)
+    }
+
+    fn store(&mut self, agg: TaskAggregate, touched: Touched) {
+        for t in &touched.runs {
+            if t.before.is_none() {
+                let run = &agg.runs[t.index].run;
+                self.run_task.insert(run.id.clone(), run.task_id.clone());
+            }
+        }
+        self.events.entry(agg.task.id.clone()).or_default().extend(touched.events);
+        self.tasks.insert(agg.task.id.clone(), agg);
+    }
+
+    fn runs(&self) -> impl Iterator<Item = (&TaskAggregate, &Run)> {
+        self.tasks.values().flat_map(|agg| agg.runs.iter().map(move |r| (agg, &r.run)))
+    }
+}
+
+#[async_trait]
+impl TaskStore for MemoryStore {
+    async fn create_task(&self, task: Task) -> Result<CreateOutcome<Task>> {
+        let mut inner = self.lock();
+        if let Some(key) = &task.spec.idempotency_key
+            && let Some(existing) = inner.idempotency.get(key)
+        {
+            let existing = inner.aggregate(existing)?.task.clone();
+            return logic::idempotent_repeat(existing, &task);
+        }
+        if inner.tasks.contains_key(&task.id) {
+            return Err(Error::AlreadyExists { kind: "task", id: task.id.to_string() });
+        }
+        let (agg, touched) = TaskAggregate::create(task)?;
+        if let Some(key) = &agg.task.spec.idempotency_key {
+            inner.idempotency.insert(key.clone(), agg.task.id.clone());
+        }
+        let task = agg.task.clone();
+        inner.store(agg, touched);
+        Ok(CreateOutcome::Created(task))
+    }
+
+    async fn get_task(&self, id: &TaskId) -> Result<Task> {
+        Ok(self.lock().aggregate(id)?.task.clone())
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>> {
+        let size = page.size();
+        let after = page.after()?;
+        let inner = self.lock();
+        let range = match &after {
+            Some(after) => {
+                inner.tasks.range::<TaskId, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            }
+            None => inner.tasks.range::<TaskId, _>(..),
+        };
+        let mut matching = range.map(|(_, agg)| &agg.task).filter(|t| filter.matches(t));
+        let items: Vec<Task> = matching.by_ref().take(size).cloned().collect();
+        let more = matching.next().is_some();
+        let next_page_token = match items.last() {
+            Some(last) if more => Some(encode_page_token(&last.id)),
+            _ => None,
+        };
+        Ok(Page { items, next_page_token })
+    }
+
+    async fn cancel_task(&self, id: &TaskId, reason: &str, now: Timestamp) -> Result<CancelOutcome> {
+        self.lock().change(id, |agg| agg.cancel(reason, now))
+    }
+
+    async fn fail_task(&self, id: &TaskId, reason: &str, now: Timestamp) -> Result<CancelOutcome> {
+        self.lock().change(id, |agg| agg.fail(reason, now))
+    }
+}
+
+#[async_trait]
+impl RunStore for MemoryStore {
+    async fn get_run(&self, id: &RunId) -> Result<Run> {
+        self.lock().run(id).cloned()
+    }
+
+    async fn list_runs(&self, task: &TaskId) -> Result<Vec<Run>> {
+        let inner = self.lock();
+        let mut runs: Vec<Run> = inner.aggregate(task)?.runs.iter().map(|r| r.run.clone()).collect();
+        runs.sort_by_key(|r| (r.shard, r.attempt));
+        Ok(runs)
+    }
+
+    async fn pending_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
+        let inner = self.lock();
+        let mut ready: Vec<(i32, &Run)> = inner
+            .runs()
+            .filter(|(_, r)| r.status == taskrun_core::RunStatus::Pending && r.not_before <= now)
+            .map(|(agg, r)| (agg.task.spec.priority, r))
+            .collect();
+        ready.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        Ok(ready.into_iter().take(limit).map(|(_, r)| r.clone()).collect())
+    }
+
+    async fn active_runs_of_worker(&self, worker: &WorkerId) -> Result<Vec<Run>> {
+        let inner = self.lock();
+        Ok(inner
+            .runs()
+            .filter(|(_, r)| r.status.is_active() && r.worker_id.as_ref() == Some(worker))
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    async fn assign_run(
+        &self,
+        id: &RunId,
+        worker: &WorkerId,
+        expected_lease: u64,
+        now: Timestamp,
+    ) -> Result<RunChange> {
+        let mut inner = self.lock();
+        let task = inner.task_of_run(id)?;
+        inner.change(&task, |agg| agg.assign(id, worker, expected_lease, now))
+    }
+
+    async fn start_run(&self, id: &RunId, lease: u64, now: Timestamp) -> Result<RunChange> {
+        let mut inner = self.lock();
+        let task = inner.task_of_run(id)?;
+        inner.change(&task, |agg| agg.start(id, lease, now))
+    }
+
+    async fn finish_run(&self, id: &RunId, lease: u64, outcome: RunOutcome, now: Timestamp) -> Result<RunChange> {
+        let mut inner = self.lock();
+        let task = inner.task_of_run(id)?;
+        inner.change(&task, |agg| agg.finish(id, lease, outcome, now))
+    }
+
+    async fn fail_runs_of_worker(&self, worker: &WorkerId, reason: &str, now: Timestamp) -> Result<Vec<RunChange>> {
+        let mut inner = self.lock();
+        let lost: Vec<(TaskId, RunId)> = inner
+            .runs()
+            .filter(|(_, r)| r.status.is_active() && r.worker_id.as_ref() == Some(worker))
+            .map(|(_, r)| (r.task_id.clone(), r.id.clone()))
+            .collect();
+        let mut changes = Vec::new();
+        for (task, run) in lost {
+            let change = inner.change(&task, |agg| {
+                Ok(match agg.fail_lost_run(&run, worker, reason, now)? {
+                    Some((touched, change)) => (touched, Some(change)),
+                    None => (Touched::default(), None),
+                })
+            })?;
+            changes.extend(change);
+        }
+        Ok(changes)
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn append_output(
+        &self,
+        run: &RunId,
+        lease: u64,
+        seq: u64,
+        data: String,
+        now: Timestamp,
+    ) -> Result<AppendOutcome> {
+        let mut inner = self.lock();
+        let task = inner.task_of_run(run)?;
+        let already_stored = inner.output_seen.contains(&(run.clone(), seq));
+        let mut agg = inner.aggregate(&task)?.clone();
+        let i = agg.run_index(run)?;
+        let step =
+            logic::append_output(&mut agg.meta, &mut agg.runs[i], lease, seq, data, already_stored, &self.config, now)?;
+        match step {
+            OutputStep::Duplicate => Ok(AppendOutcome::Duplicate),
+            OutputStep::OverLimit { limit_bytes } => {
+                inner.tasks.insert(task, agg);
+                Err(Error::OutputLimit { run_id: run.clone(), limit_bytes })
+            }
+            OutputStep::Append(event) => {
+                inner.output_seen.insert((run.clone(), seq));
+                inner.store(agg, Touched { events: vec![event.clone()], ..Touched::default() });
+                Ok(AppendOutcome::Appended(event))
+            }
+        }
+    }
+
+    async fn events_since(&self, task: &TaskId, after_seq: u64, limit: usize) -> Result<Vec<TaskEvent>> {
+        let limit = if limit == 0 { 1000 } else { limit };
+        let inner = self.lock();
+        inner.aggregate(task)?;
+        let events = inner.events.get(task).map(Vec::as_slice).unwrap_or(&[]);
+        let start = events.partition_point(|e| e.seq <= after_seq);
+        Ok(events[start..].iter().take(limit).cloned().collect())
+    }
+}
+
+#[async_trait]
+impl WorkerStore for MemoryStore {
+    async fn upsert_worker(&self, worker: Worker) -> Result<()> {
+        self.lock().workers.insert(worker.info.id.clone(), worker);
+        Ok(())
+    }
+
+    async fn get_worker(&self, id: &WorkerId) -> Result<Worker> {
+        self.lock().workers.get(id).cloned().ok_or_else(|| Error::not_found("worker", id))
+    }
+
+    async fn list_workers(&self) -> Result<Vec<Worker>> {
+        Ok(self.lock().workers.values().cloned().collect())
+    }
+
+    async fn set_worker_state(&self, id: &WorkerId, state: WorkerState) -> Result<Worker> {
+        let mut inner = self.lock();
+        let worker = inner.workers.get_mut(id).ok_or_else(|| Error::not_found("worker", id))?;
+        worker.state = state;
+        Ok(worker.clone())
+    }
+}
+
+#[async_trait]
+impl AgentStore for MemoryStore {
+    async fn put_agent(
+        &self,
+        manifest: AgentManifest,
+        envelope: Vec<u8>,
+        component: Vec<u8>,
+    ) -> Result<CreateOutcome<StoredAgent>> {
+        logic::check_component(&manifest, &component)?;
+        let mut inner = self.lock();
+        let key = (manifest.name.clone(), manifest.version);
+        let by_digest = inner.digests.get(&manifest.digest).and_then(|k| inner.agents.get(k)).map(|a| &a.manifest);
+        let by_version = inner.agents.get(&key).map(|a| &a.manifest);
+        if logic::decide_put_agent(&manifest, by_version, by_digest)?.is_some() {
+            let stored = inner.agents.get(&key).cloned();
+            return stored.map(CreateOutcome::Existing).ok_or_else(|| Error::not_found("agent", &manifest.name));
+        }
+        let stored = StoredAgent { manifest, envelope };
+        inner.blobs.insert(stored.manifest.digest, component);
+        inner.digests.insert(stored.manifest.digest, key.clone());
+        inner.agents.insert(key, stored.clone());
+        Ok(CreateOutcome::Created(stored))
+    }
+
+    async fn get_agent(&self, name: &AgentName, version: Option<AgentVersion>) -> Result<StoredAgent> {
+        let inner = self.lock();
+        let found = match version {
+            Some(v) => inner.agents.get(&(name.clone(), v)),
+            None => inner
+                .agents
+                .range((name.clone(), AgentVersion::new(0, 0, 0))..)
+                .take_while(|((n, _), _)| n == name)
+                .last()
+                .map(|(_, a)| a),
+        };
+        found.cloned().ok_or_else(|| {
+            let id = match version {
+                Some(v) => format!("{name}@{v}"),
+                None => name.to_string(),
+            };
+            Error::not_found("agent", id)
+        })
+    }
+
+    async fn get_agent_by_digest(&self, digest: &AgentDigest) -> Result<StoredAgent> {
+        let inner = self.lock();
+        inner
+            .digests
+            .get(digest)
+            .and_then(|k| inner.agents.get(k))
+            .cloned()
+            .ok_or_else(|| Error::not_found("agent", digest))
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentManifest>> {
+        Ok(self.lock().agents.values().map(|a| a.manifest.clone()).collect())
+    }
+
+    async fn get_blob(&self, digest: &AgentDigest) -> Result<Vec<u8>> {
+        self.lock().blobs.get(digest).cloned().ok_or_else(|| Error::not_found("blob", digest))
+    }
+}

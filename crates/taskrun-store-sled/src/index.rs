@@ -1,0 +1,99 @@
+//! The scheduling indexes: PENDING Runs by priority, active Runs by Worker.
+//!
+//! They live in memory. They follow from the Runs of the Tasks that have
+//! not ended, which the durable `open_tasks` set names, so opening the store
+//! rebuilds them from that set; keeping them on disk would cost two more
+//! writes per Run transition.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use taskrun_core::{Run, RunId, RunStatus, Timestamp, WorkerId};
+
+/// A Run as the indexes see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub id: RunId,
+    pub status: RunStatus,
+    pub worker: Option<WorkerId>,
+    pub not_before: Timestamp,
+    pub priority: i32,
+}
+
+impl Entry {
+    pub(crate) fn of(run: &Run, priority: i32) -> Entry {
+        Entry {
+            id: run.id.clone(),
+            status: run.status,
+            worker: run.worker_id.clone(),
+            not_before: run.not_before,
+            priority,
+        }
+    }
+}
+
+/// One Run's change: what it was (None if new) and what it is.
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub before: Option<Entry>,
+    pub after: Entry,
+}
+
+/// Higher priority first, then run id (creation order).
+fn order(priority: i32) -> u32 {
+    !((priority as u32) ^ 0x8000_0000)
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Indexes {
+    pending: BTreeMap<(u32, RunId), Timestamp>,
+    by_worker: HashMap<WorkerId, BTreeSet<RunId>>,
+}
+
+impl Indexes {
+    pub(crate) fn apply(&mut self, change: &Change) {
+        if let Some(b) = &change.before {
+            self.remove(b);
+        }
+        self.insert(&change.after);
+    }
+
+    pub(crate) fn insert(&mut self, e: &Entry) {
+        if e.status == RunStatus::Pending {
+            self.pending.insert((order(e.priority), e.id.clone()), e.not_before);
+        }
+        if e.status.is_active()
+            && let Some(w) = &e.worker
+        {
+            self.by_worker.entry(w.clone()).or_default().insert(e.id.clone());
+        }
+    }
+
+    fn remove(&mut self, e: &Entry) {
+        if e.status == RunStatus::Pending {
+            self.pending.remove(&(order(e.priority), e.id.clone()));
+        }
+        if e.status.is_active()
+            && let Some(w) = &e.worker
+            && let Some(set) = self.by_worker.get_mut(w)
+        {
+            set.remove(&e.id);
+            if set.is_empty() {
+                self.by_worker.remove(w);
+            }
+        }
+    }
+
+    /// Up to `limit` PENDING Runs due at `now`, in scheduling order.
+    pub(crate) fn pending(&self, now: Timestamp, limit: usize) -> Vec<RunId> {
+        self.pending
+            .iter()
+            .filter(|(_, not_before)| **not_before <= now)
+            .take(limit)
+            .map(|((_, id), _)| id.clone())
+            .collect()
+    }
+
+    pub(crate) fn of_worker(&self, worker: &WorkerId) -> Vec<RunId> {
+        self.by_worker.get(worker).map(|set| set.iter().cloned().collect()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,701 @@
+//! The durable TaskRun store, on sled.
+//!
+//! One sled `Db`, one tree per kind of record, records as JSON:
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `tasks` | task id | the Task's id, spec, creation time: written once |
+//! | `task_state` | task id | status, result, error, event counter and every Run ([`RunRecord`](taskrun_store::logic::RunRecord)) |
+//! | `run_task` | run id | the id of the Run's Task |
+//! | `events` | task id, 0, first seq (u64 BE) | the TaskEvents of one change, in order |
+//! | `idempotency` | idempotency key | task id |
+//! | `output` | run id, 0, chunk seq (u64 BE) | empty: the (run, seq) de-dup set |
+//! | `open_tasks` | task id | empty: the Tasks that have not ended |
+//! | `workers` | worker id | [`Worker`] |
+//! | `agents` | name, 0, major, minor, patch (u32 BE) | [`AgentManifest`] |
+//! | `agent_digests` | digest (32 bytes) | `agents` key |
+//! | `blobs` | digest | component bytes |
+//! | `envelopes` | digest | signed envelope bytes |
+//!
+//! The layout keeps a Run transition to two or three small writes: the
+//! Task's state record (the Task's Runs live in it) and one events record,
+//! plus `open_tasks` when the Task ends. The scheduling indexes (PENDING Runs
+//! by priority, active Runs by Worker) are kept in memory and rebuilt at
+//! open from `open_tasks`.
+//!
+//! Writes: every change to Tasks, Runs or events is a job for one applier
+//! thread, which runs all queued jobs in ONE sled transaction (sled's
+//! transactions cost a fixed ~100 µs each, so they must be shared); then a
+//! committer thread flushes, and concurrent writers share that flush too
+//! (group commit). A call returns only after its change is flushed: an
+//! acknowledged change survives kill -9. Reads see committed changes,
+//! possibly before they are flushed.
+//!
+//! A record that does not decode is [`Error::Corrupt`], never a panic.
+
+mod apply;
+mod commit;
+mod index;
+mod records;
+mod trees;
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use taskrun_core::{
+    AgentDigest, AgentManifest, AgentName, AgentVersion, Run, RunId, RunOutcome, RunStatus, Task, TaskEvent, TaskId,
+    Timestamp, Worker, WorkerId, WorkerState,
+};
+use taskrun_store::logic::{self, OutputStep, TaskAggregate, Touched, TouchedRun};
+use taskrun_store::{
+    AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, Page, PageRequest, Result, RunChange,
+    RunStore, StoreConfig, StoredAgent, TaskFilter, TaskStore, WorkerStore, encode_page_token,
+};
+
+use crate::apply::{Applier, CACHE_CAP, Install, Installed, Memory};
+use crate::records::{TaskHead, TaskState, decode, encode, event_key, id_from, joined};
+use crate::trees::{Trees, storage};
+
+/// How often a change is prepared again when other changes to its Task keep
+/// winning, before the store gives up.
+const MAX_ATTEMPTS: usize = 1000;
+
+/// How much the store grouped so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    /// sled transactions run by the applier.
+    pub transactions: u64,
+    /// Changes they carried.
+    pub changes: u64,
+    /// Flushes to disk.
+    pub flushes: u64,
+    /// Writes acknowledged after a flush.
+    pub acknowledged: u64,
+}
+
+/// The sled store. Share it as `Arc<dyn Store>`.
+#[derive(Debug)]
+pub struct SledStore {
+    config: StoreConfig,
+    trees: Trees,
+    memory: Arc<Mutex<Memory>>,
+    // Dropped in this order: the applier finishes its queue, then the
+    // committer flushes one last time.
+    applier: Applier,
+    committer: commit::Committer,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in directory `path`.
+    pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<SledStore> {
+        let db = sled::Config::new().path(path.as_ref()).open().map_err(storage)?;
+        SledStore::with_db(db, config)
+    }
+
+    /// A store in a temporary directory that is removed when it closes.
+    pub fn temporary(config: StoreConfig) -> Result<SledStore> {
+        let db = sled::Config::new().temporary(true).open().map_err(storage)?;
+        SledStore::with_db(db, config)
+    }
+
+    fn with_db(db: sled::Db, config: StoreConfig) -> Result<SledStore> {
+        let trees = Trees::open(&db)?;
+        let memory = Arc::new(Mutex::new(load_open_tasks(&trees)?));
+        let committer = commit::Committer::start(db)?;
+        let applier = Applier::start(trees.clone(), memory.clone(), committer.handle())?;
+        Ok(SledStore { config, trees, memory, applier, committer })
+    }
+
+    pub fn commit_stats(&self) -> CommitStats {
+        let (transactions, changes) = self.applier.stats();
+        let (flushes, acknowledged) = self.committer.stats();
+        CommitStats { transactions, changes, flushes, acknowledged }
+    }
+
+    fn memory(&self) -> MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        what: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        match tree.get(key).map_err(storage)? {
+            Some(bytes) => Ok(Some(decode(what, key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The Task's aggregate as sled holds it.
+    fn stored_aggregate(&self, id: &TaskId) -> Result<TaskAggregate> {
+        let key = id.as_str().as_bytes();
+        let head: TaskHead = self.get(&self.trees.tasks, "task", key)?.ok_or_else(|| Error::not_found("task", id))?;
+        self.with_state(head)
+    }
+
+    fn with_state(&self, head: TaskHead) -> Result<TaskAggregate> {
+        let key = head.id.as_str().as_bytes();
+        let state: TaskState = self
+            .get(&self.trees.task_state, "task_state", key)?
+            .ok_or_else(|| Error::corrupt("task_state", head.id.as_str(), "missing"))?;
+        Ok(records::join(head, state))
+    }
+
+    /// The Task's aggregate, from memory if it is there.
+    fn aggregate(&self, id: &TaskId) -> Result<Arc<TaskAggregate>> {
+        if let Some((agg, _)) = self.memory().snapshot(id) {
+            return Ok(agg);
+        }
+        self.stored_aggregate(id).map(Arc::new)
+    }
+
+    /// The Task's aggregate and its version, cached if it was not.
+    fn snapshot(&self, id: &TaskId) -> Result<(Arc<TaskAggregate>, u64)> {
+        let mut memory = self.memory();
+        if let Some(snapshot) = memory.snapshot(id) {
+            return Ok(snapshot);
+        }
+        // Read while holding the lock: the applier changes only cached
+        // Tasks, so what sled holds now is the Task's latest state.
+        let agg = self.stored_aggregate(id)?;
+        Ok(memory.load(agg))
+    }
+
+    fn task_of_run(&self, run: &RunId) -> Result<TaskId> {
+        if let Some(task) = self.memory().task_of_run(run) {
+            return Ok(task);
+        }
+        let bytes = self
+            .trees
+            .run_task
+            .get(run.as_str().as_bytes())
+            .map_err(storage)?
+            .ok_or_else(|| Error::not_found("run", run))?;
+        id_from("run_task", &bytes)
+    }
+
+    fn load_run(&self, id: &RunId) -> Result<Run> {
+        let task = self.task_of_run(id)?;
+        let agg = self.aggregate(&task)?;
+        agg.runs
+            .iter()
+            .find(|r| &r.run.id == id)
+            .map(|r| r.run.clone())
+            .ok_or_else(|| Error::corrupt("task_state", task.as_str(), format!("lacks run {id}")))
+    }
+
+    /// Applies `f` to the Task's aggregate: prepares the change from a
+    /// snapshot, submits it, and prepares it again if the Task moved on
+    /// meanwhile. Answers once the change is on disk.
+    async fn change<R>(&self, task: &TaskId, f: impl Fn(&mut TaskAggregate) -> Result<(Touched, R)> + Send) -> Result<R>
+    where
+        R: Send,
+    {
+        for _ in 0..MAX_ATTEMPTS {
+            let (snapshot, version) = self.snapshot(task)?;
+            let mut agg = TaskAggregate::clone(&snapshot);
+            let (touched, value) = f(&mut agg)?;
+            if touched == Touched::default() {
+                // Nothing to write; what the answer rests on is on disk
+                // once the next flush is.
+                self.committer.durable().await?;
+                return Ok(value);
+            }
+            match self.applier.submit(prepare(agg, &touched, Some(version), None)?).await? {
+                Installed::Done => return Ok(value),
+                Installed::Conflict => continue,
+                Installed::Existing(_) => {
+                    return Err(Error::storage("a change was taken for a new task"));
+                }
+            }
+        }
+        Err(Error::storage(format!("task {task}: gave up after {MAX_ATTEMPTS} conflicting changes")))
+    }
+}
+
+/// The records a change writes.
+fn prepare(
+    agg: TaskAggregate,
+    touched: &Touched,
+    expected: Option<u64>,
+    output_key: Option<Vec<u8>>,
+) -> Result<Install> {
+    let id = agg.task.id.clone();
+    let state = records::encode_state(&agg)?;
+    let events = match touched.events.first() {
+        Some(first) => {
+            let key = event_key(&id, first.seq);
+            let value = encode("event", &key, &touched.events)?;
+            Some((key, value))
+        }
+        None => None,
+    };
+    let head = match expected {
+        None => Some(records::encode_head(&agg.task)?),
+        Some(_) => None,
+    };
+    let priority = agg.task.spec.priority;
+    let mut new_runs = Vec::new();
+    let mut changes = Vec::with_capacity(touched.runs.len());
+    for t in &touched.runs {
+        let run = &agg.runs[t.index].run;
+        if t.before.is_none() {
+            new_runs.push(run.id.clone());
+        }
+        changes.push(index::Change {
+            before: t.before.as_ref().map(|b| index::Entry::of(b, priority)),
+            after: index::Entry::of(run, priority),
+        });
+    }
+    Ok(Install { task: id, expected, agg: Arc::new(agg), state, head, events, new_runs, output_key, changes })
+}
+
+/// What memory holds at open: the Tasks that have not ended (up to the
+/// cache's cap) and the scheduling indexes of their Runs. A Task whose
+/// records do not decode is left out (and logged): its Runs are not
+/// scheduled, and every call about it answers [`Error::Corrupt`].
+fn load_open_tasks(trees: &Trees) -> Result<Memory> {
+    let mut memory = Memory::default();
+    for entry in trees.open_tasks.iter() {
+        let (key, _) = entry.map_err(storage)?;
+        let load = || -> Result<TaskAggregate> {
+            let missing = |what| Error::corrupt(what, String::from_utf8_lossy(&key), "missing");
+            let head = trees.tasks.get(&key).map_err(storage)?.ok_or_else(|| missing("task"))?;
+            let state = trees.task_state.get(&key).map_err(storage)?.ok_or_else(|| missing("task_state"))?;
+            Ok(records::join(decode("task", &key, &head)?, decode("task_state", &key, &state)?))
+        };
+        match load() {
+            Ok(agg) => {
+                for record in &agg.runs {
+                    memory.indexes.insert(&index::Entry::of(&record.run, agg.task.spec.priority));
+                }
+                if memory.len() < CACHE_CAP {
+                    memory.load(agg);
+                }
+            }
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::error!(error = %e, "open task left out of scheduling");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(memory)
+}
+
+// ---------------------------------------------------------------- helpers
+
+type Abort = ConflictableTransactionError<Error>;
+
+fn abort(e: Error) -> Abort {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn tx_error(e: TransactionError<Error>) -> Error {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => storage(e),
+    }
+}
+
+fn tx_get<T: serde::de::DeserializeOwned>(
+    tree: &TransactionalTree,
+    what: &'static str,
+    key: &[u8],
+) -> std::result::Result<Option<T>, Abort> {
+    match tree.get(key)? {
+        Some(bytes) => decode(what, key, &bytes).map(Some).map_err(abort),
+        None => Ok(None),
+    }
+}
+
+// ---------------------------------------------------------------- traits
+
+#[async_trait]
+impl TaskStore for SledStore {
+    async fn create_task(&self, task: Task) -> Result<CreateOutcome<Task>> {
+        let (agg, touched) = TaskAggregate::create(task)?;
+        let install = prepare(agg, &touched, None, None)?;
+        let task = install.agg.task.clone();
+        // A repeat is answered after the flush too: the Task it found may
+        // not have been on disk yet.
+        match self.applier.submit(install).await? {
+            Installed::Done => Ok(CreateOutcome::Created(task)),
+            Installed::Existing(existing) => logic::idempotent_repeat(existing, &task),
+            Installed::Conflict => Err(Error::storage("a new task met a conflict")),
+        }
+    }
+
+    async fn get_task(&self, id: &TaskId) -> Result<Task> {
+        Ok(self.aggregate(id)?.task.clone())
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>> {
+        let size = page.size();
+        let after = page.after()?;
+        let range = match &after {
+            Some(id) => self.trees.tasks.range::<&[u8], _>((Bound::Excluded(id.as_str().as_bytes()), Bound::Unbounded)),
+            None => self.trees.tasks.iter(),
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        for entry in range {
+            let (key, value) = entry.map_err(storage)?;
+            let head: TaskHead = decode("task", &key, &value)?;
+            if filter.agent.as_ref().is_some_and(|a| a != &head.spec.agent.name) {
+                continue;
+            }
+            let task = self.with_state(head)?.task;
+            if !filter.matches(&task) {
+                continue;
+            }
+            if items.len() == size {
+                more = true;
+                break;
+            }
+            items.push(task);
+        }
+        let next_page_token = match items.last() {
+            Some(last) if more => Some(encode_page_token(&last.id)),
+            _ => None,
+        };
+        Ok(Page { items, next_page_token })
+    }
+
+    async fn cancel_task(&self, id: &TaskId, reason: &str, now: Timestamp) -> Result<CancelOutcome> {
+        self.change(id, |agg| agg.cancel(reason, now)).await
+    }
+
+    async fn fail_task(&self, id: &TaskId, reason: &str, now: Timestamp) -> Result<CancelOutcome> {
+        self.change(id, |agg| agg.fail(reason, now)).await
+    }
+}
+
+#[async_trait]
+impl RunStore for SledStore {
+    async fn get_run(&self, id: &RunId) -> Result<Run> {
+        self.load_run(id)
+    }
+
+    async fn list_runs(&self, task: &TaskId) -> Result<Vec<Run>> {
+        let mut runs: Vec<Run> = self.aggregate(task)?.runs.iter().map(|r| r.run.clone()).collect();
+        runs.sort_by_key(|r| (r.shard, r.attempt));
+        Ok(runs)
+    }
+
+    async fn pending_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
+        let ids = self.memory().indexes.pending(now, limit);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let run = self.load_run(&id)?;
+            // Assigned since the index was read: not pending any more.
+            if run.status == RunStatus::Pending {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn active_runs_of_worker(&self, worker: &WorkerId) -> Result<Vec<Run>> {
+        let ids = self.memory().indexes.of_worker(worker);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let run = self.load_run(&id)?;
+            if run.status.is_active() && run.worker_id.as_ref() == Some(worker) {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn assign_run(
+        &self,
+        id: &RunId,
+        worker: &WorkerId,
+        expected_lease: u64,
+        now: Timestamp,
+    ) -> Result<RunChange> {
+        let task = self.task_of_run(id)?;
+        self.change(&task, |agg| agg.assign(id, worker, expected_lease, now)).await
+    }
+
+    async fn start_run(&self, id: &RunId, lease: u64, now: Timestamp) -> Result<RunChange> {
+        let task = self.task_of_run(id)?;
+        self.change(&task, |agg| agg.start(id, lease, now)).await
+    }
+
+    async fn finish_run(&self, id: &RunId, lease: u64, outcome: RunOutcome, now: Timestamp) -> Result<RunChange> {
+        let task = self.task_of_run(id)?;
+        self.change(&task, |agg| agg.finish(id, lease, outcome.clone(), now)).await
+    }
+
+    async fn fail_runs_of_worker(&self, worker: &WorkerId, reason: &str, now: Timestamp) -> Result<Vec<RunChange>> {
+        let ids = self.memory().indexes.of_worker(worker);
+        let mut changes = Vec::new();
+        for id in ids {
+            let task = self.task_of_run(&id)?;
+            let change = self
+                .change(&task, |agg| {
+                    Ok(match agg.fail_lost_run(&id, worker, reason, now)? {
+                        Some((touched, change)) => (touched, Some(change)),
+                        None => (Touched::default(), None),
+                    })
+                })
+                .await?;
+            changes.extend(change);
+        }
+        Ok(changes)
+    }
+}
+
+#[async_trait]
+impl EventStore for SledStore {
+    async fn append_output(
+        &self,
+        run: &RunId,
+        lease: u64,
+        seq: u64,
+        data: String,
+        now: Timestamp,
+    ) -> Result<AppendOutcome> {
+        let task = self.task_of_run(run)?;
+        let seen = records::output_key(run, seq);
+        for _ in 0..MAX_ATTEMPTS {
+            let (snapshot, version) = self.snapshot(&task)?;
+            // Read after the snapshot: a chunk in the snapshot is in sled.
+            let already_stored = self.trees.output.contains_key(&seen).map_err(storage)?;
+            let mut agg = TaskAggregate::clone(&snapshot);
+            let i = agg.run_index(run)?;
+            let before = agg.runs[i].run.clone();
+            let step = logic::append_output(
+                &mut agg.meta,
+                &mut agg.runs[i],
+                lease,
+                seq,
+                data.clone(),
+                already_stored,
+                &self.config,
+                now,
+            )?;
+            let mut touched =
+                Touched { task: false, runs: vec![TouchedRun { index: i, before: Some(before) }], events: Vec::new() };
+            let (install, answer) = match step {
+                OutputStep::Duplicate => {
+                    self.committer.durable().await?;
+                    return Ok(AppendOutcome::Duplicate);
+                }
+                OutputStep::OverLimit { limit_bytes } => (
+                    prepare(agg, &touched, Some(version), None)?,
+                    Err(Error::OutputLimit { run_id: run.clone(), limit_bytes }),
+                ),
+                OutputStep::Append(event) => {
+                    touched.events.push(event.clone());
+                    (prepare(agg, &touched, Some(version), Some(seen.clone()))?, Ok(AppendOutcome::Appended(event)))
+                }
+            };
+            match self.applier.submit(install).await? {
+                Installed::Done => return answer,
+                Installed::Conflict => continue,
+                Installed::Existing(_) => {
+                    return Err(Error::storage("an output chunk was taken for a new task"));
+                }
+            }
+        }
+        Err(Error::storage(format!("task {task}: gave up after {MAX_ATTEMPTS} conflicting changes")))
+    }
+
+    async fn events_since(&self, task: &TaskId, after_seq: u64, limit: usize) -> Result<Vec<TaskEvent>> {
+        let limit = if limit == 0 { 1000 } else { limit };
+        if !self.trees.tasks.contains_key(task.as_str().as_bytes()).map_err(storage)? {
+            return Err(Error::not_found("task", task));
+        }
+        let Some(first) = after_seq.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let take = |key: &[u8], value: &[u8], out: &mut Vec<TaskEvent>| -> Result<bool> {
+            let events: Vec<TaskEvent> = decode("event", key, value)?;
+            for e in events {
+                if e.seq > after_seq {
+                    if out.len() == limit {
+                        return Ok(false);
+                    }
+                    out.push(e);
+                }
+            }
+            Ok(true)
+        };
+        // The record holding `first` starts at or before it…
+        let start = event_key(task, first);
+        if let Some(entry) = self.trees.events.range(event_key(task, 0)..=start.clone()).next_back() {
+            let (key, value) = entry.map_err(storage)?;
+            take(&key, &value, &mut out)?;
+        }
+        // …and the records after it follow.
+        for entry in self.trees.events.range::<&[u8], _>((
+            Bound::Excluded(start.as_slice()),
+            Bound::Included(event_key(task, u64::MAX).as_slice()),
+        )) {
+            let (key, value) = entry.map_err(storage)?;
+            if !take(&key, &value, &mut out)? {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl WorkerStore for SledStore {
+    async fn upsert_worker(&self, worker: Worker) -> Result<()> {
+        let key = worker.info.id.as_str().as_bytes();
+        let bytes = encode("worker", key, &worker)?;
+        self.trees.workers.insert(key, bytes).map_err(storage)?;
+        self.committer.durable().await
+    }
+
+    async fn get_worker(&self, id: &WorkerId) -> Result<Worker> {
+        self.get(&self.trees.workers, "worker", id.as_str().as_bytes())?.ok_or_else(|| Error::not_found("worker", id))
+    }
+
+    async fn list_workers(&self) -> Result<Vec<Worker>> {
+        let mut out = Vec::new();
+        for entry in self.trees.workers.iter() {
+            let (key, value) = entry.map_err(storage)?;
+            out.push(decode("worker", &key, &value)?);
+        }
+        Ok(out)
+    }
+
+    async fn set_worker_state(&self, id: &WorkerId, state: WorkerState) -> Result<Worker> {
+        let key = id.as_str().as_bytes();
+        let worker = self
+            .trees
+            .workers
+            .transaction(|workers| {
+                let mut worker: Worker =
+                    tx_get(workers, "worker", key)?.ok_or_else(|| abort(Error::not_found("worker", id)))?;
+                worker.state = state;
+                let bytes = encode("worker", key, &worker).map_err(abort)?;
+                workers.insert(key, bytes)?;
+                Ok(worker)
+            })
+            .map_err(tx_error)?;
+        self.committer.durable().await?;
+        Ok(worker)
+    }
+}
+
+impl SledStore {
+    fn stored_agent(&self, manifest: AgentManifest) -> Result<StoredAgent> {
+        let envelope = self
+            .trees
+            .envelopes
+            .get(manifest.digest.as_bytes())
+            .map_err(storage)?
+            .ok_or_else(|| Error::corrupt("envelope", manifest.digest.to_string(), "missing"))?;
+        Ok(StoredAgent { manifest, envelope: envelope.to_vec() })
+    }
+}
+
+#[async_trait]
+impl AgentStore for SledStore {
+    async fn put_agent(
+        &self,
+        manifest: AgentManifest,
+        envelope: Vec<u8>,
+        component: Vec<u8>,
+    ) -> Result<CreateOutcome<StoredAgent>> {
+        logic::check_component(&manifest, &component)?;
+        let key = records::agent_key(&manifest.name, manifest.version);
+        let digest = manifest.digest.as_bytes().to_vec();
+        let manifest_bytes = encode("agent", &key, &manifest)?;
+        let t = &self.trees;
+        let existing = (&t.agents, &t.agent_digests, &t.blobs, &t.envelopes)
+            .transaction(|(agents, digests, blobs, envelopes)| {
+                let by_version: Option<AgentManifest> = tx_get(agents, "agent", &key)?;
+                let by_digest: Option<AgentManifest> = match digests.get(&digest)? {
+                    Some(k) => tx_get(agents, "agent", &k)?,
+                    None => None,
+                };
+                let repeat =
+                    logic::decide_put_agent(&manifest, by_version.as_ref(), by_digest.as_ref()).map_err(abort)?;
+                if let Some(stored) = repeat {
+                    return Ok(Some(stored.clone()));
+                }
+                agents.insert(key.as_slice(), manifest_bytes.as_slice())?;
+                digests.insert(digest.as_slice(), key.as_slice())?;
+                blobs.insert(digest.as_slice(), component.as_slice())?;
+                envelopes.insert(digest.as_slice(), envelope.as_slice())?;
+                Ok(None)
+            })
+            .map_err(tx_error)?;
+        self.committer.durable().await?;
+        match existing {
+            Some(stored) => Ok(CreateOutcome::Existing(self.stored_agent(stored)?)),
+            None => Ok(CreateOutcome::Created(StoredAgent { manifest, envelope })),
+        }
+    }
+
+    async fn get_agent(&self, name: &AgentName, version: Option<AgentVersion>) -> Result<StoredAgent> {
+        let found = match version {
+            Some(v) => self.get::<AgentManifest>(&self.trees.agents, "agent", &records::agent_key(name, v))?,
+            None => {
+                let prefix = joined(name.as_str().as_bytes(), &[]);
+                match self.trees.agents.scan_prefix(&prefix).next_back() {
+                    Some(entry) => {
+                        let (key, bytes) = entry.map_err(storage)?;
+                        Some(decode::<AgentManifest>("agent", &key, &bytes)?)
+                    }
+                    None => None,
+                }
+            }
+        };
+        match found {
+            Some(manifest) => self.stored_agent(manifest),
+            None => Err(Error::not_found(
+                "agent",
+                match version {
+                    Some(v) => format!("{name}@{v}"),
+                    None => name.to_string(),
+                },
+            )),
+        }
+    }
+
+    async fn get_agent_by_digest(&self, digest: &AgentDigest) -> Result<StoredAgent> {
+        let key = self
+            .trees
+            .agent_digests
+            .get(digest.as_bytes())
+            .map_err(storage)?
+            .ok_or_else(|| Error::not_found("agent", digest))?;
+        let manifest: AgentManifest = self
+            .get(&self.trees.agents, "agent", &key)?
+            .ok_or_else(|| Error::corrupt("agent_digests", digest.to_string(), "names no agent"))?;
+        self.stored_agent(manifest)
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentManifest>> {
+        let mut out = Vec::new();
+        for entry in self.trees.agents.iter() {
+            let (key, value) = entry.map_err(storage)?;
+            out.push(decode("agent", &key, &value)?);
+        }
+        Ok(out)
+    }
+
+    async fn get_blob(&self, digest: &AgentDigest) -> Result<Vec<u8>> {
+        self.trees
+            .blobs
+            .get(digest.as_bytes())
+            .map_err(storage)?
+            .map(|b| b.to_vec())
+            .ok_or_else(|| Error::not_found("blob", digest))
+    }
+}

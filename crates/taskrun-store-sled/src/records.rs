@@ -1,0 +1,127 @@
+//! How records and keys are laid out in sled.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use taskrun_core::{AgentName, AgentVersion, Json, RunId, Task, TaskId, TaskSpec, TaskStatus, Timestamp};
+use taskrun_store::logic::{RunRecord, TaskAggregate, TaskMeta};
+use taskrun_store::{Error, Result};
+
+/// What never changes about a Task (`tasks` tree). The input may be large,
+/// so it is written once.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct TaskHead {
+    pub id: TaskId,
+    pub spec: TaskSpec,
+    pub created_at: Timestamp,
+}
+
+/// What changes about a Task (`task_state` tree): one small record written
+/// by every change to the Task, its Runs or its events.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct TaskState {
+    pub status: TaskStatus,
+    pub updated_at: Timestamp,
+    pub result: Option<Json>,
+    pub error: Option<String>,
+    pub meta: TaskMeta,
+    pub runs: Vec<RunRecord>,
+}
+
+/// [`TaskState`] borrowed from an aggregate, for writing.
+#[derive(Serialize)]
+struct TaskStateRef<'a> {
+    status: TaskStatus,
+    updated_at: Timestamp,
+    result: &'a Option<Json>,
+    error: &'a Option<String>,
+    meta: &'a TaskMeta,
+    runs: &'a [RunRecord],
+}
+
+#[derive(Serialize)]
+struct TaskHeadRef<'a> {
+    id: &'a TaskId,
+    spec: &'a TaskSpec,
+    created_at: Timestamp,
+}
+
+pub(crate) fn encode_head(task: &Task) -> Result<Vec<u8>> {
+    encode(
+        "task",
+        task.id.as_str().as_bytes(),
+        &TaskHeadRef { id: &task.id, spec: &task.spec, created_at: task.created_at },
+    )
+}
+
+pub(crate) fn encode_state(agg: &TaskAggregate) -> Result<Vec<u8>> {
+    encode(
+        "task_state",
+        agg.task.id.as_str().as_bytes(),
+        &TaskStateRef {
+            status: agg.task.status,
+            updated_at: agg.task.updated_at,
+            result: &agg.task.result,
+            error: &agg.task.error,
+            meta: &agg.meta,
+            runs: &agg.runs,
+        },
+    )
+}
+
+pub(crate) fn join(head: TaskHead, state: TaskState) -> TaskAggregate {
+    TaskAggregate {
+        task: Task {
+            id: head.id,
+            spec: head.spec,
+            status: state.status,
+            created_at: head.created_at,
+            updated_at: state.updated_at,
+            result: state.result,
+            error: state.error,
+        },
+        meta: state.meta,
+        runs: state.runs,
+    }
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(what, String::from_utf8_lossy(key), e))
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(what: &'static str, key: &[u8], value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::corrupt(what, String::from_utf8_lossy(key), e))
+}
+
+/// `a`, a 0 byte, `b`. Ids never contain a 0 byte, so `a, 0` is a prefix
+/// that no longer id shares.
+pub(crate) fn joined(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(a.len() + 1 + b.len());
+    key.extend_from_slice(a);
+    key.push(0);
+    key.extend_from_slice(b);
+    key
+}
+
+/// The key of the `events` record whose first event has `seq`.
+pub(crate) fn event_key(task: &TaskId, seq: u64) -> Vec<u8> {
+    joined(task.as_str().as_bytes(), &seq.to_be_bytes())
+}
+
+pub(crate) fn output_key(run: &RunId, seq: u64) -> Vec<u8> {
+    joined(run.as_str().as_bytes(), &seq.to_be_bytes())
+}
+
+pub(crate) fn agent_key(name: &AgentName, version: AgentVersion) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12);
+    v.extend_from_slice(&version.major.to_be_bytes());
+    v.extend_from_slice(&version.minor.to_be_bytes());
+    v.extend_from_slice(&version.patch.to_be_bytes());
+    joined(name.as_str().as_bytes(), &v)
+}
+
+pub(crate) fn id_from<T: std::str::FromStr>(what: &'static str, bytes: &[u8]) -> Result<T> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::corrupt(what, String::from_utf8_lossy(bytes), "not an id"))
+}

@@ -1,0 +1,136 @@
+//! What sled adds to the conformance suite: state survives closing and
+//! reopening, concurrent writers share flushes, corrupt records are errors.
+
+use std::sync::Arc;
+
+use taskrun_core::{
+    AgentDigest, AgentManifest, AgentRef, Json, RunOutcome, RunStatus, Task, TaskEventKind, TaskId, TaskSpec,
+    TaskStatus, Timestamp, WorkerId,
+};
+use taskrun_store::{AppendOutcome, CreateOutcome, Error, PageRequest, Store, StoreConfig, TaskFilter, TaskStore};
+use taskrun_store_sled::SledStore;
+
+const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+fn spec(key: Option<&str>) -> TaskSpec {
+    let mut spec =
+        TaskSpec::new(AgentRef::latest("echo".parse().unwrap()), Json::parse("input", r#"{"q":1}"#).unwrap());
+    spec.idempotency_key = key.map(str::to_owned);
+    spec
+}
+
+fn task(key: Option<&str>) -> Task {
+    Task::new(TaskId::generate(), spec(key), T0, usize::MAX).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let w: WorkerId = "worker-1".parse().unwrap();
+    let component = b"\0asm persisted".to_vec();
+    let manifest = AgentManifest {
+        name: "echo".parse().unwrap(),
+        version: "1.0.0".parse().unwrap(),
+        digest: AgentDigest::of(&component),
+        size: component.len() as u64,
+        wit_world: taskrun_core::WIT_WORLD.into(),
+        signer: "key-1".into(),
+        published_at: T0,
+    };
+    let (t, run, lease, events) = {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), StoreConfig::default()).unwrap());
+        let t = store.create_task(task(Some("k1"))).await.unwrap().into_inner();
+        let run = store.list_runs(&t.id).await.unwrap().remove(0);
+        let lease = store.assign_run(&run.id, &w, 0, T0).await.unwrap().run.lease;
+        store.start_run(&run.id, lease, T0).await.unwrap();
+        store.append_output(&run.id, lease, 1, "first".into(), T0).await.unwrap();
+        store.put_agent(manifest.clone(), b"env".to_vec(), component.clone()).await.unwrap();
+        let events = store.events_since(&t.id, 0, 0).await.unwrap();
+        (t.id, run.id, lease, events)
+    };
+
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), StoreConfig::default()).unwrap());
+    let stored = store.get_task(&t).await.unwrap();
+    assert_eq!(stored.status, TaskStatus::Running);
+    assert_eq!(store.get_run(&run).await.unwrap().status, RunStatus::Running);
+    assert_eq!(store.events_since(&t, 0, 0).await.unwrap(), events);
+    assert_eq!(store.active_runs_of_worker(&w).await.unwrap()[0].id, run);
+    assert_eq!(store.get_blob(&manifest.digest).await.unwrap(), component);
+    assert_eq!(store.get_agent(&manifest.name, None).await.unwrap().manifest, manifest);
+    // The idempotency index, the (run, seq) set and the event counter are
+    // back too.
+    match store.create_task(task(Some("k1"))).await.unwrap() {
+        CreateOutcome::Existing(existing) => assert_eq!(existing.id, t),
+        other => panic!("expected the stored task, got {other:?}"),
+    }
+    assert_eq!(store.append_output(&run, lease, 1, "first".into(), T0).await.unwrap(), AppendOutcome::Duplicate);
+    let next = store.append_output(&run, lease, 2, "second".into(), T0).await.unwrap();
+    match next {
+        AppendOutcome::Appended(e) => assert_eq!(e.seq, events.len() as u64 + 1),
+        AppendOutcome::Duplicate => panic!("seq 2 is new"),
+    }
+    let change = store
+        .finish_run(&run, lease, RunOutcome::Completed { result: Json::parse("r", "7").unwrap() }, T0)
+        .await
+        .unwrap();
+    assert_eq!(change.task.status, TaskStatus::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_flushes() {
+    let store = Arc::new(SledStore::temporary(StoreConfig::default()).unwrap());
+    let before = store.commit_stats();
+    let mut handles = Vec::new();
+    for _ in 0..64 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            store.create_task(task(None)).await.unwrap();
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let after = store.commit_stats();
+    let acked = after.acknowledged - before.acknowledged;
+    let flushes = after.flushes - before.flushes;
+    assert_eq!(acked, 64);
+    assert!(flushes >= 1);
+    assert!(flushes < acked, "64 concurrent writes took {flushes} flushes: no grouping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_records_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t1, r1, t2, r2) = {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), StoreConfig::default()).unwrap());
+        let t1 = store.create_task(task(None)).await.unwrap().into_inner();
+        let t2 = store.create_task(task(None)).await.unwrap().into_inner();
+        let r1 = store.list_runs(&t1.id).await.unwrap().remove(0);
+        let r2 = store.list_runs(&t2.id).await.unwrap().remove(0);
+        (t1.id, r1.id, t2.id, r2.id)
+    };
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("tasks").unwrap().insert(t1.as_str().as_bytes(), &b"{not json"[..]).unwrap();
+        db.open_tree("task_state").unwrap().insert(t2.as_str().as_bytes(), &b"[]"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    // The store opens; the two Tasks are left out of scheduling.
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), StoreConfig::default()).unwrap());
+    let is_corrupt = |e: Error| matches!(e, Error::Corrupt { .. });
+    assert!(is_corrupt(store.get_task(&t1).await.unwrap_err()));
+    assert!(is_corrupt(store.get_task(&t2).await.unwrap_err()));
+    assert!(is_corrupt(store.get_run(&r2).await.unwrap_err()));
+    assert!(is_corrupt(store.list_tasks(&TaskFilter::default(), &PageRequest::default()).await.unwrap_err()));
+    assert!(is_corrupt(store.list_runs(&t2).await.unwrap_err()));
+    assert!(is_corrupt(store.assign_run(&r1, &"w".parse().unwrap(), 0, T0).await.unwrap_err()));
+    assert!(is_corrupt(store.assign_run(&r2, &"w".parse().unwrap(), 0, T0).await.unwrap_err()));
+    assert!(is_corrupt(store.cancel_task(&t2, "x", T0).await.unwrap_err()));
+    assert!(store.pending_runs(T0, 10).await.unwrap().is_empty());
+    // The rest of the store still works, in the same batches as refused
+    // changes.
+    let other = store.create_task(task(None)).await.unwrap().into_inner();
+    let events = store.events_since(&other.id, 0, 0).await.unwrap();
+    assert!(matches!(events[0].kind, TaskEventKind::Status { .. }));
+    assert_eq!(store.pending_runs(T0, 10).await.unwrap().len(), 1);
+}

@@ -1,0 +1,1416 @@
+//! The conformance suite: one set of tests every backend must pass.
+//!
+//! Each case is an async function taking a factory that opens a fresh, empty
+//! store with the given [`StoreConfig`]. A backend runs them all with
+//!
+//! ```ignore
+//! async fn make(config: StoreConfig) -> Arc<dyn Store> { … }
+//! taskrun_store::conformance_tests!(make);
+//! ```
+//!
+//! which generates one `#[tokio::test]` per case (the calling crate needs
+//! `tokio` as a dev-dependency). [`check_invariants`] is public so that other
+//! tests (the sled crash test) check the same invariants.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+
+use taskrun_core::{
+    AgentDigest, AgentManifest, AgentName, AgentRef, AgentVersion, Json, RetryPolicy, Run, RunOutcome, RunStatus, Task,
+    TaskEvent, TaskEventKind, TaskId, TaskSpec, TaskStatus, Timestamp, Worker, WorkerId, WorkerInfo, WorkerState,
+    derive_task_status,
+};
+
+use crate::{AppendOutcome, CreateOutcome, Error, PageRequest, Store, StoreConfig, TaskFilter};
+
+/// Generates one `#[tokio::test]` per conformance case, each calling
+/// `$factory(config).await` for its fresh store.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:path) => {
+        $crate::conformance_tests!(@cases $factory;
+            create_task_stores_runs_and_first_event,
+            create_task_refuses_bad_tasks_and_reused_ids,
+            idempotency_same_key_same_spec,
+            idempotency_same_key_other_spec,
+            idempotency_concurrent_creates,
+            fan_out_creates_one_run_per_shard,
+            list_filters_by_status_agent_and_labels,
+            list_pages_through_25_tasks,
+            list_page_token_is_stable_under_inserts,
+            list_refuses_foreign_page_token,
+            assign_race_exactly_one_wins,
+            assign_refuses_moved_lease,
+            start_checks_lease_and_state,
+            stale_finish_is_refused_and_changes_nothing,
+            failed_finish_creates_retry_with_backoff,
+            exhausted_retries_fail_the_task,
+            fan_out_completes_when_every_shard_completes,
+            fan_out_shard_out_of_attempts_cancels_the_others,
+            cancel_task_cancels_runs_and_returns_active_ones,
+            fail_task_ends_it_without_a_retry,
+            worker_loss_fails_runs_and_fences_the_worker,
+            concurrent_writers_keep_invariants,
+            concurrent_finishes_of_one_run_exactly_one_wins,
+            output_is_deduplicated_and_ordered,
+            output_is_capped_per_run,
+            events_since_resumes_from_a_cursor,
+            pending_runs_by_priority_and_not_before,
+            workers_upsert_get_list_and_state,
+            agents_and_blobs_by_digest,
+            agent_version_and_digest_conflicts,
+        );
+    };
+    (@cases $factory:path; $($case:ident),+ $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::conformance::$case($factory).await;
+            }
+        )+
+    };
+}
+
+/// The time the suite's clocks start at.
+pub const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp(T0.0 + ms)
+}
+
+/// A spec for agent `agent` with a small input, no retry backoff to speak
+/// of, and defaults otherwise.
+pub fn spec(agent: &str) -> TaskSpec {
+    let mut spec = TaskSpec::new(
+        AgentRef::latest(agent.parse().expect("agent name")),
+        Json::parse("input", r#"{"q":"hello"}"#).expect("json"),
+    );
+    spec.retry = RetryPolicy { max_attempts: 3, initial_backoff_ms: 1000, max_backoff_ms: 60_000 };
+    spec
+}
+
+/// A new PENDING Task with a fresh id.
+pub fn new_task(spec: TaskSpec, now: Timestamp) -> Task {
+    Task::new(TaskId::generate(), spec, now, usize::MAX).expect("valid task")
+}
+
+fn worker(n: u32) -> WorkerId {
+    format!("worker-{n}").parse().expect("worker id")
+}
+
+fn json(text: &str) -> Json {
+    Json::parse("json", text).expect("json")
+}
+
+async fn create(store: &dyn Store, spec: TaskSpec) -> (Task, Vec<Run>) {
+    let task = store.create_task(new_task(spec, T0)).await.expect("create").into_inner();
+    let runs = store.list_runs(&task.id).await.expect("runs");
+    (task, runs)
+}
+
+async fn all_events(store: &dyn Store, task: &TaskId) -> Vec<TaskEvent> {
+    let mut out = Vec::new();
+    loop {
+        let after = out.last().map(|e: &TaskEvent| e.seq).unwrap_or(0);
+        let page = store.events_since(task, after, 100).await.expect("events");
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+/// Everything about a Task, to compare before and after a refused change.
+async fn snapshot(store: &dyn Store, task: &TaskId) -> (Task, Vec<Run>, Vec<TaskEvent>) {
+    (
+        store.get_task(task).await.expect("task"),
+        store.list_runs(task).await.expect("runs"),
+        all_events(store, task).await,
+    )
+}
+
+/// Assigns and starts `run`, returning its lease.
+async fn run_it(store: &dyn Store, run: &Run, w: &WorkerId, now: Timestamp) -> u64 {
+    let change = store.assign_run(&run.id, w, run.lease, now).await.expect("assign");
+    let lease = change.run.lease;
+    store.start_run(&run.id, lease, now).await.expect("start");
+    lease
+}
+
+fn failed(error: &str) -> RunOutcome {
+    RunOutcome::Failed { error: error.to_owned() }
+}
+
+fn completed(result: &str) -> RunOutcome {
+    RunOutcome::Completed { result: json(result) }
+}
+
+/// Checks what must hold for every Task at every moment: its status is the
+/// one its Runs give; each shard has consecutive attempts with only the
+/// latest one unfinished; leases and workers agree with statuses; a terminal
+/// Task has no unfinished Run; its events are numbered 1, 2, … and the last
+/// status event carries the Task's status.
+pub async fn check_invariants(store: &dyn Store, id: &TaskId) -> Result<(), String> {
+    let task = store.get_task(id).await.map_err(|e| format!("get_task: {e}"))?;
+    let runs = store.list_runs(id).await.map_err(|e| format!("list_runs: {e}"))?;
+    let fan_out = task.spec.fan_out.max(1);
+    let ctx = |what: String| format!("task {id} ({}): {what}", task.status);
+
+    // Ended explicitly (cancel_task, or fail_task when nobody started it):
+    // the status is not derived from the Runs, but a reason is recorded.
+    let ended_explicitly = task.status == TaskStatus::Cancelled
+        || (task.status == TaskStatus::Failed && !runs.iter().any(|r| r.status == RunStatus::Failed));
+    if ended_explicitly {
+        if task.error.is_none() {
+            return Err(ctx("ended without a reason".into()));
+        }
+    } else {
+        let derived = derive_task_status(TaskStatus::Pending, fan_out, &task.spec.retry, &runs);
+        if derived != task.status {
+            return Err(ctx(format!("its Runs give {derived}")));
+        }
+    }
+    if task.status == TaskStatus::Completed {
+        let shard0 = runs.iter().find(|r| r.shard == 0 && r.status == RunStatus::Completed);
+        if shard0.and_then(|r| r.result.as_ref()) != task.result.as_ref() {
+            return Err(ctx("result is not shard 0's".into()));
+        }
+    }
+    for shard in 0..fan_out {
+        let mut shard_runs: Vec<&Run> = runs.iter().filter(|r| r.shard == shard).collect();
+        shard_runs.sort_by_key(|r| r.attempt);
+        if shard_runs.is_empty() {
+            return Err(ctx(format!("shard {shard} has no run")));
+        }
+        for (n, run) in shard_runs.iter().enumerate() {
+            if run.attempt as usize != n + 1 {
+                return Err(ctx(format!("shard {shard} attempts are not 1, 2, …")));
+            }
+            let latest = n + 1 == shard_runs.len();
+            if !latest && !run.status.is_terminal() {
+                return Err(ctx(format!("run {} is unfinished but not latest", run.id)));
+            }
+        }
+    }
+    for run in &runs {
+        if run.task_id != task.id || run.shard >= fan_out {
+            return Err(ctx(format!("run {} does not belong", run.id)));
+        }
+        if task.status.is_terminal() && !run.status.is_terminal() {
+            return Err(ctx(format!("run {} is {}", run.id, run.status)));
+        }
+        match run.status {
+            RunStatus::Pending => {
+                if run.lease != 0 || run.worker_id.is_some() {
+                    return Err(ctx(format!("pending run {} has a lease", run.id)));
+                }
+            }
+            RunStatus::Assigned | RunStatus::Running | RunStatus::Completed => {
+                if run.lease == 0 || run.worker_id.is_none() {
+                    return Err(ctx(format!("run {} has no lease or worker", run.id)));
+                }
+            }
+            RunStatus::Failed | RunStatus::Cancelled => {
+                if (run.lease == 0) != run.worker_id.is_none() {
+                    return Err(ctx(format!("run {} lease and worker disagree", run.id)));
+                }
+            }
+        }
+    }
+    let events = all_events(store, id).await;
+    for (n, event) in events.iter().enumerate() {
+        if event.seq != n as u64 + 1 || &event.task_id != id {
+            return Err(ctx(format!("event {n} has seq {}", event.seq)));
+        }
+    }
+    let last_status = events.iter().rev().find_map(|e| match &e.kind {
+        TaskEventKind::Status { task_status, .. } => Some(*task_status),
+        TaskEventKind::Output(_) => None,
+    });
+    if last_status != Some(task.status) {
+        return Err(ctx(format!("last status event says {last_status:?}")));
+    }
+    Ok(())
+}
+
+async fn assert_invariants(store: &dyn Store, id: &TaskId) {
+    if let Err(e) = check_invariants(store, id).await {
+        panic!("invariant broken: {e}");
+    }
+}
+
+// ---------------------------------------------------------------- tasks
+
+pub async fn create_task_stores_runs_and_first_event<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let task = new_task(spec("echo"), T0);
+    let out = store.create_task(task.clone()).await.unwrap();
+    assert_eq!(out, CreateOutcome::Created(task.clone()));
+    assert_eq!(store.get_task(&task.id).await.unwrap(), task);
+
+    let runs = store.list_runs(&task.id).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!((run.shard, run.attempt, run.lease, run.status), (0, 1, 0, RunStatus::Pending));
+    assert_eq!(run.task_id, task.id);
+    assert_eq!(run.not_before, T0);
+    assert_eq!(store.get_run(&run.id).await.unwrap(), *run);
+
+    let events = all_events(&*store, &task.id).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].seq, 1);
+    assert!(matches!(events[0].kind, TaskEventKind::Status { task_status: TaskStatus::Pending, run_id: None, .. }));
+    let pending = store.pending_runs(T0, 10).await.unwrap();
+    assert_eq!(pending, runs);
+    assert_invariants(&*store, &task.id).await;
+
+    let missing = TaskId::generate();
+    assert!(store.get_task(&missing).await.unwrap_err().is_not_found());
+    assert!(store.list_runs(&missing).await.unwrap_err().is_not_found());
+    assert!(store.events_since(&missing, 0, 10).await.unwrap_err().is_not_found());
+    let missing_run = taskrun_core::RunId::generate();
+    assert!(store.get_run(&missing_run).await.unwrap_err().is_not_found());
+    assert!(store.assign_run(&missing_run, &worker(1), 0, T0).await.unwrap_err().is_not_found());
+}
+
+pub async fn create_task_refuses_bad_tasks_and_reused_ids<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut running = new_task(spec("echo"), T0);
+    running.status = TaskStatus::Running;
+    let err = store.create_task(running).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+
+    let mut bad = new_task(spec("echo"), T0);
+    bad.spec.fan_out = 0;
+    let err = store.create_task(bad).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+
+    let task = new_task(spec("echo"), T0);
+    store.create_task(task.clone()).await.unwrap();
+    let mut again = task.clone();
+    again.spec.input = json("[1]");
+    let err = store.create_task(again).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+    assert_eq!(store.get_task(&task.id).await.unwrap(), task);
+    let all = store.list_tasks(&TaskFilter::default(), &PageRequest::default()).await.unwrap();
+    assert_eq!(all.items, vec![task]);
+}
+
+pub async fn idempotency_same_key_same_spec<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut s = spec("echo");
+    s.idempotency_key = Some("order-17".into());
+    let first = new_task(s.clone(), T0);
+    assert!(store.create_task(first.clone()).await.unwrap().is_created());
+
+    let second = new_task(s, at(5));
+    let out = store.create_task(second.clone()).await.unwrap();
+    assert_eq!(out, CreateOutcome::Existing(first.clone()));
+    assert!(store.get_task(&second.id).await.unwrap_err().is_not_found());
+    assert_eq!(store.list_runs(&first.id).await.unwrap().len(), 1);
+    assert_eq!(all_events(&*store, &first.id).await.len(), 1);
+    let all = store.list_tasks(&TaskFilter::default(), &PageRequest::default()).await.unwrap();
+    assert_eq!(all.items.len(), 1);
+}
+
+pub async fn idempotency_same_key_other_spec<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut s = spec("echo");
+    s.idempotency_key = Some("order-18".into());
+    let first = new_task(s.clone(), T0);
+    store.create_task(first.clone()).await.unwrap();
+
+    let mut other = s.clone();
+    other.input = json(r#"{"q":"something else"}"#);
+    let err = store.create_task(new_task(other, T0)).await.unwrap_err();
+    match err {
+        Error::IdempotencyConflict { key, task_id } => {
+            assert_eq!(key, "order-18");
+            assert_eq!(task_id, first.id);
+        }
+        e => panic!("expected IdempotencyConflict, got {e}"),
+    }
+    let all = store.list_tasks(&TaskFilter::default(), &PageRequest::default()).await.unwrap();
+    assert_eq!(all.items, vec![first]);
+}
+
+pub async fn idempotency_concurrent_creates<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut s = spec("echo");
+    s.idempotency_key = Some("raced".into());
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        let task = new_task(s.clone(), T0);
+        handles.push(tokio::spawn(async move { store.create_task(task).await.unwrap() }));
+    }
+    let mut created = 0;
+    let mut ids = BTreeSet::new();
+    for h in handles {
+        let out = h.await.unwrap();
+        created += usize::from(out.is_created());
+        ids.insert(out.into_inner().id);
+    }
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1);
+    let all = store.list_tasks(&TaskFilter::default(), &PageRequest::default()).await.unwrap();
+    assert_eq!(all.items.len(), 1);
+}
+
+pub async fn fan_out_creates_one_run_per_shard<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut s = spec("echo");
+    s.fan_out = 3;
+    let (task, runs) = create(&*store, s).await;
+    let shards: Vec<(u32, u32, RunStatus)> = runs.iter().map(|r| (r.shard, r.attempt, r.status)).collect();
+    assert_eq!(shards, vec![(0, 1, RunStatus::Pending), (1, 1, RunStatus::Pending), (2, 1, RunStatus::Pending)]);
+    assert_eq!(store.pending_runs(T0, 10).await.unwrap().len(), 3);
+    assert_eq!(all_events(&*store, &task.id).await.len(), 1);
+    assert_invariants(&*store, &task.id).await;
+}
+
+async fn ids(store: &dyn Store, filter: TaskFilter) -> Vec<TaskId> {
+    store.list_tasks(&filter, &PageRequest::default()).await.unwrap().items.into_iter().map(|t| t.id).collect()
+}
+
+pub async fn list_filters_by_status_agent_and_labels<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let labelled = |agent: &str, labels: &[(&str, &str)]| {
+        let mut s = spec(agent);
+        s.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        s
+    };
+    let (a, _) = create(&*store, labelled("alpha", &[("env", "prod"), ("team", "x")])).await;
+    let (b, b_runs) = create(&*store, labelled("alpha", &[("env", "dev")])).await;
+    let (c, _) = create(&*store, labelled("beta", &[("env", "prod")])).await;
+    let (d, _) = create(&*store, labelled("beta", &[])).await;
+    store.assign_run(&b_runs[0].id, &worker(1), 0, T0).await.unwrap();
+    store.cancel_task(&c.id, "not needed", T0).await.unwrap();
+
+    let f = |status: Option<TaskStatus>, agent: Option<&str>, labels: &[(&str, &str)]| TaskFilter {
+        status,
+        agent: agent.map(|a| a.parse::<AgentName>().unwrap()),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    };
+    let all = vec![a.id.clone(), b.id.clone(), c.id.clone(), d.id.clone()];
+    assert_eq!(ids(&*store, f(None, None, &[])).await, all);
+    assert_eq!(ids(&*store, f(Some(TaskStatus::Pending), None, &[])).await, vec![a.id.clone(), d.id.clone()]);
+    assert_eq!(ids(&*store, f(Some(TaskStatus::Running), None, &[])).await, vec![b.id.clone()]);
+    assert_eq!(ids(&*store, f(Some(TaskStatus::Cancelled), None, &[])).await, vec![c.id.clone()]);
+    assert!(ids(&*store, f(Some(TaskStatus::Completed), None, &[])).await.is_empty());
+    assert_eq!(ids(&*store, f(None, Some("alpha"), &[])).await, vec![a.id.clone(), b.id.clone()]);
+    assert!(ids(&*store, f(None, Some("gamma"), &[])).await.is_empty());
+    assert_eq!(ids(&*store, f(None, None, &[("env", "prod")])).await, vec![a.id.clone(), c.id.clone()]);
+    assert_eq!(ids(&*store, f(None, None, &[("env", "prod"), ("team", "x")])).await, vec![a.id.clone()]);
+    assert!(ids(&*store, f(None, None, &[("env", "prod"), ("team", "y")])).await.is_empty());
+    assert_eq!(ids(&*store, f(Some(TaskStatus::Pending), Some("beta"), &[])).await, vec![d.id.clone()]);
+    assert!(ids(&*store, f(Some(TaskStatus::Cancelled), Some("alpha"), &[("env", "prod")])).await.is_empty());
+}
+
+async fn page_through(store: &dyn Store, filter: &TaskFilter, size: u32) -> Vec<Vec<TaskId>> {
+    let mut pages = Vec::new();
+    let mut token = None;
+    loop {
+        let page = store.list_tasks(filter, &PageRequest { page_size: size, page_token: token }).await.unwrap();
+        pages.push(page.items.iter().map(|t| t.id.clone()).collect());
+        match page.next_page_token {
+            Some(t) => token = Some(t),
+            None => return pages,
+        }
+        assert!(pages.len() < 1000, "paging does not end");
+    }
+}
+
+pub async fn list_pages_through_25_tasks<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut created = Vec::new();
+    let mut odd = Vec::new();
+    for n in 0..25 {
+        let mut s = spec("echo");
+        if n % 2 == 1 {
+            s.labels.insert("odd".into(), "yes".into());
+        }
+        let (task, _) = create(&*store, s).await;
+        if n % 2 == 1 {
+            odd.push(task.id.clone());
+        }
+        created.push(task.id);
+    }
+    // Ids are uuid-v7 based: their order is creation order.
+    let mut sorted = created.clone();
+    sorted.sort();
+    assert_eq!(sorted, created);
+
+    let pages = page_through(&*store, &TaskFilter::default(), 10).await;
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![10, 10, 5]);
+    assert_eq!(pages.concat(), created);
+
+    let filter = TaskFilter { labels: [("odd".to_string(), "yes".to_string())].into(), ..TaskFilter::default() };
+    let pages = page_through(&*store, &filter, 5).await;
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![5, 5, 2]);
+    assert_eq!(pages.concat(), odd);
+
+    // Page size 0 is the default size; a huge one is capped.
+    let page = store.list_tasks(&TaskFilter::default(), &PageRequest::first(0)).await.unwrap();
+    assert_eq!(page.items.len(), 25);
+    assert_eq!(page.next_page_token, None);
+    let page = store.list_tasks(&TaskFilter::default(), &PageRequest::first(u32::MAX)).await.unwrap();
+    assert_eq!(page.items.len(), 25);
+}
+
+pub async fn list_page_token_is_stable_under_inserts<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut created = Vec::new();
+    for _ in 0..6 {
+        created.push(create(&*store, spec("echo")).await.0.id);
+    }
+    let first = store.list_tasks(&TaskFilter::default(), &PageRequest::first(4)).await.unwrap();
+    assert_eq!(first.items.len(), 4);
+    // Changes after the first page neither repeat nor hide a Task.
+    for _ in 0..3 {
+        created.push(create(&*store, spec("echo")).await.0.id);
+    }
+    store.cancel_task(&created[1], "changed under the cursor", T0).await.unwrap();
+    let mut seen: Vec<TaskId> = first.items.into_iter().map(|t| t.id).collect();
+    let mut token = first.next_page_token;
+    while let Some(t) = token {
+        let page =
+            store.list_tasks(&TaskFilter::default(), &PageRequest { page_size: 4, page_token: Some(t) }).await.unwrap();
+        seen.extend(page.items.into_iter().map(|t| t.id));
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, created);
+}
+
+pub async fn list_refuses_foreign_page_token<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    create(&*store, spec("echo")).await;
+    for token in ["", "garbage", "after:", "after:bad id"] {
+        let err = store
+            .list_tasks(&TaskFilter::default(), &PageRequest { page_size: 10, page_token: Some(token.into()) })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { field: "page_token", .. }), "{token:?}: {err}");
+    }
+}
+
+// ---------------------------------------------------------------- runs
+
+pub async fn assign_race_exactly_one_wins<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    for _ in 0..10 {
+        let (task, runs) = create(&*store, spec("echo")).await;
+        let run = runs[0].clone();
+        let mut handles = Vec::new();
+        for n in 0..4 {
+            let store = store.clone();
+            let id = run.id.clone();
+            handles.push(tokio::spawn(async move { (n, store.assign_run(&id, &worker(n), 0, T0).await) }));
+        }
+        let mut winners = Vec::new();
+        for h in handles {
+            match h.await.unwrap() {
+                (n, Ok(change)) => winners.push((n, change)),
+                (_, Err(Error::LeaseConflict { expected: 0, actual: 1, .. })) => {}
+                (_, Err(e)) => panic!("a losing assigner got {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one assigner wins");
+        let (n, change) = winners.pop().unwrap();
+        assert_eq!(change.run.lease, 1);
+        assert_eq!(change.run.worker_id, Some(worker(n)));
+        let stored = store.get_run(&run.id).await.unwrap();
+        assert_eq!(stored, change.run);
+        assert_eq!(stored.status, RunStatus::Assigned);
+        assert_eq!(stored.assigned_at, Some(T0));
+        assert_invariants(&*store, &task.id).await;
+    }
+}
+
+pub async fn assign_refuses_moved_lease<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let (task, runs) = create(&*store, spec("echo")).await;
+    let run = &runs[0];
+    let before = snapshot(&*store, &task.id).await;
+    let err = store.assign_run(&run.id, &worker(1), 5, T0).await.unwrap_err();
+    assert!(matches!(err, Error::LeaseConflict { expected: 5, actual: 0, .. }), "{err}");
+    assert_eq!(snapshot(&*store, &task.id).await, before);
+
+    let change = store.assign_run(&run.id, &worker(1), 0, at(1)).await.unwrap();
+    assert_eq!(change.previous_task_status, TaskStatus::Pending);
+    assert_eq!(change.task.status, TaskStatus::Running);
+    assert!(change.task_status_changed());
+    assert!(!change.events.is_empty());
+    assert_eq!(store.get_task(&task.id).await.unwrap(), change.task);
+    assert!(store.pending_runs(at(1), 10).await.unwrap().is_empty());
+    assert_eq!(store.active_runs_of_worker(&worker(1)).await.unwrap(), vec![change.run.clone()]);
+
+    // Holding the current lease does not make an ASSIGNED Run assignable.
+    let before = snapshot(&*store, &task.id).await;
+    let err = store.assign_run(&run.id, &worker(2), 1, at(2)).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+    assert_eq!(snapshot(&*store, &task.id).await, before);
+    assert_invariants(&*store, &task.id).await;
+}
+
+pub async fn start_checks_lease_and_state<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let (task, runs) = create(&*store, spec("echo")).await;
+    let run = &runs[0];
+    let err = store.start_run(&run.id, 0, T0).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+    let lease = store.assign_run(&run.id, &worker(1), 0, T0).await.unwrap().run.lease;
+    let err = store.start_run(&run.id, lease + 1, T0).await.unwrap_err();
+    assert!(matches!(err, Error::LeaseConflict { .. }), "{err}");
+    let change = store.start_run(&run.id, lease, at(3)).await.unwrap();
+    assert_eq!(change.run.status, RunStatus::Running);
+    assert_eq!(change.run.started_at, Some(at(3)));
+    assert!(!change.task_status_changed());
+    let err = store.start_run(&run.id, lease, at(4)).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+    assert_invariants(&*store, &task.id).await;
+}
+
+pub async fn stale_finish_is_refused_and_changes_nothing<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let (task, runs) = create(&*store, spec("echo")).await;
+    let run = &runs[0];
+    let lease = run_it(&*store, run, &worker(1), T0).await;
+    let before = snapshot(&*store, &task.id).await;
+    for stale in [0, lease + 1] {
+        let err = store.finish_run(&run.id, stale, completed("1"), at(1)).await.unwrap_err();
+        assert!(matches!(err, Error::LeaseConflict { .. }), "{err}");
+        let err = store.finish_run(&run.id, stale, failed("boom"), at(1)).await.unwrap_err();
+        assert!(matches!(err, Error::LeaseConflict { .. }), "{err}");
+    }
+    assert_eq!(snapshot(&*store, &task.id).await, before);
+
+    let change = store.finish_run(&run.id, lease, completed(r#"{"answer":42}"#), at(2)).await.unwrap();
+    assert_eq!(change.task.status, TaskStatus::Completed);
+    assert_eq!(change.task.result, Some(json(r#"{"answer":42}"#)));
+    assert_eq!(change.run.finished_at, Some(at(2)));
+
+    // A repeated report of a terminal Run is refused too.
+    let before = snapshot(&*store, &task.id).await;
+    let err = store.finish_run(&run.id, lease, completed("2"), at(3)).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+    assert_eq!(snapshot(&*store, &task.id).await, before);
+    assert_invariants(&*store, &task.id).await;
+}
+
+pub async fn failed_finish_creates_retry_with_backoff<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let (task, runs) = create(&*store, spec("echo")).await;
+    let lease = run_it(&*store, &runs[0], &worker(1), T0).await;
+    let change = store.finish_run(&runs[0].id, lease, failed("model timed out"), at(10)).await.unwrap();
+    assert_eq!(change.run.status, RunStatus::Failed);
+    assert_eq!(change.run.error.as_deref(), Some("model timed out"));
+    assert_eq!(change.task.status, TaskStatus::Running);
+    let retry = change.retry.clone().expect("a retry run");
+    assert_eq!((retry.shard, retry.attempt, retry.status, retry.lease), (0, 2, RunStatus::Pending, 0));
+    assert_eq!(retry.not_before, at(10 + 1000));
+    assert_eq!(store.get_run(&retry.id).await.unwrap(), retry);
+    assert_eq!(store.list_runs(&task.id).await.unwrap().len(), 2);
+
+    // Not schedulable before its backoff ends.
+    assert!(store.pending_runs(at(1009), 10).await.unwrap().is_empty());
+    let err = store.assign_run(&retry.id, &worker(2), 0, at(500)).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+    assert_eq!(store.pending_runs(at(1010), 10).await.unwrap(), vec![retry.clone()]);
+
+    // The next failure doubles the backoff.
+    let lease = run_it(&*store, &retry, &worker(2), at(1010)).await;
+    let change = store.finish_run(&retry.id, lease, failed("again"), at(1100)).await.unwrap();
+    let third = change.retry.expect("a third attempt");
+    assert_eq!(third.attempt, 3);
+    assert_eq!(third.not_before, at(1100 + 2000));
+    assert_invariants(&*store, &task.id).await;
+
+    // A cancelled report without a cancelled Task counts as a failure too.
+    let lease = run_it(&*store, &third, &worker(2), at(3100)).await;
+    let change = store
+        .finish_run(&third.id, lease, RunOutcome::Cancelled { reason: "worker shutting down".into() }, at(3200))
+        .await
+        .unwrap();
+    assert_eq!(change.retry, None);
+    assert_eq!(change.task.status, TaskStatus::Failed);
+    assert_invariants(&*store, &task.id).await;
+}
+
+pub async fn exhausted_retries_fail_the_task<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut s = spec("echo");
+    s.retry.max_attempts = 2;
+    s.retry.initial_backoff_ms = 0;
+    let (task, runs) = create(&*store, s).await;
+    let lease = run_it(&*store, &runs[0], &worker(1), T0).await;
+    let change = store.finish_run(&runs[0].id, lease, failed("first"), at(1)).await.unwrap();
+    let retry = change.retry.unwrap();
+    assert_eq!(retry.not_before, at(1));
+    let lease = run_it(&*store, &retry, &worker(1), at(1)).await;
+    let change = store.finish_run(&retry.id, lease, failed("second"), at(2)).await.unwrap();
+    assert_eq!(change.retry, None);
+    assert_eq!(change.previous_task_status, TaskStatus::Running);
+    assert_eq!(change.task.status, TaskStatus::Failed);
+    assert_eq!(change.task.error.as_deref(), Some("second"));
+    assert_eq!(store.get_task(&task.id).await.unwrap(), change.task);
+    assert!(store.pending_runs(at(10), 10).await.unwrap().is_empty());
+    let last = change.events.last().unwrap();
+    assert!(matches!(last.kind, TaskEventKind::Status { task_status: TaskStatus::Failed, run_id: None, .. }));
+    assert_invariants(&*store, &task.id).await;
+
+    // max_attempts 1: the first failure fails the Task.
+    let mut s = spec("echo");
+    s.retry.max_attempts = 1;
+    let (task, runs) = create(&*store, s).await;
+    let lease = run_it(&*store, &runs[0], &worker(1), T0).await;
+    let change = store.finish_run(&runs[0].id, lease, failed("only"), at(1)).await.unwrap();
+    assert_eq!(change.task.status, TaskStatus::Failed);
+    assert_eq!(change.retry, None);
+    assert_invariants(&*store, &task.id).await;
+}
+
+pub async fn fan_out_completes_when_every_shard_completes<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut s = spec("echo");
+    s.fan_out = 3;
+    s.retry.initial_backoff_ms = 0;
+    let (task, runs) = create(&*store, s).await;
+    let mut leases = Vec::new();
+    for (n, run) in runs.iter().enumerate() {
+        leases.push(run_it(&*store, run, &worker(n as u32), T0).await);
+    }
+    let change = store.finish_run(&runs[2].id, leases[2], completed(r#""two""#), at(1)).await.unwrap();
+    assert_eq!(change.task.status, TaskStatus::Running);
+    // Shard 1 fails once, its retry completes.
+    let change = store.finish_run(&runs[1].id, leases[1], failed("flaky"), at(2)).await.unwrap();
+    let retry = change.retry.unwrap();
+    assert_eq!(retry.shard, 1);
+    let lease = run_it(&*store, &retry, &worker(7), at(2)).await;
+    let change = store.finish_run(&retry.id, lease, completed(r#""one""#), at(3)).await.unwrap();
+    assert_eq!(change.task.status, TaskStatus::Running);
+    assert_invariants(&*store, &task.id).await;
+
+    let change = store.finish_run(&runs[0].id, leases[0], completed(r#""zero""#), at(4)).await.unwrap();
+    assert_eq!(change.previous_task_status, TaskStatus::Running);
+    assert_eq!(change.task.status, TaskStatus::Completed);
+    assert_eq!(change.task.result, Some(json(r#""zero""#)));
+    assert!(change.cancelled_runs.is_empty());
+    assert_eq!(store.get_task(&task.id).await.unwrap(), change.task);
+    assert_invariants(&*store, &task.id).await;
+}
+
+pub async fn fan_out_shard_out_of_attempts_cancels_the_others<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut s = spec("echo");
+    s.fan_out = 3;
+    s.retry.max_attempts = 1;
+    let (task, runs) = create(&*store, s).await;
+    let lease0 = run_it(&*store, &runs[0], &worker(1), T0).await;
+    run_it(&*store, &runs[1], &worker(2), T0).await;
+    // Shard 2 is still PENDING.
+    let change = store.finish_run(&runs[0].id, lease0, failed("bad input"), at(1)).await.unwrap();
+    assert_eq!(change.task.status, TaskStatus::Failed);
+    assert_eq!(change.task.error.as_deref(), Some("shard 0: bad input"));
+    let cancelled: Vec<(&taskrun_core::RunId, RunStatus, Option<WorkerId>)> =
+        change.cancelled_runs.iter().map(|r| (&r.id, r.status, r.worker_id.clone())).collect();
+    assert_eq!(
+        cancelled,
+        vec![(&runs[1].id, RunStatus::Cancelled, Some(worker(2))), (&runs[2].id, RunStatus::Cancelled, None)]
+    );
+    assert!(store.pending_runs(at(5), 10).await.unwrap().is_empty());
+    assert!(store.active_runs_of_worker(&worker(2)).await.unwrap().is_empty());
+    assert_invariants(&*store, &task.id).await;
+}
+
+pub async fn fail_task_ends_it_without_a_retry<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let (task, runs) = create(&*store, spec("echo")).await;
+    let out = store.fail_task(&task.id, "nobody started it", at(5)).await.unwrap();
+    assert_eq!(out.task.status, TaskStatus::Failed);
+    assert_eq!(out.task.error.as_deref(), Some("nobody started it"));
+    assert!(out.active_runs.is_empty(), "the run was only pending");
+    let after = store.list_runs(&task.id).await.unwrap();
+    assert_eq!(after.len(), 1, "no retry run: {after:?}");
+    assert_eq!(after[0].id, runs[0].id);
+    assert_eq!(after[0].status, RunStatus::Cancelled);
+    assert!(store.pending_runs(at(10_000_000), 10).await.unwrap().is_empty());
+    let last = out.events.last().expect("events");
+    assert!(matches!(&last.kind, TaskEventKind::Status { task_status: TaskStatus::Failed, run_id: None, .. }));
+    assert_invariants(&*store, &task.id).await;
+
+    let before = snapshot(&*store, &task.id).await;
+    let err = store.fail_task(&task.id, "again", at(6)).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+    assert_eq!(snapshot(&*store, &task.id).await, before);
+}
+
+pub async fn cancel_task_cancels_runs_and_returns_active_ones<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut s = spec("echo");
+    s.fan_out = 3;
+    let (task, runs) = create(&*store, s).await;
+    let a = store.assign_run(&runs[0].id, &worker(1), 0, T0).await.unwrap().run;
+    let lease_b = run_it(&*store, &runs[1], &worker(2), T0).await;
+
+    let out = store.cancel_task(&task.id, "user asked", at(5)).await.unwrap();
+    assert_eq!(out.task.status, TaskStatus::Cancelled);
+    assert_eq!(out.task.error.as_deref(), Some("user asked"));
+    let active: Vec<(&taskrun_core::RunId, Option<WorkerId>, u64)> =
+        out.active_runs.iter().map(|r| (&r.id, r.worker_id.clone(), r.lease)).collect();
+    assert_eq!(active, vec![(&a.id, Some(worker(1)), a.lease), (&runs[1].id, Some(worker(2)), lease_b)]);
+    for run in store.list_runs(&task.id).await.unwrap() {
+        assert_eq!(run.status, RunStatus::Cancelled);
+    }
+    assert!(store.pending_runs(at(5), 10).await.unwrap().is_empty());
+    assert!(!out.events.is_empty());
+    assert_invariants(&*store, &task.id).await;
+
+    // Terminal now: cancelling again, or a late report from a worker, is
+    // refused and changes nothing.
+    let before = snapshot(&*store, &task.id).await;
+    let err = store.cancel_task(&task.id, "again", at(6)).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+    let err = store.finish_run(&runs[1].id, lease_b, completed("1"), at(6)).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+    assert_eq!(snapshot(&*store, &task.id).await, before);
+
+    // A completed Task cannot be cancelled.
+    let (done, runs) = create(&*store, spec("echo")).await;
+    let lease = run_it(&*store, &runs[0], &worker(1), T0).await;
+    store.finish_run(&runs[0].id, lease, completed("1"), at(1)).await.unwrap();
+    let err = store.cancel_task(&done.id, "late", at(2)).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+    assert_eq!(store.get_task(&done.id).await.unwrap().status, TaskStatus::Completed);
+    let err = store.cancel_task(&TaskId::generate(), "who", at(2)).await.unwrap_err();
+    assert!(err.is_not_found());
+}
+
+pub async fn worker_loss_fails_runs_and_fences_the_worker<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let (t1, r1) = create(&*store, spec("echo")).await;
+    let (t2, r2) = create(&*store, spec("echo")).await;
+    let (t3, r3) = create(&*store, spec("echo")).await;
+    let mut s = spec("echo");
+    s.retry.max_attempts = 1;
+    let (t4, r4) = create(&*store, s).await;
+    let lease1 = run_it(&*store, &r1[0], &worker(1), T0).await;
+    store.assign_run(&r2[0].id, &worker(1), 0, T0).await.unwrap();
+    let lease3 = run_it(&*store, &r3[0], &worker(2), T0).await;
+    run_it(&*store, &r4[0], &worker(1), T0).await;
+
+    let mut changes = store.fail_runs_of_worker(&worker(1), "worker lost", at(10)).await.unwrap();
+    changes.sort_by(|a, b| a.run.task_id.cmp(&b.run.task_id));
+    assert_eq!(changes.len(), 3);
+    for change in &changes {
+        assert_eq!(change.run.status, RunStatus::Failed);
+        assert_eq!(change.run.lease, 2, "the lease moved on: the worker is fenced");
+        assert_eq!(change.run.error.as_deref(), Some("worker lost"));
+    }
+    assert_eq!(changes[0].task.id, t1.id);
+    assert_eq!(changes[0].task.status, TaskStatus::Running);
+    assert!(changes[0].retry.is_some());
+    assert!(changes[1].retry.is_some());
+    assert_eq!(changes[2].task.id, t4.id);
+    assert_eq!(changes[2].task.status, TaskStatus::Failed);
+
+    // The lost worker's late reports are refused.
+    let err = store.finish_run(&r1[0].id, lease1, completed("1"), at(11)).await.unwrap_err();
+    assert!(matches!(err, Error::LeaseConflict { .. }), "{err}");
+    let err = store.append_output(&r1[0].id, lease1, 1, "late".into(), at(11)).await.unwrap_err();
+    assert!(matches!(err, Error::LeaseConflict { .. }), "{err}");
+
+    assert!(store.active_runs_of_worker(&worker(1)).await.unwrap().is_empty());
+    assert_eq!(store.active_runs_of_worker(&worker(2)).await.unwrap().len(), 1);
+    assert_eq!(store.get_run(&r3[0].id).await.unwrap().status, RunStatus::Running);
+    store.finish_run(&r3[0].id, lease3, completed("3"), at(12)).await.unwrap();
+    assert!(store.fail_runs_of_worker(&worker(1), "again", at(13)).await.unwrap().is_empty());
+    for t in [&t1, &t2, &t3, &t4] {
+        assert_invariants(&*store, &t.id).await;
+    }
+}
+
+/// A small deterministic random number generator for the concurrency tests.
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A number in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+pub async fn concurrent_writers_keep_invariants<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut tasks = Vec::new();
+    for n in 0..16u32 {
+        let mut s = spec("echo");
+        s.fan_out = 1 + n % 3;
+        s.retry.max_attempts = 3;
+        s.retry.initial_backoff_ms = 0;
+        s.priority = (n % 4) as i32;
+        tasks.push(create(&*store, s).await.0.id);
+    }
+    // Many tokio tasks race to assign, start, report output and finish
+    // whatever is pending, until every Task has ended.
+    let mut handles = Vec::new();
+    for n in 0..24u64 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut rng = XorShift::new(n + 1);
+            let me = worker(n as u32);
+            let mut idle = 0;
+            while idle < 50 {
+                let pending = store.pending_runs(T0, 8).await.unwrap();
+                if pending.is_empty() {
+                    idle += 1;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                idle = 0;
+                let run = &pending[rng.below(pending.len() as u64) as usize];
+                let lease = match store.assign_run(&run.id, &me, 0, T0).await {
+                    Ok(c) => c.run.lease,
+                    Err(Error::LeaseConflict { .. } | Error::FailedPrecondition { .. }) => {
+                        continue;
+                    }
+                    Err(e) => panic!("assign: {e}"),
+                };
+                // A concurrent cancel or a failing sibling shard may end the
+                // Run at any point: then the store refuses what follows.
+                if rng.below(4) > 0 {
+                    match store.start_run(&run.id, lease, T0).await {
+                        Ok(_) => {}
+                        Err(Error::FailedPrecondition { .. }) => continue,
+                        Err(e) => panic!("start: {e}"),
+                    }
+                }
+                for seq in 1..=rng.below(3) {
+                    match store.append_output(&run.id, lease, seq, format!("{n}:{seq}"), T0).await {
+                        Ok(out) => assert!(matches!(out, AppendOutcome::Appended(_))),
+                        Err(Error::FailedPrecondition { .. }) => {}
+                        Err(e) => panic!("append: {e}"),
+                    }
+                }
+                let outcome = if rng.below(3) == 0 { failed("unlucky") } else { completed(&format!("{n}")) };
+                match store.finish_run(&run.id, lease, outcome, T0).await {
+                    Ok(_) => {}
+                    Err(Error::FailedPrecondition { .. }) => {}
+                    Err(e) => panic!("finish: {e}"),
+                }
+            }
+        }));
+    }
+    // Meanwhile: a canceller and a lister.
+    {
+        let store = store.clone();
+        let victims = vec![tasks[3].clone(), tasks[7].clone()];
+        handles.push(tokio::spawn(async move {
+            for id in victims {
+                match store.cancel_task(&id, "cancelled mid-flight", T0).await {
+                    Ok(_) | Err(Error::FailedPrecondition { .. }) => {}
+                    Err(e) => panic!("cancel: {e}"),
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let mut statuses = BTreeMap::new();
+    for id in &tasks {
+        let task = store.get_task(id).await.unwrap();
+        assert!(task.status.is_terminal(), "task {id} is {}", task.status);
+        *statuses.entry(task.status.as_str()).or_insert(0) += 1;
+        assert_invariants(&*store, id).await;
+    }
+    assert!(store.pending_runs(T0, 100).await.unwrap().is_empty());
+    for n in 0..24 {
+        assert!(store.active_runs_of_worker(&worker(n)).await.unwrap().is_empty());
+    }
+    assert!(statuses.contains_key("COMPLETED"), "{statuses:?}");
+}
+
+pub async fn concurrent_finishes_of_one_run_exactly_one_wins<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    for round in 0..8 {
+        let (task, runs) = create(&*store, spec("echo")).await;
+        let lease = run_it(&*store, &runs[0], &worker(1), T0).await;
+        let mut handles = Vec::new();
+        for n in 0..4 {
+            let store = store.clone();
+            let id = runs[0].id.clone();
+            handles.push(tokio::spawn(async move {
+                let outcome = if (n + round) % 2 == 0 { completed("1") } else { failed("x") };
+                store.finish_run(&id, lease, outcome, at(1)).await
+            }));
+        }
+        let mut wins = 0;
+        let mut retries = 0;
+        for h in handles {
+            match h.await.unwrap() {
+                Ok(change) => {
+                    wins += 1;
+                    retries += usize::from(change.retry.is_some());
+                }
+                Err(Error::FailedPrecondition { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(wins, 1);
+        let runs = store.list_runs(&task.id).await.unwrap();
+        assert_eq!(runs.len(), 1 + retries);
+        assert_invariants(&*store, &task.id).await;
+    }
+}
+
+// ---------------------------------------------------------------- events
+
+fn output_of(events: &[TaskEvent]) -> Vec<(String, u64, String)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            TaskEventKind::Output(c) => Some((c.run_id.to_string(), c.seq, c.data.clone())),
+            TaskEventKind::Status { .. } => None,
+        })
+        .collect()
+}
+
+pub async fn output_is_deduplicated_and_ordered<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let (task, runs) = create(&*store, spec("echo")).await;
+    let run = &runs[0];
+    // Not assigned: takes no output.
+    let err = store.append_output(&run.id, 0, 1, "x".into(), T0).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+
+    let lease = run_it(&*store, run, &worker(1), T0).await;
+    let events_before = all_events(&*store, &task.id).await.len() as u64;
+    let first = store.append_output(&run.id, lease, 1, "Hel".into(), at(1)).await.unwrap();
+    match &first {
+        AppendOutcome::Appended(e) => {
+            assert_eq!(e.seq, events_before + 1);
+            assert_eq!(e.at, at(1));
+        }
+        AppendOutcome::Duplicate => panic!("first chunk is not a duplicate"),
+    }
+    store.append_output(&run.id, lease, 2, "lo, ".into(), at(2)).await.unwrap();
+    assert_eq!(store.append_output(&run.id, lease, 1, "Hel".into(), at(3)).await.unwrap(), AppendOutcome::Duplicate);
+    // Chunks may arrive out of order; each (run, seq) is stored once.
+    store.append_output(&run.id, lease, 4, "!".into(), at(4)).await.unwrap();
+    store.append_output(&run.id, lease, 3, "world".into(), at(5)).await.unwrap();
+    assert_eq!(store.append_output(&run.id, lease, 4, "!".into(), at(6)).await.unwrap(), AppendOutcome::Duplicate);
+
+    let err = store.append_output(&run.id, lease, 0, "zero".into(), at(6)).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    let err = store.append_output(&run.id, lease + 1, 5, "stale".into(), at(6)).await.unwrap_err();
+    assert!(matches!(err, Error::LeaseConflict { .. }), "{err}");
+
+    let events = all_events(&*store, &task.id).await;
+    let id = run.id.to_string();
+    assert_eq!(
+        output_of(&events),
+        vec![
+            (id.clone(), 1, "Hel".into()),
+            (id.clone(), 2, "lo, ".into()),
+            (id.clone(), 4, "!".into()),
+            (id.clone(), 3, "world".into()),
+        ]
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+
+    store.finish_run(&run.id, lease, completed("1"), at(7)).await.unwrap();
+    // A retransmission after the end is still a duplicate; new output is refused.
+    assert_eq!(store.append_output(&run.id, lease, 2, "lo, ".into(), at(8)).await.unwrap(), AppendOutcome::Duplicate);
+    let err = store.append_output(&run.id, lease, 5, "late".into(), at(8)).await.unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+    assert_invariants(&*store, &task.id).await;
+}
+
+pub async fn output_is_capped_per_run<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig { max_output_bytes_per_run: 10 }).await;
+    let mut s = spec("echo");
+    s.fan_out = 2;
+    let (task, runs) = create(&*store, s).await;
+    let l0 = run_it(&*store, &runs[0], &worker(1), T0).await;
+    let l1 = run_it(&*store, &runs[1], &worker(2), T0).await;
+    store.append_output(&runs[0].id, l0, 1, "12345".into(), T0).await.unwrap();
+    store.append_output(&runs[0].id, l0, 2, "6789".into(), T0).await.unwrap();
+    let err = store.append_output(&runs[0].id, l0, 3, "ab".into(), T0).await.unwrap_err();
+    match err {
+        Error::OutputLimit { run_id, limit_bytes } => {
+            assert_eq!(run_id, runs[0].id);
+            assert_eq!(limit_bytes, 10);
+        }
+        e => panic!("expected OutputLimit, got {e}"),
+    }
+    // Closed for good: even a chunk that would fit is refused, so the stored
+    // output stays a prefix without gaps.
+    let err = store.append_output(&runs[0].id, l0, 4, "c".into(), T0).await.unwrap_err();
+    assert!(matches!(err, Error::OutputLimit { .. }), "{err}");
+    // Already stored chunks are still recognised.
+    assert_eq!(store.append_output(&runs[0].id, l0, 1, "12345".into(), T0).await.unwrap(), AppendOutcome::Duplicate);
+    // The cap is per Run.
+    store.append_output(&runs[1].id, l1, 1, "0123456789".into(), T0).await.unwrap();
+    let events = all_events(&*store, &task.id).await;
+    let out: Vec<String> = output_of(&events).into_iter().map(|o| o.2).collect();
+    assert_eq!(out, vec!["12345", "6789", "0123456789"]);
+    assert_invariants(&*store, &task.id).await;
+
+    // A Task's own limit lowers the cap.
+    let mut s = spec("echo");
+    s.limits.output_limit_bytes = Some(4);
+    let (_, runs) = create(&*store, s).await;
+    let lease = run_it(&*store, &runs[0], &worker(3), T0).await;
+    let err = store.append_output(&runs[0].id, lease, 1, "12345".into(), T0).await.unwrap_err();
+    assert!(matches!(err, Error::OutputLimit { limit_bytes: 4, .. }), "{err}");
+}
+
+pub async fn events_since_resumes_from_a_cursor<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let (task, runs) = create(&*store, spec("echo")).await;
+    let (other, other_runs) = create(&*store, spec("echo")).await;
+    let lease = run_it(&*store, &runs[0], &worker(1), T0).await;
+    let other_lease = run_it(&*store, &other_runs[0], &worker(2), T0).await;
+    for seq in 1..=30 {
+        store.append_output(&runs[0].id, lease, seq, format!("chunk {seq}"), at(seq as i64)).await.unwrap();
+        store.append_output(&other_runs[0].id, other_lease, seq, "other".into(), T0).await.unwrap();
+    }
+    store.finish_run(&runs[0].id, lease, completed("1"), at(40)).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let page = store.events_since(&task.id, cursor, 7).await.unwrap();
+        assert!(page.len() <= 7);
+        let Some(last) = page.last() else { break };
+        cursor = last.seq;
+        seen.extend(page);
+    }
+    let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seen.len() as u64).collect::<Vec<_>>());
+    assert!(seen.iter().all(|e| e.task_id == task.id));
+    let chunks: Vec<String> = output_of(&seen).into_iter().map(|o| o.2).collect();
+    let expected: Vec<String> = (1..=30).map(|n| format!("chunk {n}")).collect();
+    assert_eq!(chunks, expected);
+    assert!(matches!(seen.last().unwrap().kind, TaskEventKind::Status { task_status: TaskStatus::Completed, .. }));
+    assert!(store.events_since(&task.id, cursor, 7).await.unwrap().is_empty());
+    // From the middle, and with the default limit.
+    let tail = store.events_since(&task.id, 10, 0).await.unwrap();
+    assert_eq!(tail, seen[10..].to_vec());
+    assert_invariants(&*store, &task.id).await;
+    assert_invariants(&*store, &other.id).await;
+}
+
+pub async fn pending_runs_by_priority_and_not_before<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let prio = |p: i32| {
+        let mut s = spec("echo");
+        s.priority = p;
+        s
+    };
+    let (_, low) = create(&*store, prio(-5)).await;
+    let (_, zero) = create(&*store, prio(0)).await;
+    let (_, high_a) = create(&*store, prio(10)).await;
+    let (_, high_b) = create(&*store, prio(10)).await;
+    let order: Vec<taskrun_core::RunId> = store.pending_runs(T0, 10).await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(order, vec![high_a[0].id.clone(), high_b[0].id.clone(), zero[0].id.clone(), low[0].id.clone()]);
+    assert_eq!(store.pending_runs(T0, 2).await.unwrap().len(), 2);
+    assert!(store.pending_runs(at(-1), 10).await.unwrap().is_empty());
+
+    // A retry waits for its backoff.
+    let lease = run_it(&*store, &high_a[0], &worker(1), T0).await;
+    let retry = store.finish_run(&high_a[0].id, lease, failed("x"), at(100)).await.unwrap().retry.unwrap();
+    let ids_at = |t| {
+        let store = store.clone();
+        async move { store.pending_runs(t, 10).await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>() }
+    };
+    assert!(!ids_at(at(1099)).await.contains(&retry.id));
+    assert_eq!(
+        ids_at(at(1100)).await,
+        vec![high_b[0].id.clone(), retry.id.clone(), zero[0].id.clone(), low[0].id.clone()]
+    );
+}
+
+// ---------------------------------------------------------------- workers
+
+fn worker_record(n: u32, slots: u32, now: Timestamp) -> Worker {
+    Worker {
+        info: WorkerInfo {
+            id: worker(n),
+            agents: BTreeSet::new(),
+            digests: BTreeSet::new(),
+            model_backends: Vec::new(),
+            labels: [("zone".to_string(), format!("z{n}"))].into(),
+            slots,
+            version: "0.1.0".into(),
+        },
+        state: WorkerState::Connected,
+        first_seen: now,
+        last_seen: now,
+    }
+}
+
+pub async fn workers_upsert_get_list_and_state<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    assert!(store.list_workers().await.unwrap().is_empty());
+    let w2 = worker_record(2, 4, T0);
+    let w1 = worker_record(1, 2, T0);
+    store.upsert_worker(w2.clone()).await.unwrap();
+    store.upsert_worker(w1.clone()).await.unwrap();
+    assert_eq!(store.get_worker(&worker(1)).await.unwrap(), w1);
+    assert_eq!(store.list_workers().await.unwrap(), vec![w1.clone(), w2.clone()]);
+
+    let mut w1b = worker_record(1, 8, at(5));
+    w1b.first_seen = T0;
+    store.upsert_worker(w1b.clone()).await.unwrap();
+    assert_eq!(store.get_worker(&worker(1)).await.unwrap(), w1b);
+    assert_eq!(store.list_workers().await.unwrap().len(), 2);
+
+    let drained = store.set_worker_state(&worker(1), WorkerState::Draining).await.unwrap();
+    assert_eq!(drained.state, WorkerState::Draining);
+    assert_eq!(drained.info, w1b.info);
+    assert_eq!(store.get_worker(&worker(1)).await.unwrap(), drained);
+    assert!(store.set_worker_state(&worker(9), WorkerState::Lost).await.unwrap_err().is_not_found());
+    assert!(store.get_worker(&worker(9)).await.unwrap_err().is_not_found());
+}
+
+// ---------------------------------------------------------------- agents
+
+fn manifest(name: &str, version: &str, component: &[u8], at: Timestamp) -> AgentManifest {
+    AgentManifest {
+        name: name.parse().unwrap(),
+        version: version.parse().unwrap(),
+        digest: AgentDigest::of(component),
+        size: component.len() as u64,
+        wit_world: taskrun_core::WIT_WORLD.into(),
+        signer: "key-1".into(),
+        published_at: at,
+    }
+}
+
+pub async fn agents_and_blobs_by_digest<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let v1 = b"\0asm component one".to_vec();
+    let m1 = manifest("summarize", "1.0.0", &v1, T0);
+    let out = store.put_agent(m1.clone(), b"envelope-1".to_vec(), v1.clone()).await.unwrap();
+    assert!(out.is_created());
+    assert_eq!(out.get().manifest, m1);
+    assert_eq!(out.get().envelope, b"envelope-1".to_vec());
+
+    // The same build again: nothing changes, the first record is returned.
+    let again = manifest("summarize", "1.0.0", &v1, at(99));
+    let out = store.put_agent(again, b"envelope-1".to_vec(), v1.clone()).await.unwrap();
+    assert!(!out.is_created());
+    assert_eq!(out.get().manifest, m1);
+
+    let v2 = b"\0asm component two".to_vec();
+    let v10 = b"\0asm component ten".to_vec();
+    let m2 = manifest("summarize", "1.2.0", &v2, at(1));
+    let m10 = manifest("summarize", "1.10.0", &v10, at(2));
+    let other_bytes = b"\0asm other".to_vec();
+    let other = manifest("aaa-first", "0.1.0", &other_bytes, at(3));
+    store.put_agent(m10.clone(), b"e10".to_vec(), v10.clone()).await.unwrap();
+    store.put_agent(m2.clone(), b"e2".to_vec(), v2.clone()).await.unwrap();
+    store.put_agent(other.clone(), b"eo".to_vec(), other_bytes.clone()).await.unwrap();
+
+    let name: AgentName = "summarize".parse().unwrap();
+    let latest = store.get_agent(&name, None).await.unwrap();
+    assert_eq!(latest.manifest, m10, "versions order numerically");
+    assert_eq!(latest.envelope, b"e10".to_vec());
+    let exact = store.get_agent(&name, Some(AgentVersion::new(1, 2, 0))).await.unwrap();
+    assert_eq!(exact.manifest, m2);
+    assert!(store.get_agent(&name, Some(AgentVersion::new(9, 9, 9))).await.unwrap_err().is_not_found());
+    assert!(store.get_agent(&"summ".parse().unwrap(), None).await.unwrap_err().is_not_found());
+    assert!(store.get_agent(&"summarize-more".parse().unwrap(), None).await.unwrap_err().is_not_found());
+
+    let by_digest = store.get_agent_by_digest(&m2.digest).await.unwrap();
+    assert_eq!(by_digest.manifest, m2);
+    assert_eq!(store.get_blob(&m2.digest).await.unwrap(), v2);
+    assert_eq!(store.get_blob(&m1.digest).await.unwrap(), v1);
+    let unknown = AgentDigest::of(b"nothing");
+    assert!(store.get_blob(&unknown).await.unwrap_err().is_not_found());
+    assert!(store.get_agent_by_digest(&unknown).await.unwrap_err().is_not_found());
+
+    let listed: Vec<String> =
+        store.list_agents().await.unwrap().into_iter().map(|m| format!("{}@{}", m.name, m.version)).collect();
+    assert_eq!(listed, vec!["aaa-first@0.1.0", "summarize@1.0.0", "summarize@1.2.0", "summarize@1.10.0"]);
+
+    // A component that is not what its manifest says is refused.
+    let wrong = manifest("summarize", "2.0.0", b"something else", at(4));
+    let err = store.put_agent(wrong, Vec::new(), b"not that".to_vec()).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    let mut wrong_size = manifest("summarize", "2.0.0", b"abc", at(4));
+    wrong_size.size = 4;
+    let err = store.put_agent(wrong_size, Vec::new(), b"abc".to_vec()).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    assert_eq!(store.list_agents().await.unwrap().len(), 4);
+}
+
+pub async fn agent_version_and_digest_conflicts<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let v1 = b"build one".to_vec();
+    let m1 = manifest("translate", "1.0.0", &v1, T0);
+    store.put_agent(m1.clone(), b"e1".to_vec(), v1.clone()).await.unwrap();
+
+    let v2 = b"build two".to_vec();
+    let m2 = manifest("translate", "1.0.0", &v2, at(1));
+    match store.put_agent(m2.clone(), b"e2".to_vec(), v2).await {
+        Err(Error::AgentVersionConflict { existing, offered, .. }) => {
+            assert_eq!(existing, m1.digest);
+            assert_eq!(offered, m2.digest);
+        }
+        other => panic!("expected AgentVersionConflict, got {other:?}"),
+    }
+    assert!(store.get_blob(&m2.digest).await.unwrap_err().is_not_found());
+    let stored = store.get_agent(&m1.name, Some(m1.version)).await.unwrap();
+    assert_eq!(stored.manifest, m1);
+    assert_eq!(stored.envelope, b"e1".to_vec());
+
+    // The same component under another name or version is refused too.
+    let m3 = manifest("translate", "1.0.1", &v1, at(2));
+    let err = store.put_agent(m3, b"e3".to_vec(), v1.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::AgentDigestConflict { .. }), "{err}");
+    assert_eq!(store.list_agents().await.unwrap(), vec![m1]);
+}

@@ -1,0 +1,334 @@
+//! Storage for TaskRun's control plane: the traits every backend implements,
+//! the state-change logic they all share ([`logic`]), and — behind the
+//! `conformance` feature — the one test suite every backend must pass.
+//!
+//! A backend stores records; it does not decide what a state change means.
+//! Finishing a Run, retrying a shard, deriving the Task's status, cancelling,
+//! appending output: all of that is [`logic::TaskAggregate`], written once.
+//! A backend loads the aggregate, applies the change and writes back what
+//! changed, in one atomic step.
+//!
+//! Every mutating call is acknowledged only once the change is as durable as
+//! the backend promises (for sled: flushed to disk). A call that returns an
+//! error changed nothing.
+
+mod error;
+pub mod logic;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use taskrun_core::{
+    AgentDigest, AgentManifest, AgentName, AgentVersion, Labels, Run, RunId, RunOutcome, Task, TaskEvent, TaskId,
+    TaskStatus, Timestamp, Worker, WorkerId, WorkerState,
+};
+
+pub use error::{Error, Result};
+
+/// Settings every backend honours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The most output bytes stored for one Run. A Task's own
+    /// `limits.output_limit_bytes` may lower it, never raise it.
+    pub max_output_bytes_per_run: u64,
+}
+
+impl StoreConfig {
+    pub const DEFAULT_MAX_OUTPUT_BYTES_PER_RUN: u64 = 4 << 20;
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { max_output_bytes_per_run: Self::DEFAULT_MAX_OUTPUT_BYTES_PER_RUN }
+    }
+}
+
+/// The result of a create that may find its record already there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome<T> {
+    /// Newly stored.
+    Created(T),
+    /// Stored before by an equal request (same idempotency key and spec, or
+    /// same agent digest); nothing changed.
+    Existing(T),
+}
+
+impl<T> CreateOutcome<T> {
+    pub fn is_created(&self) -> bool {
+        matches!(self, CreateOutcome::Created(_))
+    }
+
+    pub fn get(&self) -> &T {
+        match self {
+            CreateOutcome::Created(t) | CreateOutcome::Existing(t) => t,
+        }
+    }
+
+    pub fn into_inner(self) -> T {
+        match self {
+            CreateOutcome::Created(t) | CreateOutcome::Existing(t) => t,
+        }
+    }
+}
+
+/// Which Tasks [`TaskStore::list_tasks`] returns. Every field that is set
+/// must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    pub status: Option<TaskStatus>,
+    pub agent: Option<AgentName>,
+    /// Each of these labels, with this value, must be on the Task.
+    pub labels: Labels,
+}
+
+impl TaskFilter {
+    pub fn matches(&self, task: &Task) -> bool {
+        self.status.is_none_or(|s| s == task.status)
+            && self.agent.as_ref().is_none_or(|a| a == &task.spec.agent.name)
+            && self.labels.iter().all(|(k, v)| task.spec.labels.get(k) == Some(v))
+    }
+}
+
+/// A page request: at most `page_size` items after the `page_token` an
+/// earlier page returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    /// 0 means [`PageRequest::DEFAULT_PAGE_SIZE`]; more than
+    /// [`PageRequest::MAX_PAGE_SIZE`] is cut to it.
+    pub page_size: u32,
+    pub page_token: Option<String>,
+}
+
+impl PageRequest {
+    pub const DEFAULT_PAGE_SIZE: u32 = 100;
+    pub const MAX_PAGE_SIZE: u32 = 1000;
+
+    pub fn first(page_size: u32) -> PageRequest {
+        PageRequest { page_size, page_token: None }
+    }
+
+    /// The page size to use.
+    pub fn size(&self) -> usize {
+        let size = match self.page_size {
+            0 => Self::DEFAULT_PAGE_SIZE,
+            n => n.min(Self::MAX_PAGE_SIZE),
+        };
+        size as usize
+    }
+
+    /// The Task the previous page ended with, from the page token.
+    pub fn after(&self) -> Result<Option<TaskId>> {
+        self.page_token.as_deref().map(decode_page_token).transpose()
+    }
+}
+
+/// One page of a listing, in creation order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Set when more items may follow; pass it back to get them.
+    pub next_page_token: Option<String>,
+}
+
+const PAGE_TOKEN_PREFIX: &str = "after:";
+
+/// The opaque token for the page after `last`. Tokens are stable: Tasks are
+/// never deleted and ids sort in creation order, so a page after a token
+/// never repeats or skips a Task.
+pub fn encode_page_token(last: &TaskId) -> String {
+    format!("{PAGE_TOKEN_PREFIX}{last}")
+}
+
+fn decode_page_token(token: &str) -> Result<TaskId> {
+    token
+        .strip_prefix(PAGE_TOKEN_PREFIX)
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| Error::invalid("page_token", "not a token this store issued"))
+}
+
+/// What a Run state change did. Returned by assign, start and finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunChange {
+    /// The Run after the change.
+    pub run: Run,
+    /// The Task after the change.
+    pub task: Task,
+    pub previous_task_status: TaskStatus,
+    /// The next attempt of the shard, when the Run failed and the retry
+    /// policy allows another (PENDING, `not_before` = now + backoff).
+    pub retry: Option<Run>,
+    /// Other Runs of the Task that this change cancelled because the Task
+    /// ended (a fan-out shard ran out of attempts). Those that were active
+    /// carry the `worker_id` to send CancelRun to.
+    pub cancelled_runs: Vec<Run>,
+    /// The TaskEvents appended, in order.
+    pub events: Vec<TaskEvent>,
+}
+
+impl RunChange {
+    pub fn task_status_changed(&self) -> bool {
+        self.task.status != self.previous_task_status
+    }
+}
+
+/// What cancelling (or failing) a Task did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelOutcome {
+    /// The Task, now CANCELLED (or FAILED).
+    pub task: Task,
+    /// The Runs that were ASSIGNED or RUNNING (now CANCELLED, with the
+    /// `worker_id` and `lease` to put in CancelRun).
+    pub active_runs: Vec<Run>,
+    pub events: Vec<TaskEvent>,
+}
+
+/// What appending an output chunk did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored as this TaskEvent.
+    Appended(TaskEvent),
+    /// A chunk with this (run, seq) was stored before; nothing changed.
+    Duplicate,
+}
+
+/// A published agent build: its manifest and the signed envelope a Worker
+/// verifies. The component's bytes are a blob: [`AgentStore::get_blob`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAgent {
+    pub manifest: AgentManifest,
+    pub envelope: Vec<u8>,
+}
+
+/// Tasks, created together with their first Runs.
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Stores a PENDING Task with its first PENDING Run for each fan-out
+    /// shard and its first TaskEvent, in one atomic step.
+    ///
+    /// With an idempotency key that is already used: the same spec gets the
+    /// stored Task back ([`CreateOutcome::Existing`]), another spec gets
+    /// [`Error::IdempotencyConflict`].
+    async fn create_task(&self, task: Task) -> Result<CreateOutcome<Task>>;
+
+    async fn get_task(&self, id: &TaskId) -> Result<Task>;
+
+    /// Tasks that match `filter`, oldest first.
+    async fn list_tasks(&self, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>>;
+
+    /// Cancels the Task and every Run of it that has not ended. A terminal
+    /// Task is refused with [`Error::FailedPrecondition`].
+    async fn cancel_task(&self, id: &TaskId, reason: &str, now: Timestamp) -> Result<CancelOutcome>;
+
+    /// Fails the Task with `reason` although no Run failed (no Worker
+    /// started it in time); its Runs that have not ended are cancelled and
+    /// no retry follows. A terminal Task is refused with
+    /// [`Error::FailedPrecondition`].
+    async fn fail_task(&self, id: &TaskId, reason: &str, now: Timestamp) -> Result<CancelOutcome>;
+}
+
+/// Runs: assignment with a compare-and-set on the lease, and every report a
+/// Worker makes echoing that lease.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    async fn get_run(&self, id: &RunId) -> Result<Run>;
+
+    /// The Task's Runs by shard, then attempt.
+    async fn list_runs(&self, task: &TaskId) -> Result<Vec<Run>>;
+
+    /// Up to `limit` PENDING Runs whose `not_before` has come, higher Task
+    /// priority first, then oldest first.
+    async fn pending_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>>;
+
+    /// The ASSIGNED and RUNNING Runs of `worker`.
+    async fn active_runs_of_worker(&self, worker: &WorkerId) -> Result<Vec<Run>>;
+
+    /// Hands a PENDING Run to `worker` if it still holds `expected_lease`,
+    /// taking the next lease; otherwise [`Error::LeaseConflict`].
+    async fn assign_run(&self, id: &RunId, worker: &WorkerId, expected_lease: u64, now: Timestamp)
+    -> Result<RunChange>;
+
+    /// The Worker holding `lease` started the Run.
+    async fn start_run(&self, id: &RunId, lease: u64, now: Timestamp) -> Result<RunChange>;
+
+    /// Ends the Run, in one atomic step with everything that follows:
+    /// the Task's new status, the retry Run, the Task's result or error,
+    /// the TaskEvents. A stale lease is refused and changes nothing.
+    async fn finish_run(&self, id: &RunId, lease: u64, outcome: RunOutcome, now: Timestamp) -> Result<RunChange>;
+
+    /// The Worker is lost: each of its active Runs gets a new lease (so the
+    /// Worker is fenced off) and fails with `reason`, exactly as a failed
+    /// finish would (retry, Task status, events). One change per Run.
+    async fn fail_runs_of_worker(&self, worker: &WorkerId, reason: &str, now: Timestamp) -> Result<Vec<RunChange>>;
+}
+
+/// The TaskEvent log: status changes and output, per Task, numbered from 1.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends an output chunk of a Run as the Task's next TaskEvent.
+    ///
+    /// `seq` numbers the Run's chunks from 1; a (run, seq) stored before is
+    /// [`AppendOutcome::Duplicate`]. The Run must be active and `lease` must
+    /// be its lease. Output is bounded per Run
+    /// (`min(StoreConfig::max_output_bytes_per_run, limits.output_limit_bytes)`):
+    /// the chunk that would pass the cap is refused with
+    /// [`Error::OutputLimit`], and so is every later chunk of that Run, so
+    /// the stored output is always a gap-free prefix of what was produced.
+    async fn append_output(
+        &self,
+        run: &RunId,
+        lease: u64,
+        seq: u64,
+        data: String,
+        now: Timestamp,
+    ) -> Result<AppendOutcome>;
+
+    /// Up to `limit` (0 = 1000) TaskEvents with `seq > after_seq`, in order.
+    async fn events_since(&self, task: &TaskId, after_seq: u64, limit: usize) -> Result<Vec<TaskEvent>>;
+}
+
+#[async_trait]
+pub trait WorkerStore: Send + Sync {
+    /// Stores the Worker, replacing what was stored under its id.
+    async fn upsert_worker(&self, worker: Worker) -> Result<()>;
+
+    async fn get_worker(&self, id: &WorkerId) -> Result<Worker>;
+
+    /// Every Worker, by id.
+    async fn list_workers(&self) -> Result<Vec<Worker>>;
+
+    async fn set_worker_state(&self, id: &WorkerId, state: WorkerState) -> Result<Worker>;
+}
+
+/// Published agents, content-addressed by the SHA-256 of the component.
+#[async_trait]
+pub trait AgentStore: Send + Sync {
+    /// Stores a build. The component must hash to `manifest.digest` and be
+    /// `manifest.size` bytes. Publishing the same build twice is
+    /// [`CreateOutcome::Existing`]; the same name and version with another
+    /// digest is [`Error::AgentVersionConflict`].
+    async fn put_agent(
+        &self,
+        manifest: AgentManifest,
+        envelope: Vec<u8>,
+        component: Vec<u8>,
+    ) -> Result<CreateOutcome<StoredAgent>>;
+
+    /// `version` None = the highest version published.
+    async fn get_agent(&self, name: &AgentName, version: Option<AgentVersion>) -> Result<StoredAgent>;
+
+    async fn get_agent_by_digest(&self, digest: &AgentDigest) -> Result<StoredAgent>;
+
+    /// Every build, by name, then version.
+    async fn list_agents(&self) -> Result<Vec<AgentManifest>>;
+
+    /// The component's bytes.
+    async fn get_blob(&self, digest: &AgentDigest) -> Result<Vec<u8>>;
+}
+
+/// Everything the control plane stores. Use it as `Arc<dyn Store>`.
+pub trait Store: TaskStore + RunStore + EventStore + WorkerStore + AgentStore + fmt::Debug {}
+
+impl<T> Store for T where T: TaskStore + RunStore + EventStore + WorkerStore + AgentStore + fmt::Debug {}

@@ -1,0 +1,518 @@
+//! The state-change logic every backend shares. Pure: no I/O, no clock.
+//!
+//! A backend keeps, per Task, a [`TaskAggregate`]: the [`Task`], its
+//! [`TaskMeta`] (event counter, Run ids, output cap) and its Runs as
+//! [`RunRecord`]s. To change anything it loads the aggregate, calls one of the
+//! methods here and — if that returned `Ok` — writes back what the returned
+//! [`Touched`] names, all in one atomic step. On `Err` it writes nothing.
+
+use serde::{Deserialize, Serialize};
+use taskrun_core::{
+    AgentManifest, Run, RunId, RunOutcome, RunStatus, Task, TaskEvent, TaskEventKind, TaskStatus, Timestamp, WorkerId,
+    derive_task_status,
+};
+
+use crate::{CancelOutcome, CreateOutcome, Error, Result, RunChange, StoreConfig};
+
+/// A store's bookkeeping about a Task that is not part of the domain Task.
+/// Small on purpose: it changes with every event, the Task rarely.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMeta {
+    /// The `seq` the Task's next TaskEvent gets (events count from 1).
+    pub next_event_seq: u64,
+    /// Every Run of the Task, in creation order.
+    pub run_ids: Vec<RunId>,
+    /// The Task's own cap on one Run's output (`limits.output_limit_bytes`).
+    pub output_limit_bytes: Option<u64>,
+}
+
+/// A Run with the store's accounting of its output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run: Run,
+    /// Bytes of output stored for the Run.
+    pub output_bytes: u64,
+    /// Set once a chunk was refused for the cap: no later chunk is stored.
+    pub output_closed: bool,
+}
+
+impl RunRecord {
+    pub fn new(run: Run) -> RunRecord {
+        RunRecord { run, output_bytes: 0, output_closed: false }
+    }
+}
+
+/// A Task with everything a change to it or to its Runs needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskAggregate {
+    pub task: Task,
+    pub meta: TaskMeta,
+    /// In the order of `meta.run_ids`.
+    pub runs: Vec<RunRecord>,
+}
+
+/// A Run that a change wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TouchedRun {
+    /// Index into [`TaskAggregate::runs`].
+    pub index: usize,
+    /// The Run as it was before, None for a new Run (for index upkeep).
+    pub before: Option<Run>,
+}
+
+/// What a change wrote: the backend stores exactly this.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// The Task record changed. (The meta changes with every change.)
+    pub task: bool,
+    pub runs: Vec<TouchedRun>,
+    /// New TaskEvents, in order, numbered from the meta's old counter.
+    pub events: Vec<TaskEvent>,
+}
+
+/// A change in progress on an aggregate.
+struct Change<'a> {
+    agg: &'a mut TaskAggregate,
+    touched: Touched,
+    now: Timestamp,
+}
+
+impl Change<'_> {
+    fn run_mut(&mut self, i: usize) -> &mut Run {
+        if !self.touched.runs.iter().any(|t| t.index == i) {
+            self.touched.runs.push(TouchedRun { index: i, before: Some(self.agg.runs[i].run.clone()) });
+        }
+        &mut self.agg.runs[i].run
+    }
+
+    fn add_run(&mut self, run: Run) -> usize {
+        self.agg.meta.run_ids.push(run.id.clone());
+        self.agg.runs.push(RunRecord::new(run));
+        let index = self.agg.runs.len() - 1;
+        self.touched.runs.push(TouchedRun { index, before: None });
+        index
+    }
+
+    fn event(&mut self, kind: TaskEventKind) {
+        let event =
+            TaskEvent { task_id: self.agg.task.id.clone(), seq: self.agg.meta.next_event_seq, at: self.now, kind };
+        self.agg.meta.next_event_seq += 1;
+        self.touched.events.push(event);
+    }
+
+    fn run_event(&mut self, i: usize, task_status: TaskStatus, message: Option<String>) {
+        let run = &self.agg.runs[i].run;
+        let kind =
+            TaskEventKind::Status { task_status, run_id: Some(run.id.clone()), run_status: Some(run.status), message };
+        self.event(kind);
+    }
+
+    fn task_event(&mut self, message: Option<String>) {
+        let kind = TaskEventKind::Status { task_status: self.agg.task.status, run_id: None, run_status: None, message };
+        self.event(kind);
+    }
+
+    /// After Run `i` changed: derives the Task's status, creates the retry
+    /// Run, ends the Task's other Runs if the Task ended, records events.
+    fn settle(&mut self, i: usize, message: Option<String>) -> Result<Settled> {
+        let prev = self.agg.task.status;
+        let retry_policy = self.agg.task.spec.retry.clone();
+        let fan_out = self.agg.task.spec.fan_out;
+        let derive = |agg: &TaskAggregate| {
+            let runs: Vec<Run> = agg.runs.iter().map(|r| r.run.clone()).collect();
+            derive_task_status(prev, fan_out, &retry_policy, &runs)
+        };
+        let mut status = derive(self.agg);
+
+        let run = self.agg.runs[i].run.clone();
+        let mut retry = None;
+        if !status.is_terminal()
+            && matches!(run.status, RunStatus::Failed | RunStatus::Cancelled)
+            && retry_policy.allows_another(run.attempt)
+            && !self.agg.runs.iter().any(|r| {
+                r.run.shard == run.shard && (r.run.attempt > run.attempt || r.run.status == RunStatus::Completed)
+            })
+        {
+            let attempt = run.attempt + 1;
+            let not_before = self.now.saturating_add(retry_policy.backoff(attempt));
+            let next = Run::new(RunId::generate(), run.task_id.clone(), run.shard, attempt, self.now, not_before);
+            retry = Some(self.add_run(next));
+            status = derive(self.agg);
+        }
+
+        self.run_event(i, status, message);
+        if let Some(r) = retry {
+            let next = &self.agg.runs[r].run;
+            let message =
+                format!("shard {} retries: attempt {} not before {}", next.shard, next.attempt, next.not_before);
+            self.run_event(r, status, Some(message));
+        }
+
+        let mut cancelled = Vec::new();
+        if status != prev {
+            let now = self.now;
+            let task_id = self.agg.task.id.clone();
+            self.agg.task.set_status(status, now).map_err(|e| Error::precondition("task", &task_id, e.to_string()))?;
+            self.touched.task = true;
+            let message = match status {
+                TaskStatus::Completed => {
+                    self.agg.task.result = self
+                        .agg
+                        .runs
+                        .iter()
+                        .find(|r| r.run.shard == 0 && r.run.status == RunStatus::Completed)
+                        .and_then(|r| r.run.result.clone());
+                    None
+                }
+                TaskStatus::Failed => {
+                    let error = match &run.error {
+                        Some(e) if fan_out > 1 => format!("shard {}: {e}", run.shard),
+                        Some(e) => e.clone(),
+                        None => format!("shard {} ran out of attempts", run.shard),
+                    };
+                    self.agg.task.error = Some(error.clone());
+                    Some(error)
+                }
+                _ => None,
+            };
+            if status.is_terminal() {
+                let reason = format!("task {}", status.as_str().to_ascii_lowercase());
+                for j in 0..self.agg.runs.len() {
+                    if self.agg.runs[j].run.status.is_terminal() {
+                        continue;
+                    }
+                    let run = self.run_mut(j);
+                    let was_active = run.status.is_active();
+                    run.finish(RunOutcome::Cancelled { reason: reason.clone() }, now)
+                        .map_err(|e| Error::precondition("run", &run.id, e.to_string()))?;
+                    self.run_event(j, status, Some(reason.clone()));
+                    cancelled.push((j, was_active));
+                }
+            }
+            self.task_event(message);
+        }
+        Ok(Settled { retry, cancelled })
+    }
+
+    fn into_run_change(self, i: usize, prev: TaskStatus, settled: Settled) -> (Touched, RunChange) {
+        let change = RunChange {
+            run: self.agg.runs[i].run.clone(),
+            task: self.agg.task.clone(),
+            previous_task_status: prev,
+            retry: settled.retry.map(|r| self.agg.runs[r].run.clone()),
+            cancelled_runs: settled.cancelled.iter().map(|&(j, _)| self.agg.runs[j].run.clone()).collect(),
+            events: self.touched.events.clone(),
+        };
+        (self.touched, change)
+    }
+}
+
+struct Settled {
+    retry: Option<usize>,
+    /// (index, was active)
+    cancelled: Vec<(usize, bool)>,
+}
+
+fn lease_conflict(run: &Run, expected: u64) -> Error {
+    Error::LeaseConflict { run_id: run.id.clone(), expected, actual: run.lease }
+}
+
+fn check_lease(run: &Run, lease: u64) -> Result<()> {
+    if run.lease == lease { Ok(()) } else { Err(lease_conflict(run, lease)) }
+}
+
+impl TaskAggregate {
+    /// A new Task with its first Run per shard and its first TaskEvent.
+    pub fn create(task: Task) -> Result<(TaskAggregate, Touched)> {
+        if task.status != TaskStatus::Pending || task.result.is_some() || task.error.is_some() {
+            return Err(Error::invalid("task", "a new task must be PENDING, without result or error"));
+        }
+        task.spec.validate(usize::MAX).map_err(|e| Error::invalid("task.spec", e.to_string()))?;
+        let now = task.created_at;
+        let runs: Vec<RunRecord> = (0..task.spec.fan_out.max(1))
+            .map(|shard| RunRecord::new(Run::new(RunId::generate(), task.id.clone(), shard, 1, now, now)))
+            .collect();
+        let meta = TaskMeta {
+            next_event_seq: 1,
+            run_ids: runs.iter().map(|r| r.run.id.clone()).collect(),
+            output_limit_bytes: task.spec.limits.output_limit_bytes,
+        };
+        let n = runs.len();
+        let mut agg = TaskAggregate { task, meta, runs };
+        let mut change = Change {
+            agg: &mut agg,
+            touched: Touched {
+                task: true,
+                runs: (0..n).map(|index| TouchedRun { index, before: None }).collect(),
+                events: Vec::new(),
+            },
+            now,
+        };
+        change.task_event(Some(format!("task created with {n} run(s)")));
+        let touched = change.touched;
+        Ok((agg, touched))
+    }
+
+    pub fn run_index(&self, id: &RunId) -> Result<usize> {
+        self.runs.iter().position(|r| &r.run.id == id).ok_or_else(|| Error::not_found("run", id))
+    }
+
+    fn change(&mut self, now: Timestamp) -> Change<'_> {
+        Change { agg: self, touched: Touched::default(), now }
+    }
+
+    /// Hands a PENDING Run to `worker` (compare-and-set on the lease).
+    pub fn assign(
+        &mut self,
+        id: &RunId,
+        worker: &WorkerId,
+        expected_lease: u64,
+        now: Timestamp,
+    ) -> Result<(Touched, RunChange)> {
+        let i = self.run_index(id)?;
+        let run = &self.runs[i].run;
+        check_lease(run, expected_lease)?;
+        if self.task.status.is_terminal() {
+            return Err(Error::precondition("task", &self.task.id, format!("is {}", self.task.status)));
+        }
+        if run.status != RunStatus::Pending {
+            return Err(Error::precondition("run", id, format!("is {}, not PENDING", run.status)));
+        }
+        if run.not_before > now {
+            return Err(Error::precondition("run", id, format!("must not be assigned before {}", run.not_before)));
+        }
+        let prev = self.task.status;
+        let mut change = self.change(now);
+        let run = change.run_mut(i);
+        let lease = run
+            .assign(worker.clone(), expected_lease, now)
+            .map_err(|e| Error::precondition("run", id, e.to_string()))?;
+        let settled = change.settle(i, Some(format!("assigned to worker {worker} with lease {lease}")))?;
+        Ok(change.into_run_change(i, prev, settled))
+    }
+
+    /// The Worker holding `lease` started the Run.
+    pub fn start(&mut self, id: &RunId, lease: u64, now: Timestamp) -> Result<(Touched, RunChange)> {
+        let i = self.run_index(id)?;
+        check_lease(&self.runs[i].run, lease)?;
+        let prev = self.task.status;
+        let mut change = self.change(now);
+        change.run_mut(i).start(now).map_err(|e| Error::precondition("run", id, e.to_string()))?;
+        let settled = change.settle(i, None)?;
+        Ok(change.into_run_change(i, prev, settled))
+    }
+
+    /// Ends the Run; see [`crate::RunStore::finish_run`].
+    pub fn finish(
+        &mut self,
+        id: &RunId,
+        lease: u64,
+        outcome: RunOutcome,
+        now: Timestamp,
+    ) -> Result<(Touched, RunChange)> {
+        let i = self.run_index(id)?;
+        check_lease(&self.runs[i].run, lease)?;
+        let prev = self.task.status;
+        let message = match &outcome {
+            RunOutcome::Completed { .. } => None,
+            RunOutcome::Failed { error } => Some(error.clone()),
+            RunOutcome::Cancelled { reason } => Some(reason.clone()),
+        };
+        let mut change = self.change(now);
+        change.run_mut(i).finish(outcome, now).map_err(|e| Error::precondition("run", id, e.to_string()))?;
+        let settled = change.settle(i, message)?;
+        Ok(change.into_run_change(i, prev, settled))
+    }
+
+    /// Fails the Run of a lost Worker, bumping its lease first so the Worker
+    /// is fenced off. None when the Run is no longer active on `worker`.
+    pub fn fail_lost_run(
+        &mut self,
+        id: &RunId,
+        worker: &WorkerId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Option<(Touched, RunChange)>> {
+        let i = self.run_index(id)?;
+        let run = &self.runs[i].run;
+        if !run.status.is_active() || run.worker_id.as_ref() != Some(worker) {
+            return Ok(None);
+        }
+        let prev = self.task.status;
+        let mut change = self.change(now);
+        let run = change.run_mut(i);
+        run.lease += 1;
+        run.updated_at = now;
+        run.finish(RunOutcome::Failed { error: reason.to_owned() }, now)
+            .map_err(|e| Error::precondition("run", id, e.to_string()))?;
+        let settled = change.settle(i, Some(reason.to_owned()))?;
+        Ok(Some(change.into_run_change(i, prev, settled)))
+    }
+
+    /// Cancels the Task and its Runs that have not ended.
+    pub fn cancel(&mut self, reason: &str, now: Timestamp) -> Result<(Touched, CancelOutcome)> {
+        self.end(TaskStatus::Cancelled, reason, now)
+    }
+
+    /// Fails the Task without a Run having failed (e.g. no Worker started
+    /// it within its schedule-to-start timeout); its Runs that have not
+    /// ended are cancelled. No retry follows.
+    pub fn fail(&mut self, reason: &str, now: Timestamp) -> Result<(Touched, CancelOutcome)> {
+        self.end(TaskStatus::Failed, reason, now)
+    }
+
+    /// Ends the Task as `status` (CANCELLED or FAILED) with `reason`, and
+    /// cancels its Runs that have not ended.
+    fn end(&mut self, status: TaskStatus, reason: &str, now: Timestamp) -> Result<(Touched, CancelOutcome)> {
+        if self.task.status.is_terminal() {
+            let verb = if status == TaskStatus::Cancelled { "cancelled" } else { "failed" };
+            return Err(Error::precondition(
+                "task",
+                &self.task.id,
+                format!("is {}, it cannot be {verb}", self.task.status),
+            ));
+        }
+        let mut change = self.change(now);
+        let task_id = change.agg.task.id.clone();
+        change.agg.task.set_status(status, now).map_err(|e| Error::precondition("task", &task_id, e.to_string()))?;
+        change.agg.task.error = Some(reason.to_owned());
+        change.touched.task = true;
+        let mut active = Vec::new();
+        for j in 0..change.agg.runs.len() {
+            if change.agg.runs[j].run.status.is_terminal() {
+                continue;
+            }
+            let run = change.run_mut(j);
+            let was_active = run.status.is_active();
+            run.finish(RunOutcome::Cancelled { reason: reason.to_owned() }, now)
+                .map_err(|e| Error::precondition("run", &run.id, e.to_string()))?;
+            change.run_event(j, status, Some(reason.to_owned()));
+            if was_active {
+                active.push(j);
+            }
+        }
+        change.task_event(Some(reason.to_owned()));
+        let outcome = CancelOutcome {
+            task: change.agg.task.clone(),
+            active_runs: active.iter().map(|&j| change.agg.runs[j].run.clone()).collect(),
+            events: change.touched.events.clone(),
+        };
+        Ok((change.touched, outcome))
+    }
+}
+
+/// What to do with an output chunk; see [`append_output`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputStep {
+    /// Store the Run record, the meta, this event and the (run, seq) key.
+    Append(TaskEvent),
+    /// A chunk with this (run, seq) is stored: change nothing.
+    Duplicate,
+    /// Over the cap: store the Run record (now closed for output) and
+    /// nothing else, then answer [`Error::OutputLimit`].
+    OverLimit { limit_bytes: u64 },
+}
+
+/// The cap on one Run's output.
+pub fn output_cap(meta: &TaskMeta, config: &StoreConfig) -> u64 {
+    meta.output_limit_bytes.unwrap_or(u64::MAX).min(config.max_output_bytes_per_run)
+}
+
+/// Decides about an output chunk of `run`, updating `meta` and `run` when
+/// it is to be stored. `already_stored` tells whether (run, seq) is stored.
+/// `Err` changes nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn append_output(
+    meta: &mut TaskMeta,
+    run: &mut RunRecord,
+    lease: u64,
+    seq: u64,
+    data: String,
+    already_stored: bool,
+    config: &StoreConfig,
+    now: Timestamp,
+) -> Result<OutputStep> {
+    if seq == 0 {
+        return Err(Error::invalid("seq", "output chunks are numbered from 1"));
+    }
+    check_lease(&run.run, lease)?;
+    if already_stored {
+        return Ok(OutputStep::Duplicate);
+    }
+    if !run.run.status.is_active() {
+        return Err(Error::precondition("run", &run.run.id, format!("is {}, it takes no more output", run.run.status)));
+    }
+    let limit_bytes = output_cap(meta, config);
+    let len = data.len() as u64;
+    if run.output_closed || run.output_bytes.saturating_add(len) > limit_bytes {
+        run.output_closed = true;
+        return Ok(OutputStep::OverLimit { limit_bytes });
+    }
+    run.output_bytes += len;
+    let event = TaskEvent {
+        task_id: run.run.task_id.clone(),
+        seq: meta.next_event_seq,
+        at: now,
+        kind: TaskEventKind::Output(taskrun_core::OutputChunk { run_id: run.run.id.clone(), seq, data }),
+    };
+    meta.next_event_seq += 1;
+    Ok(OutputStep::Append(event))
+}
+
+/// The answer to a create whose idempotency key names `existing`.
+pub fn idempotent_repeat(existing: Task, new: &Task) -> Result<CreateOutcome<Task>> {
+    if existing.spec == new.spec {
+        Ok(CreateOutcome::Existing(existing))
+    } else {
+        Err(Error::IdempotencyConflict {
+            key: new.spec.idempotency_key.clone().unwrap_or_default(),
+            task_id: existing.id,
+        })
+    }
+}
+
+/// Checks that `component` is the build `manifest` describes.
+pub fn check_component(manifest: &AgentManifest, component: &[u8]) -> Result<()> {
+    let digest = taskrun_core::AgentDigest::of(component);
+    if digest != manifest.digest {
+        return Err(Error::invalid(
+            "component",
+            format!("its digest is {digest}, the manifest says {}", manifest.digest),
+        ));
+    }
+    if manifest.size != component.len() as u64 {
+        return Err(Error::invalid(
+            "component",
+            format!("it is {} bytes, the manifest says {}", component.len(), manifest.size),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether publishing `manifest` is new (`Ok(None)`), a repeat of what is
+/// stored (`Ok(Some(stored))`) or a conflict, given what is stored under its
+/// name and version and under its digest.
+pub fn decide_put_agent<'a>(
+    manifest: &AgentManifest,
+    by_version: Option<&'a AgentManifest>,
+    by_digest: Option<&'a AgentManifest>,
+) -> Result<Option<&'a AgentManifest>> {
+    if let Some(stored) = by_version {
+        if stored.digest == manifest.digest {
+            return Ok(Some(stored));
+        }
+        return Err(Error::AgentVersionConflict {
+            name: manifest.name.clone(),
+            version: manifest.version,
+            existing: stored.digest,
+            offered: manifest.digest,
+        });
+    }
+    if let Some(stored) = by_digest {
+        return Err(Error::AgentDigestConflict {
+            digest: manifest.digest,
+            existing: format!("{}@{}", stored.name, stored.version),
+        });
+    }
+    Ok(None)
+}

@@ -1,0 +1,193 @@
+//! Sandbox benchmarks: what a Run costs the Worker.
+//!
+//! `cargo bench -p taskrun-worker --bench sandbox` (release). Measures, on
+//! the `echo` agent:
+//! - compile: `prepare` with an empty cache (Cranelift);
+//! - cached load: `prepare` in a fresh Sandbox on a warm disk cache;
+//! - warm Run: `run` of a prepared agent (new store + WASI context +
+//!   instantiate from the InstancePre + `run` + teardown), trivial input;
+//! - the same trivial work as a native process spawned per Run
+//!   (`/bin/echo`), the usual alternative to a sandbox;
+//! - warm Runs on two threads at once.
+//!
+//! Prints a Markdown table (copied into docs/benchmarks.md).
+
+#![allow(clippy::print_stdout)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use taskrun_core::AgentDigest;
+use taskrun_worker::{Outcome, Prepared, RunLimits, RunRequest, Sandbox, SandboxConfig};
+
+const INPUT: &str = r#""hi""#;
+
+fn sandbox(cache: &std::path::Path) -> anyhow::Result<Sandbox> {
+    Ok(Sandbox::new(SandboxConfig { cache_dir: Some(cache.to_owned()), ..SandboxConfig::default() })?)
+}
+
+fn limits() -> RunLimits {
+    RunLimits { deadline: Duration::from_secs(10), ..RunLimits::default() }
+}
+
+fn run_once(sandbox: &Sandbox, prepared: &Prepared) -> anyhow::Result<()> {
+    let report = sandbox.run(prepared, RunRequest::new(INPUT).limits(limits()))?;
+    match report.outcome {
+        Outcome::Completed(json) if json.as_str() == INPUT => Ok(()),
+        other => bail!("echo run ended {other:?}"),
+    }
+}
+
+struct Stats {
+    samples: Vec<Duration>,
+}
+
+impl Stats {
+    fn new(mut samples: Vec<Duration>) -> Stats {
+        samples.sort();
+        Stats { samples }
+    }
+
+    fn pct(&self, p: f64) -> Duration {
+        let i = ((self.samples.len() - 1) as f64 * p).round() as usize;
+        self.samples[i]
+    }
+
+    fn median(&self) -> Duration {
+        self.pct(0.5)
+    }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn main() -> anyhow::Result<()> {
+    let bytes = std::fs::read(taskrun_agent_artifacts::ECHO).context("echo component")?;
+    let digest = AgentDigest::of(&bytes);
+
+    // `SANDBOX_BENCH_PROFILE=n`: only n warm Runs, for `perf record`.
+    if let Some(n) = std::env::var("SANDBOX_BENCH_PROFILE").ok().and_then(|n| n.parse::<u32>().ok()) {
+        let sandbox = Sandbox::new(SandboxConfig::default())?;
+        let prepared = sandbox.prepare(&digest, &bytes)?;
+        let started = Instant::now();
+        for _ in 0..n {
+            run_once(&sandbox, &prepared)?;
+        }
+        println!("{n} warm Runs: {} each", us(started.elapsed() / n.max(1)));
+        return Ok(());
+    }
+
+    // Compile: a fresh engine and an empty cache each time.
+    let mut compiles = Vec::new();
+    for _ in 0..5 {
+        let dir = tempfile::tempdir()?;
+        let sandbox = sandbox(dir.path())?;
+        let started = Instant::now();
+        sandbox.prepare(&digest, &bytes)?;
+        compiles.push(started.elapsed());
+        anyhow::ensure!(sandbox.metrics().compiles == 1);
+    }
+    let compile = Stats::new(compiles);
+
+    // Cached load: a fresh Sandbox (a restarted Worker) on a warm cache.
+    let dir = tempfile::tempdir()?;
+    sandbox(dir.path())?.prepare(&digest, &bytes)?;
+    let mut loads = Vec::new();
+    for _ in 0..20 {
+        let sandbox = sandbox(dir.path())?;
+        let started = Instant::now();
+        sandbox.prepare(&digest, &bytes)?;
+        loads.push(started.elapsed());
+        anyhow::ensure!(sandbox.metrics().compiles == 0 && sandbox.metrics().cache_loads == 1);
+    }
+    let load = Stats::new(loads);
+
+    // Warm Runs.
+    let sandbox = sandbox(dir.path())?;
+    let prepared = sandbox.prepare(&digest, &bytes)?;
+    for _ in 0..1000 {
+        run_once(&sandbox, &prepared)?;
+    }
+    let mut runs = Vec::with_capacity(20_000);
+    for _ in 0..20_000 {
+        let started = Instant::now();
+        run_once(&sandbox, &prepared)?;
+        runs.push(started.elapsed());
+    }
+    let warm = Stats::new(runs);
+    let batch = 20_000u32;
+    let started = Instant::now();
+    for _ in 0..batch {
+        run_once(&sandbox, &prepared)?;
+    }
+    let warm_mean = started.elapsed() / batch;
+
+    // Two threads of warm Runs at once.
+    let per_thread = 10_000u32;
+    let started = Instant::now();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let (sandbox, prepared) = (sandbox.clone(), prepared.clone());
+                scope.spawn(move || -> anyhow::Result<()> {
+                    for _ in 0..per_thread {
+                        run_once(&sandbox, &prepared)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let parallel_rate = f64::from(2 * per_thread) / started.elapsed().as_secs_f64();
+
+    // A native process per Run.
+    let mut spawns = Vec::new();
+    for _ in 0..300 {
+        let started = Instant::now();
+        let output = Command::new("/bin/echo").arg(INPUT).output()?;
+        spawns.push(started.elapsed());
+        anyhow::ensure!(output.status.success() && output.stdout.trim_ascii() == INPUT.as_bytes());
+    }
+    let native = Stats::new(spawns);
+    let ratio = native.median().as_secs_f64() / warm.median().as_secs_f64();
+
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    println!("echo component: {} bytes, digest {digest}, {cores} cores", bytes.len());
+    println!();
+    println!("| measurement | median | p99 | notes |");
+    println!("|---|---|---|---|");
+    println!(
+        "| compile (Cranelift, empty cache) | {} | {} | 5 runs, fresh engine each |",
+        ms(compile.median()),
+        ms(compile.pct(0.99))
+    );
+    println!(
+        "| cached load (new Sandbox, warm disk cache) | {} | {} | 20 runs: read + checksum + deserialize + link |",
+        ms(load.median()),
+        ms(load.pct(0.99))
+    );
+    println!(
+        "| warm Run (new store + instantiate + run + teardown) | {} | {} | 20 000 runs; mean of another 20 000: {} |",
+        us(warm.median()),
+        us(warm.pct(0.99)),
+        us(warm_mean)
+    );
+    println!("| warm Runs on 2 threads | {:.0} Runs/s | | 2 × 10 000 |", parallel_rate);
+    println!(
+        "| native process per Run (`/bin/echo`) | {} | {} | 300 spawns; ratio to a warm Run: {:.0}× |",
+        ms(native.median()),
+        ms(native.pct(0.99)),
+        ratio
+    );
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! The Worker daemon: holds one stream to the control plane
+//! (RunService.Connect), runs the Runs it is assigned in the [`Sandbox`],
+//! streams their output back and reports how they ended.
+//!
+//! - It says hello with its [`WorkerInfo`] and the Runs it still has, and
+//!   follows the control plane's verdict on each (continue, or stop).
+//! - Every report echoes the Run's lease. Terminal reports are kept until
+//!   the control plane acks them, and resent (on a timer, and after a
+//!   reconnect) until then. Output chunks carry per-Run sequence numbers;
+//!   after a reconnect it resends those the control plane has not stored.
+//! - It fetches an agent it does not hold from the control plane, verifies
+//!   it against its OWN trust policy (the operator's, not the control
+//!   plane's) and compiles exactly the verified bytes. A failed
+//!   verification fails the Run, and nothing is compiled.
+//! - It reconnects with exponential backoff and jitter.
+
+mod config;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use taskrun_core::{AgentDigest, Clock, RunId, SystemClock, Timestamp, WorkerInfo};
+use taskrun_proto::pb;
+use taskrun_signing::{TrustPolicy, Verifier};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use self::config::{SandboxSection, WorkerConfig};
+use crate::model::ModelBackendsConfig;
+use crate::sandbox::{Prepared, RunLimits, Sandbox, SandboxConfig};
+use crate::{CancelToken, Error, ModelBackends, Result};
+
+/// Counters a Worker keeps, for operators and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerMetrics {
+    /// Sessions established with the control plane.
+    pub sessions: u64,
+    pub runs_started: u64,
+    pub runs_finished: u64,
+    /// Agents that failed verification (their Runs failed, nothing compiled).
+    pub agents_refused: u64,
+    /// Assignments refused as replays (same nonce, or issued outside the
+    /// allowed clock skew).
+    pub assignments_refused: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    sessions: AtomicU64,
+    runs_started: AtomicU64,
+    runs_finished: AtomicU64,
+    agents_refused: AtomicU64,
+    assignments_refused: AtomicU64,
+}
+
+/// A Run this Worker holds.
+#[derive(Debug)]
+struct InFlight {
+    lease: u64,
+    cancel: CancelToken,
+    cancel_reason: Option<String>,
+    started: bool,
+    /// Every chunk sent, kept until the terminal report is acked so that
+    /// a reconnect can resend what the control plane did not store.
+    outputs: Vec<(u64, String)>,
+    /// The terminal report, until acked.
+    terminal: Option<pb::RunStatusUpdate>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: WorkerConfig,
+    sandbox: Sandbox,
+    backends: Arc<ModelBackends>,
+    verifier: Verifier,
+    clock: Arc<dyn Clock>,
+    defaults: RunLimits,
+    runs: Mutex<HashMap<RunId, InFlight>>,
+    /// Agents verified (and prepared) in this process.
+    agents: Mutex<HashMap<AgentDigest, Prepared>>,
+    /// One fetch-verify-compile at a time.
+    fetching: tokio::sync::Mutex<()>,
+    /// The current session's outbound stream, if connected.
+    outbound: Mutex<Option<mpsc::UnboundedSender<pb::RunClientMessage>>>,
+    channel: Mutex<Option<tonic::transport::Channel>>,
+    /// Assignment nonces seen within the skew window.
+    nonces: Mutex<HashMap<String, Timestamp>>,
+    max_skew: Mutex<Duration>,
+    counters: Counters,
+    shutdown: CancellationToken,
+    /// Set by [`Worker::kill`]: nothing more is sent.
+    silenced: std::sync::atomic::AtomicBool,
+}
+
+/// A Worker. Clone it to keep a handle while [`Worker::run`] runs.
+#[derive(Debug, Clone)]
+pub struct Worker(Arc<Inner>);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Worker {
+    /// Builds the sandbox, the ModelBackends and the verifier `config`
+    /// names. Fails on a bad config, an unreadable trust policy, or a
+    /// ModelBackend that cannot be set up.
+    pub fn new(config: WorkerConfig) -> Result<Worker> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| Error::Config(format!("data_dir {}: {e}", config.data_dir.display())))?;
+        let policy = TrustPolicy::load(&config.trust_policy)
+            .map_err(|e| Error::Config(format!("trust policy {}: {e}", config.trust_policy.display())))?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let verifier = Verifier::new(policy, Arc::clone(&clock))
+            .with_rollback_file(config.data_dir.join("rollback-state.toml"))
+            .map_err(|e| Error::Config(format!("rollback state: {e}")))?;
+        let backends =
+            ModelBackends::from_config(&ModelBackendsConfig { model_backends: config.model_backends.clone() })?;
+        let s = &config.sandbox;
+        let mb = |m: u64| usize::try_from(m.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let sandbox = Sandbox::new(SandboxConfig {
+            cache_dir: Some(config.data_dir.join("compiled")),
+            max_concurrent_runs: config.slots.max(1),
+            max_memory_bytes: mb(s.max_memory_mb),
+            env: s.env.clone(),
+            ..SandboxConfig::default()
+        })?;
+        let defaults = RunLimits {
+            memory_bytes: mb(s.default_memory_mb),
+            output_bytes: s.default_output_bytes,
+            model_calls: s.default_model_calls,
+            ..RunLimits::default()
+        };
+        Ok(Worker(Arc::new(Inner {
+            config,
+            sandbox,
+            backends: Arc::new(backends),
+            verifier,
+            clock,
+            defaults,
+            runs: Mutex::new(HashMap::new()),
+            agents: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Mutex::new(()),
+            outbound: Mutex::new(None),
+            channel: Mutex::new(None),
+            nonces: Mutex::new(HashMap::new()),
+            max_skew: Mutex::new(Duration::from_secs(30)),
+            counters: Counters::default(),
+            shutdown: CancellationToken::new(),
+            silenced: std::sync::atomic::AtomicBool::new(false),
+        })))
+    }
+
+    /// What this Worker announces.
+    pub fn info(&self) -> WorkerInfo {
+        let c = &self.0.config;
+        WorkerInfo {
+            id: c.id.clone(),
+            agents: c.agents.clone(),
+            digests: lock(&self.0.agents).keys().copied().collect(),
+            model_backends: self.0.backends.describe(),
+            labels: c.labels.clone(),
+            slots: c.slots,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.0.sandbox
+    }
+
+    pub fn metrics(&self) -> WorkerMetrics {
+        let c = &self.0.counters;
+        WorkerMetrics {
+            sessions: c.sessions.load(Ordering::Relaxed),
+            runs_started: c.runs_started.load(Ordering::Relaxed),
+            runs_finished: c.runs_finished.load(Ordering::Relaxed),
+            agents_refused: c.agents_refused.load(Ordering::Relaxed),
+            assignments_refused: c.assignments_refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs it holds now.
+    pub fn active_runs(&self) -> Vec<RunId> {
+        lock(&self.0.runs).keys().cloned().collect()
+    }
+
+    /// Whether a session with the control plane is up.
+    pub fn is_connected(&self) -> bool {
+        lock(&self.0.outbound).is_some()
+    }
+
+    /// Stops: ends the session, cancels the Runs in flight.
+    pub fn shut_down(&self) {
+        self.0.shutdown.cancel();
+        for run in lock(&self.0.runs).values() {
+            run.cancel.cancel();
+        }
+    }
+
+    /// Stops at once and reports nothing more: to the control plane this
+    /// looks like a crashed machine (the stream just ends).
+    pub fn kill(&self) {
+        self.0.silenced.store(true, Ordering::SeqCst);
+        *lock(&self.0.outbound) = None;
+        self.shut_down();
+    }
+
+    /// Connects, and keeps reconnecting with backoff and jitter, until
+    /// [`Worker::shut_down`].
+    pub async fn run(&self) -> Result<()> {
+        const FIRST: Duration = Duration::from_millis(100);
+        const MAX: Duration = Duration::from_secs(10);
+        let mut backoff = FIRST;
+        info!(worker_id = %self.0.config.id, control_plane = %self.0.config.control_plane, "worker starting");
+        while !self.0.shutdown.is_cancelled() {
+            match self.session().await {
+                Ok(()) => backoff = FIRST,
+                Err(e) => warn!(worker_id = %self.0.config.id, error = %e, "session failed"),
+            }
+            *lock(&self.0.outbound) = None;
+            if self.0.shutdown.is_cancelled() {
+                break;
+            }
+            let wait = jitter(backoff);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.0.shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(MAX);
+        }
+        info!(worker_id = %self.0.config.id, "worker stopped");
+        Ok(())
+    }
+}
+
+/// `d` scaled by a factor in [0.5, 1.5), so Workers that lost the control
+/// plane together do not come back in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
+    let factor = 0.5 + f64::from(nanos % 1000) / 1000.0;
+    d.mul_f64(factor)
+}

@@ -1,0 +1,476 @@
+//! One session with the control plane, and the Runs it carries.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use taskrun_core::{AgentDigest, AgentManifest, RunId, RunOutcome, TaskLimits, Timestamp};
+use taskrun_proto::{RunOutputReport, RunProgress, RunStatusReport, pb};
+use taskrun_signing::Expect;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use super::{InFlight, Worker, lock};
+use crate::sandbox::{OutputSink, Prepared, RunLimits, RunRequest};
+use crate::{CancelToken, Error, Result};
+
+use pb::run_client_message::Kind as ClientKind;
+use pb::run_server_message::Kind as ServerKind;
+
+/// How often unacked terminal reports are sent again.
+const RESEND_EVERY: Duration = Duration::from_secs(2);
+
+/// The largest agent component a Worker accepts from the control plane.
+const MAX_AGENT_BYTES: u64 = 64 << 20;
+
+fn nonce() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+impl Worker {
+    fn send(&self, kind: ClientKind) -> bool {
+        if self.0.silenced.load(Ordering::SeqCst) {
+            return false;
+        }
+        lock(&self.0.outbound).as_ref().is_some_and(|tx| tx.send(pb::RunClientMessage { kind: Some(kind) }).is_ok())
+    }
+
+    async fn channel(&self) -> Result<Channel> {
+        let url = &self.0.config.control_plane;
+        let connect = |message: String| Error::Connect { url: url.clone(), message };
+        Endpoint::from_shared(url.clone())
+            .map_err(|e| connect(e.to_string()))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| connect(format!("{e}: is the control plane running?")))
+    }
+
+    /// Connects, says hello, and serves the session until it ends.
+    pub(super) async fn session(&self) -> Result<()> {
+        let channel = self.channel().await?;
+        let url = self.0.config.control_plane.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let in_flight: Vec<pb::InFlightRun> = lock(&self.0.runs)
+            .iter()
+            .map(|(id, r)| pb::InFlightRun {
+                run_id: id.to_string(),
+                lease: i64::try_from(r.lease).unwrap_or(i64::MAX),
+                status: if r.terminal.is_some() {
+                    r.terminal.as_ref().map_or(0, |t| t.status)
+                } else if r.started {
+                    pb::RunStatus::Running.into()
+                } else {
+                    pb::RunStatus::Assigned.into()
+                },
+                last_output_seq: r.outputs.last().map_or(0, |(s, _)| i64::try_from(*s).unwrap_or(i64::MAX)),
+            })
+            .collect();
+        let hello = pb::WorkerHello {
+            info: Some(self.info().into()),
+            in_flight,
+            sent_at_unix_ms: self.0.clock.now().as_millis(),
+        };
+        let _ = tx.send(pb::RunClientMessage { kind: Some(ClientKind::Hello(hello)) });
+        let mut client = pb::run_service_client::RunServiceClient::new(channel.clone());
+        let response = client
+            .connect(UnboundedReceiverStream::new(rx))
+            .await
+            .map_err(|s| Error::Connect { url: url.clone(), message: format!("{}: {}", s.code(), s.message()) })?;
+        let mut inbound = response.into_inner();
+        let accepted = match inbound.message().await {
+            Ok(Some(pb::RunServerMessage { kind: Some(ServerKind::Accepted(a)) })) => a,
+            Ok(_) => {
+                return Err(Error::Connect { url, message: "the session did not start with WorkerAccepted".into() });
+            }
+            Err(s) => return Err(Error::Connect { url, message: format!("{}: {}", s.code(), s.message()) }),
+        };
+        *lock(&self.0.channel) = Some(channel);
+        if self.0.silenced.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        *lock(&self.0.outbound) = Some(tx.clone());
+        *lock(&self.0.max_skew) = Duration::from_millis(accepted.max_clock_skew_ms.max(1000).unsigned_abs());
+        self.0.counters.sessions.fetch_add(1, Ordering::Relaxed);
+        info!(worker_id = %self.0.config.id, in_flight = accepted.in_flight.len(), "session established");
+        self.apply_verdicts(&accepted.in_flight);
+
+        let interval = Duration::from_millis(accepted.heartbeat_interval_ms.max(50).unsigned_abs());
+        let ticker = {
+            let worker = self.clone();
+            tokio::spawn(async move { worker.tick(interval).await })
+        };
+        let result = loop {
+            let msg = tokio::select! {
+                msg = inbound.message() => msg,
+                () = self.0.shutdown.cancelled() => break Ok(()),
+            };
+            match msg {
+                Ok(Some(msg)) => self.on_message(msg),
+                Ok(None) => break Ok(()),
+                Err(s) => {
+                    break Err(Error::Connect { url: url.clone(), message: format!("{}: {}", s.code(), s.message()) });
+                }
+            }
+        };
+        ticker.abort();
+        *lock(&self.0.outbound) = None;
+        info!(worker_id = %self.0.config.id, "session ended");
+        result
+    }
+
+    /// Heartbeats, and resends terminal reports not acked yet.
+    async fn tick(&self, interval: Duration) {
+        let mut heartbeat = tokio::time::interval(interval);
+        let mut resend = tokio::time::interval(RESEND_EVERY);
+        resend.tick().await;
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    let (free, active) = {
+                        let runs = lock(&self.0.runs);
+                        let busy = u32::try_from(runs.values().filter(|r| r.terminal.is_none()).count()).unwrap_or(u32::MAX);
+                        let active = runs
+                            .iter()
+                            .map(|(id, r)| pb::RunLease { run_id: id.to_string(), lease: i64::try_from(r.lease).unwrap_or(i64::MAX) })
+                            .collect();
+                        (self.0.config.slots.saturating_sub(busy), active)
+                    };
+                    self.send(ClientKind::Heartbeat(pb::WorkerHeartbeat {
+                        sent_at_unix_ms: self.0.clock.now().as_millis(),
+                        free_slots: i32::try_from(free).unwrap_or(i32::MAX),
+                        active_runs: active,
+                    }));
+                }
+                _ = resend.tick() => {
+                    let pending: Vec<pb::RunStatusUpdate> =
+                        lock(&self.0.runs).values().filter_map(|r| r.terminal.clone()).collect();
+                    for update in pending {
+                        debug!(run_id = %update.run_id, "resending terminal report");
+                        self.send(ClientKind::Status(update));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Follows the control plane's verdict on the Runs we said we hold.
+    fn apply_verdicts(&self, verdicts: &[pb::InFlightRunVerdict]) {
+        for v in verdicts {
+            let Ok(id) = v.run_id.parse::<RunId>() else { continue };
+            let continue_ = v.verdict == i32::from(pb::InFlightVerdict::Continue);
+            let (outputs, terminal) = {
+                let mut runs = lock(&self.0.runs);
+                let Some(run) = runs.get_mut(&id) else { continue };
+                if !continue_ {
+                    info!(run_id = %id, reason = %v.reason, "control plane says stop");
+                    run.cancel.cancel();
+                    runs.remove(&id);
+                    continue;
+                }
+                let acked = u64::try_from(v.output_seq_acked).unwrap_or(0);
+                let outputs: Vec<(u64, String)> = run.outputs.iter().filter(|(s, _)| *s > acked).cloned().collect();
+                (outputs, run.terminal.clone())
+            };
+            let lease = v.lease;
+            for (seq, data) in outputs {
+                self.send(ClientKind::Output(pb::RunOutputChunk {
+                    run_id: v.run_id.clone(),
+                    lease,
+                    seq: i64::try_from(seq).unwrap_or(i64::MAX),
+                    data,
+                }));
+            }
+            if let Some(update) = terminal {
+                self.send(ClientKind::Status(update));
+            }
+        }
+        // Runs the verdicts did not mention were not known to the control
+        // plane as ours: they keep their terminal report for the resend.
+    }
+
+    fn on_message(&self, msg: pb::RunServerMessage) {
+        match msg.kind {
+            Some(ServerKind::Assignment(a)) => self.on_assignment(a),
+            Some(ServerKind::Cancel(c)) => {
+                let Ok(id) = c.run_id.parse::<RunId>() else { return };
+                let mut runs = lock(&self.0.runs);
+                if let Some(run) = runs.get_mut(&id)
+                    && i64::try_from(run.lease).ok() == Some(c.lease)
+                {
+                    info!(run_id = %id, reason = %c.reason, "cancelling run");
+                    run.cancel_reason = Some(c.reason);
+                    run.cancel.cancel();
+                }
+            }
+            Some(ServerKind::Ack(ack)) => {
+                let Ok(id) = ack.run_id.parse::<RunId>() else { return };
+                let outcome = pb::RunAckOutcome::try_from(ack.outcome).unwrap_or(pb::RunAckOutcome::Unspecified);
+                let mut runs = lock(&self.0.runs);
+                let Some(run) = runs.get_mut(&id) else { return };
+                if i64::try_from(run.lease).ok() != Some(ack.lease) {
+                    return;
+                }
+                match outcome {
+                    pb::RunAckOutcome::Fenced => {
+                        warn!(run_id = %id, reason = %ack.reason, "fenced: the run is no longer ours");
+                        run.cancel.cancel();
+                        runs.remove(&id);
+                    }
+                    _ if run.terminal.is_some() => {
+                        debug!(run_id = %id, outcome = ?outcome, "terminal report acked");
+                        runs.remove(&id);
+                    }
+                    pb::RunAckOutcome::Rejected => warn!(run_id = %id, reason = %ack.reason, "report rejected"),
+                    _ => {}
+                }
+            }
+            Some(ServerKind::Drain(d)) => info!(reason = %d.reason, "asked to drain: no new runs will come"),
+            Some(ServerKind::Accepted(_)) | None => {}
+        }
+    }
+
+    fn on_assignment(&self, a: pb::RunAssignment) {
+        let parsed = (|| -> std::result::Result<(RunId, u64, AgentManifest, TaskLimits), String> {
+            let id: RunId = a.run_id.parse().map_err(|e| format!("run_id: {e}"))?;
+            let lease = u64::try_from(a.lease).map_err(|_| format!("lease out of range: {}", a.lease))?;
+            let manifest =
+                AgentManifest::try_from(a.agent.clone().ok_or("missing agent")?).map_err(|e| e.to_string())?;
+            let limits = TaskLimits::try_from(a.limits.clone().unwrap_or_default()).map_err(|e| e.to_string())?;
+            Ok((id, lease, manifest, limits))
+        })();
+        let (id, lease, manifest, limits) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(run_id = %a.run_id, error = %e, "malformed assignment ignored");
+                return;
+            }
+        };
+        // Replay protection: a nonce is used once; an assignment must be
+        // issued within the allowed clock skew of now.
+        let now = self.0.clock.now();
+        let skew = *lock(&self.0.max_skew);
+        let issued = Timestamp::from_millis(a.issued_at_unix_ms);
+        let off = if issued > now { issued.since(now) } else { now.since(issued) };
+        {
+            let mut nonces = lock(&self.0.nonces);
+            nonces.retain(|_, seen| now.since(*seen) <= skew * 2);
+            if off > skew || a.nonce.len() < 16 || nonces.contains_key(&a.nonce) {
+                self.0.counters.assignments_refused.fetch_add(1, Ordering::Relaxed);
+                warn!(run_id = %id, skew_ms = off.as_millis() as u64, "assignment refused as a replay or out of the clock-skew window");
+                return;
+            }
+            nonces.insert(a.nonce.clone(), now);
+        }
+        let cancel = CancelToken::new();
+        {
+            let mut runs = lock(&self.0.runs);
+            if runs.get(&id).is_some_and(|r| r.lease >= lease) {
+                return;
+            }
+            runs.insert(
+                id.clone(),
+                InFlight {
+                    lease,
+                    cancel: cancel.clone(),
+                    cancel_reason: None,
+                    started: false,
+                    outputs: Vec::new(),
+                    terminal: None,
+                },
+            );
+        }
+        let deadline = Timestamp::from_millis(a.deadline_unix_ms);
+        let mut run_limits = RunLimits::from_task(&limits, &self.0.defaults);
+        if a.deadline_unix_ms > 0 {
+            run_limits.deadline = run_limits.deadline.min(deadline.since(now));
+        }
+        let worker = self.clone();
+        tokio::spawn(async move {
+            worker.execute(id, lease, manifest, a.input_json, run_limits, cancel).await;
+        });
+    }
+
+    async fn execute(
+        &self,
+        id: RunId,
+        lease: u64,
+        manifest: AgentManifest,
+        input: String,
+        limits: RunLimits,
+        cancel: CancelToken,
+    ) {
+        self.0.counters.runs_started.fetch_add(1, Ordering::Relaxed);
+        let prepared = match self.agent(&manifest).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(run_id = %id, digest = %manifest.digest, error = %e, "agent not runnable");
+                self.finish(&id, lease, RunOutcome::Failed { error: e.to_string() });
+                return;
+            }
+        };
+        if cancel.is_cancelled() {
+            self.finish(&id, lease, RunOutcome::Cancelled { reason: self.cancel_reason(&id) });
+            return;
+        }
+        {
+            let mut runs = lock(&self.0.runs);
+            match runs.get_mut(&id) {
+                Some(r) if r.lease == lease => r.started = true,
+                _ => return,
+            }
+        }
+        self.send(ClientKind::Status(
+            RunStatusReport {
+                run_id: id.clone(),
+                lease,
+                progress: RunProgress::Started,
+                at: self.0.clock.now(),
+                nonce: nonce(),
+                last_output_seq: 0,
+            }
+            .into(),
+        ));
+        let (otx, mut orx) = mpsc::unbounded_channel::<String>();
+        let forward = {
+            let worker = self.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                let mut seq = 0u64;
+                while let Some(data) = orx.recv().await {
+                    seq += 1;
+                    {
+                        let mut runs = lock(&worker.0.runs);
+                        match runs.get_mut(&id) {
+                            Some(r) if r.lease == lease => r.outputs.push((seq, data.clone())),
+                            _ => continue,
+                        }
+                    }
+                    let report =
+                        RunOutputReport { lease, chunk: taskrun_core::OutputChunk { run_id: id.clone(), seq, data } };
+                    worker.send(ClientKind::Output(report.into()));
+                }
+                seq
+            })
+        };
+        let request = RunRequest::new(input)
+            .limits(limits)
+            .backends(Arc::clone(&self.0.backends))
+            .output(OutputSink::channel(otx))
+            .cancel(cancel)
+            .run_id(id.clone());
+        let report = self.0.sandbox.run_async(prepared, request).await;
+        // The sink is gone with the Run: the forwarder ends after the last chunk.
+        let last_seq = forward.await.unwrap_or(0);
+        let outcome = match report {
+            Ok(report) => {
+                debug!(run_id = %id, outcome = report.outcome.kind(), elapsed_ms = report.stats.elapsed.as_millis() as u64, "run ended");
+                match report.to_core() {
+                    RunOutcome::Cancelled { .. } => RunOutcome::Cancelled { reason: self.cancel_reason(&id) },
+                    other => other,
+                }
+            }
+            Err(e) => RunOutcome::Failed { error: format!("worker could not run the agent: {e}") },
+        };
+        self.finish_with_seq(&id, lease, outcome, last_seq);
+    }
+
+    fn cancel_reason(&self, id: &RunId) -> String {
+        lock(&self.0.runs).get(id).and_then(|r| r.cancel_reason.clone()).unwrap_or_else(|| "cancelled".to_owned())
+    }
+
+    fn finish(&self, id: &RunId, lease: u64, outcome: RunOutcome) {
+        self.finish_with_seq(id, lease, outcome, 0);
+    }
+
+    /// Records the terminal report (kept until acked) and sends it.
+    fn finish_with_seq(&self, id: &RunId, lease: u64, outcome: RunOutcome, last_output_seq: u64) {
+        self.0.counters.runs_finished.fetch_add(1, Ordering::Relaxed);
+        let update: pb::RunStatusUpdate = RunStatusReport {
+            run_id: id.clone(),
+            lease,
+            progress: RunProgress::Finished(outcome),
+            at: self.0.clock.now(),
+            nonce: nonce(),
+            last_output_seq,
+        }
+        .into();
+        {
+            let mut runs = lock(&self.0.runs);
+            match runs.get_mut(id) {
+                Some(r) if r.lease == lease => r.terminal = Some(update.clone()),
+                // Fenced or told to stop meanwhile: nobody wants the report.
+                _ => return,
+            }
+        }
+        self.send(ClientKind::Status(update));
+    }
+
+    /// The agent `manifest` names, verified against this Worker's trust
+    /// policy and prepared: from memory, or fetched from the control plane.
+    async fn agent(&self, manifest: &AgentManifest) -> Result<Prepared> {
+        let digest = manifest.digest;
+        if let Some(p) = lock(&self.0.agents).get(&digest) {
+            return Ok(p.clone());
+        }
+        let _one_at_a_time = self.0.fetching.lock().await;
+        if let Some(p) = lock(&self.0.agents).get(&digest) {
+            return Ok(p.clone());
+        }
+        let (envelope, bytes) = self.fetch(&digest).await?;
+        let expect = Expect::digest(digest).and_name(manifest.name.clone());
+        let verified = self.0.verifier.verify(&envelope, bytes, &expect).map_err(|source| {
+            self.0.counters.agents_refused.fetch_add(1, Ordering::Relaxed);
+            Error::AgentRefused { digest, source }
+        })?;
+        info!(digest = %digest, agent = %verified.name(), version = %verified.version(), "agent verified");
+        // Compile exactly the bytes that were verified.
+        let sandbox = self.0.sandbox.clone();
+        let component = verified.component().clone();
+        let prepared = tokio::task::spawn_blocking(move || sandbox.prepare(&digest, &component))
+            .await
+            .map_err(|e| Error::RunThread(e.to_string()))??;
+        lock(&self.0.agents).insert(digest, prepared.clone());
+        Ok(prepared)
+    }
+
+    /// The envelope and component bytes of `digest`, from the control plane.
+    async fn fetch(&self, digest: &AgentDigest) -> Result<(Vec<u8>, Vec<u8>)> {
+        let fail = |message: String| Error::Fetch { digest: *digest, message };
+        let channel = lock(&self.0.channel).clone().ok_or_else(|| fail("not connected".into()))?;
+        let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+        let mut stream = client
+            .fetch_agent(pb::FetchAgentRequest { digest: digest.to_string(), offset: 0 })
+            .await
+            .map_err(|s| fail(format!("{}: {}", s.code(), s.message())))?
+            .into_inner();
+        let mut envelope = None;
+        let mut bytes = Vec::new();
+        let mut size = MAX_AGENT_BYTES;
+        while let Some(msg) = stream.message().await.map_err(|s| fail(format!("{}: {}", s.code(), s.message())))? {
+            match msg.part {
+                Some(pb::fetch_agent_response::Part::Header(h)) if envelope.is_none() => {
+                    size = h
+                        .manifest
+                        .as_ref()
+                        .map_or(MAX_AGENT_BYTES, |m| m.size_bytes.unsigned_abs())
+                        .min(MAX_AGENT_BYTES);
+                    envelope = Some(h.envelope);
+                }
+                Some(pb::fetch_agent_response::Part::Chunk(c)) if envelope.is_some() => {
+                    if (bytes.len() + c.len()) as u64 > size {
+                        return Err(fail(format!("more than the {size} bytes announced")));
+                    }
+                    bytes.extend_from_slice(&c);
+                }
+                _ => return Err(fail("unexpected message in the FetchAgent stream".into())),
+            }
+        }
+        let envelope = envelope.ok_or_else(|| fail("no header in the FetchAgent stream".into()))?;
+        Ok((envelope, bytes))
+    }
+}

@@ -1,0 +1,65 @@
+//! `taskrun-worker`: runs agents for a TaskRun control plane.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use taskrun_worker::{Worker, WorkerConfig};
+use tracing::info;
+
+/// A TaskRun Worker: holds a stream to the control plane, runs the Runs it
+/// is given in a wasmtime sandbox, streams their output back.
+///
+/// Settings come from the TOML file given with --config; flags and
+/// TASKRUN_* environment variables override it.
+#[derive(Debug, Parser)]
+#[command(name = "taskrun-worker", version)]
+struct Args {
+    /// TOML config file (see docs/worker.md).
+    #[arg(long, env = "TASKRUN_WORKER_CONFIG")]
+    config: PathBuf,
+    /// The control plane's URL, e.g. http://127.0.0.1:7070.
+    #[arg(long, env = "TASKRUN_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// Plaintext gRPC to a control plane on this machine.
+    #[arg(long, env = "TASKRUN_INSECURE")]
+    insecure: bool,
+    /// Runs at once.
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Directory for the compiled-agent cache.
+    #[arg(long, env = "TASKRUN_WORKER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut config = WorkerConfig::from_file(&args.config)?;
+    if let Some(url) = args.control_plane {
+        config.control_plane = url;
+    }
+    if args.insecure {
+        config.insecure = true;
+    }
+    if let Some(slots) = args.slots {
+        config.slots = slots;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let worker = Worker::new(config).context("starting the worker")?;
+    let running = {
+        let worker = worker.clone();
+        tokio::spawn(async move { worker.run().await })
+    };
+    let _ = tokio::signal::ctrl_c().await;
+    info!("shutting down");
+    worker.shut_down();
+    running.await.context("worker task")??;
+    Ok(())
+}

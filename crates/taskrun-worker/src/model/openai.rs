@@ -1,0 +1,352 @@
+//! The `openai` provider: any server speaking OpenAI's chat completions
+//! API (`POST {base_url}/v1/chat/completions`), streamed over SSE or not.
+//!
+//! Blocking HTTP (ureq) fits the synchronous host calls; every request is
+//! bounded by the Run's remaining time, 429 and 5xx answers are retried
+//! with exponential backoff (or the server's Retry-After), and error bodies
+//! (`{"error":{"message":...}}`) reach the agent in its model-error. The API
+//! key is sent but never logged or printed.
+
+use std::fmt;
+use std::io::{BufRead, BufReader, Read};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+use taskrun_core::ModelBackend;
+use ureq::Body;
+use ureq::http::Response;
+
+use super::sse::{ErrorBody, SseParser, StreamEvent, stream_event};
+use super::{CallContext, Completion, CompletionRequest, ModelError, Provider, TokenStream};
+
+/// The largest response body (or streamed answer) accepted.
+const MAX_BODY_BYTES: u64 = 16 << 20;
+/// The longest SSE line accepted.
+const MAX_LINE_BYTES: u64 = 1 << 20;
+/// The longest a Retry-After is honoured (longer: give up).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// A secret that prints as `<redacted>`.
+#[derive(Clone)]
+pub(crate) struct ApiKey(String);
+
+impl ApiKey {
+    pub(crate) fn new(key: String) -> ApiKey {
+        ApiKey(key)
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Checked settings of one `openai` backend.
+#[derive(Debug, Clone)]
+pub(crate) struct OpenAiSettings {
+    pub(crate) base_url: String,
+    pub(crate) model: String,
+    pub(crate) api_key: Option<ApiKey>,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) retries: u32,
+    pub(crate) retry_backoff: Duration,
+}
+
+pub struct OpenAiProvider {
+    info: ModelBackend,
+    settings: OpenAiSettings,
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl fmt::Debug for OpenAiProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiProvider")
+            .field("info", &self.info)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenAiProvider {
+    pub(crate) fn new(info: ModelBackend, settings: OpenAiSettings) -> OpenAiProvider {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(settings.connect_timeout))
+            .timeout_global(Some(settings.timeout))
+            .max_redirects(0)
+            // Only what the operator configured: no proxy from the environment.
+            .proxy(None)
+            .user_agent(concat!("taskrun-worker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        OpenAiProvider { url: format!("{}/v1/chat/completions", settings.base_url), info, settings, agent }
+    }
+
+    fn body(&self, request: &CompletionRequest, stream: bool) -> Result<Vec<u8>, ModelError> {
+        if request.max_tokens == 0 {
+            return Err(ModelError::InvalidRequest("max-tokens must be greater than zero".into()));
+        }
+        if request.messages.is_empty() {
+            return Err(ModelError::InvalidRequest("no messages".into()));
+        }
+        if let Some(t) = request.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(ModelError::InvalidRequest(format!("temperature {t} is outside 0 to 2")));
+        }
+        let messages: Vec<_> =
+            request.messages.iter().map(|m| json!({ "role": m.role.as_str(), "content": m.content })).collect();
+        let mut body = json!({
+            "model": self.settings.model,
+            "messages": messages,
+            "max_tokens": request.max_tokens,
+            "stream": stream,
+        });
+        if let Some(t) = request.temperature {
+            body["temperature"] = json!(t);
+        }
+        serde_json::to_vec(&body).map_err(|e| ModelError::InvalidRequest(e.to_string()))
+    }
+
+    /// POSTs `body`, retrying 429, 5xx and failed connections, and returns
+    /// the first successful response.
+    fn send(&self, body: &[u8], ctx: &CallContext) -> Result<Response<Body>, ModelError> {
+        let mut attempt = 0u32;
+        loop {
+            ctx.check()?;
+            let timeout = self.settings.timeout.min(ctx.remaining());
+            let mut request = self.agent.post(&self.url).header("content-type", "application/json");
+            if let Some(key) = &self.settings.api_key {
+                request = request.header("authorization", format!("Bearer {}", key.0));
+            }
+            let result = request.config().timeout_global(Some(timeout)).build().send(body);
+            let (retry_after, error) = match result {
+                Ok(response) if response.status().is_success() => return Ok(response),
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry_after =
+                        response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+                    let message = error_message(response.into_body());
+                    let error = status_error(status, &message);
+                    if !(status == 429 || status >= 500) {
+                        return Err(error);
+                    }
+                    (retry_after, error)
+                }
+                Err(e @ (ureq::Error::Timeout(_) | ureq::Error::BodyExceedsLimit(_))) => {
+                    return Err(ModelError::Provider(format!("{}: {e}", self.url)));
+                }
+                Err(e) => (None, ModelError::Provider(format!("{}: {e}", self.url))),
+            };
+            if attempt >= self.settings.retries {
+                return Err(error);
+            }
+            let delay = retry_delay(attempt, self.settings.retry_backoff, retry_after);
+            if delay > MAX_RETRY_AFTER || delay >= ctx.remaining() {
+                return Err(error);
+            }
+            tracing::debug!(
+                backend = %self.info.name,
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                error = %error,
+                "retrying model call"
+            );
+            ctx.sleep(delay)?;
+            attempt += 1;
+        }
+    }
+}
+
+impl Provider for OpenAiProvider {
+    fn info(&self) -> &ModelBackend {
+        &self.info
+    }
+
+    fn complete(&self, request: &CompletionRequest, ctx: &CallContext) -> Result<Completion, ModelError> {
+        let body = self.body(request, false)?;
+        let response = self.send(&body, ctx)?;
+        let text = response
+            .into_body()
+            .into_with_config()
+            .limit(MAX_BODY_BYTES)
+            .read_to_string()
+            .map_err(|e| ModelError::Provider(format!("reading the answer: {e}")))?;
+        parse_completion(&text)
+    }
+
+    fn stream(&self, request: &CompletionRequest, ctx: &CallContext) -> Result<Box<dyn TokenStream>, ModelError> {
+        let body = self.body(request, true)?;
+        let response = self.send(&body, ctx)?;
+        Ok(Box::new(OpenAiStream {
+            reader: BufReader::new(response.into_body().into_reader().take(MAX_BODY_BYTES)),
+            parser: SseParser::default(),
+            done: false,
+        }))
+    }
+}
+
+/// An SSE answer being read: each `next_token` reads just far enough to
+/// return the next piece, so tokens flow as the server produces them.
+struct OpenAiStream {
+    reader: BufReader<std::io::Take<ureq::BodyReader<'static>>>,
+    parser: SseParser,
+    done: bool,
+}
+
+impl TokenStream for OpenAiStream {
+    fn next_token(&mut self, ctx: &CallContext) -> Result<Option<String>, ModelError> {
+        let mut line = Vec::new();
+        while !self.done {
+            ctx.check()?;
+            line.clear();
+            let n = (&mut self.reader)
+                .take(MAX_LINE_BYTES)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| ModelError::Provider(format!("reading the stream: {e}")))?;
+            let event = if n == 0 {
+                self.done = true;
+                match self.parser.finish() {
+                    Some(data) => data,
+                    None => {
+                        return Err(ModelError::Provider("stream ended before [DONE]".into()));
+                    }
+                }
+            } else {
+                if !line.ends_with(b"\n") && line.len() as u64 >= MAX_LINE_BYTES {
+                    return Err(ModelError::Provider("stream line too long".into()));
+                }
+                let text =
+                    std::str::from_utf8(&line).map_err(|_| ModelError::Provider("stream is not UTF-8".into()))?;
+                match self.parser.line(text) {
+                    Some(data) => data,
+                    None => continue,
+                }
+            };
+            match stream_event(&event)? {
+                StreamEvent::Token(token) => return Ok(Some(token)),
+                StreamEvent::Nothing => {}
+                StreamEvent::Done => self.done = true,
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[derive(Deserialize)]
+struct CompletionBody {
+    #[serde(default)]
+    choices: Vec<CompletionChoice>,
+}
+
+#[derive(Deserialize)]
+struct CompletionChoice {
+    message: Option<CompletionMessage>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CompletionMessage {
+    content: Option<String>,
+}
+
+fn parse_completion(text: &str) -> Result<Completion, ModelError> {
+    let body: CompletionBody =
+        serde_json::from_str(text).map_err(|e| ModelError::Provider(format!("malformed answer: {e}")))?;
+    let Some(choice) = body.choices.into_iter().next() else {
+        return Err(ModelError::Provider("answer has no choices".into()));
+    };
+    Ok(Completion {
+        text: choice.message.and_then(|m| m.content).unwrap_or_default(),
+        finish_reason: choice.finish_reason,
+    })
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+/// The message of an error response: `error.message` when the body is
+/// OpenAI's error envelope, else the start of the body.
+fn error_message(body: Body) -> String {
+    let text = body.into_with_config().limit(64 * 1024).read_to_string().unwrap_or_default();
+    match serde_json::from_str::<ErrorEnvelope>(&text) {
+        Ok(ErrorEnvelope { error: ErrorBody { message: Some(m) } }) => m,
+        _ => text.trim().chars().take(512).collect(),
+    }
+}
+
+fn status_error(status: u16, message: &str) -> ModelError {
+    let message = if message.is_empty() { format!("http {status}") } else { format!("http {status}: {message}") };
+    match status {
+        400 | 413 | 422 => ModelError::InvalidRequest(message),
+        _ => ModelError::Provider(message),
+    }
+}
+
+/// Retry-After in seconds (HTTP dates are not honoured: backoff applies).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let seconds: f64 = value.trim().parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+/// The pause before retry number `attempt + 1`.
+fn retry_delay(attempt: u32, backoff: Duration, retry_after: Option<Duration>) -> Duration {
+    retry_after.unwrap_or_else(|| backoff.saturating_mul(1u32 << attempt.min(16)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_never_prints() {
+        let key = ApiKey::new("sk-secret".into());
+        assert_eq!(format!("{key:?}"), "<redacted>");
+        let settings = OpenAiSettings {
+            base_url: "http://127.0.0.1:1".into(),
+            model: "m".into(),
+            api_key: Some(key),
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            retries: 0,
+            retry_backoff: Duration::from_millis(1),
+        };
+        let info = ModelBackend {
+            name: "gpt".into(),
+            provider: "openai".into(),
+            model_name: "m".into(),
+            context_window: 8,
+            modalities: vec![],
+            supports_streaming: true,
+        };
+        let provider = OpenAiProvider::new(info, settings);
+        assert!(!format!("{provider:?}").contains("sk-secret"));
+    }
+
+    #[test]
+    fn retry_after_and_backoff() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+        let base = Duration::from_millis(100);
+        assert_eq!(retry_delay(0, base, None), base);
+        assert_eq!(retry_delay(3, base, None), Duration::from_millis(800));
+        assert_eq!(retry_delay(3, base, Some(Duration::from_secs(1))), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn completions_and_errors_parse() {
+        let ok = r#"{"choices":[{"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#;
+        assert_eq!(parse_completion(ok), Ok(Completion { text: "hi".into(), finish_reason: Some("stop".into()) }));
+        assert!(matches!(parse_completion(r#"{"choices":[]}"#), Err(ModelError::Provider(_))));
+        assert_eq!(status_error(400, "bad"), ModelError::InvalidRequest("http 400: bad".into()));
+        assert_eq!(status_error(503, ""), ModelError::Provider("http 503".into()));
+    }
+}

@@ -1,0 +1,98 @@
+//! The compiled-component cache: each digest compiles once per engine, and
+//! a restarted Worker loads it from disk without compiling.
+
+use taskrun_agent_artifacts::ECHO;
+use taskrun_core::AgentDigest;
+use taskrun_worker::sandbox::SandboxMetrics;
+use taskrun_worker::{Error, RunRequest, Sandbox, SandboxConfig};
+
+use crate::support::*;
+
+fn sandbox_in(dir: &std::path::Path) -> Sandbox {
+    Sandbox::new(SandboxConfig { cache_dir: Some(dir.to_owned()), max_concurrent_runs: 2, ..SandboxConfig::default() })
+        .expect("sandbox")
+}
+
+fn assert_runs(sandbox: &Sandbox, prepared: &taskrun_worker::Prepared) {
+    let report = sandbox.run(prepared, RunRequest::new(r#""cached""#).limits(limits())).expect("run");
+    assert_eq!(report.outcome, completed(r#""cached""#));
+}
+
+#[test]
+fn compiles_once_and_loads_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = bytes(ECHO);
+    let digest = AgentDigest::of(&bytes);
+
+    let first = sandbox_in(dir.path());
+    let prepared = first.prepare(&digest, &bytes).expect("prepare");
+    assert_eq!(first.metrics().compiles, 1);
+    assert!(first.cache_path(&digest).expect("path").exists());
+    // Same digest again: from memory, no compile.
+    let again = first.prepare(&digest, &bytes).expect("prepare");
+    assert_eq!(first.metrics(), SandboxMetrics { compiles: 1, memory_hits: 1, ..SandboxMetrics::default() });
+    assert_eq!(again.digest(), prepared.digest());
+    assert_runs(&first, &again);
+    drop(first);
+
+    // A new Sandbox on the same directory (a restarted Worker) loads it.
+    let second = sandbox_in(dir.path());
+    let prepared = second.prepare(&digest, &bytes).expect("prepare");
+    assert_eq!(second.metrics().compiles, 0);
+    assert_eq!(second.metrics().cache_loads, 1);
+    assert_runs(&second, &prepared);
+
+    // Even without the bytes.
+    let third = sandbox_in(dir.path());
+    let prepared = third.prepare_cached(&digest).expect("lookup").expect("cached");
+    assert_eq!(third.metrics().compiles, 0);
+    assert_runs(&third, &prepared);
+}
+
+#[test]
+fn a_corrupt_cache_file_is_recompiled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = bytes(ECHO);
+    let digest = AgentDigest::of(&bytes);
+    let first = sandbox_in(dir.path());
+    first.prepare(&digest, &bytes).expect("prepare");
+    let path = first.cache_path(&digest).expect("path");
+    drop(first);
+
+    let mut cached = std::fs::read(&path).expect("read");
+    let last = cached.len() - 1;
+    cached[last] ^= 0xff;
+    std::fs::write(&path, &cached).expect("write");
+
+    let sandbox = sandbox_in(dir.path());
+    assert!(sandbox.prepare_cached(&digest).expect("lookup").is_none());
+    let prepared = sandbox.prepare(&digest, &bytes).expect("prepare");
+    let metrics = sandbox.metrics();
+    assert_eq!((metrics.compiles, metrics.cache_loads), (1, 0));
+    assert!(metrics.cache_rejects >= 1);
+    assert_runs(&sandbox, &prepared);
+    // The rewritten file is good again.
+    let fresh = sandbox_in(dir.path());
+    fresh.prepare(&digest, &bytes).expect("prepare");
+    assert_eq!(fresh.metrics().compiles, 0);
+}
+
+#[test]
+fn bytes_must_match_their_digest() {
+    let bytes = bytes(ECHO);
+    let other = AgentDigest::of(b"something else");
+    let error = sandbox().prepare(&other, &bytes).expect_err("mismatch");
+    assert!(
+        matches!(&error, Error::DigestMismatch { expected, actual }
+            if *expected == other && *actual == AgentDigest::of(&bytes)),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_core_module_is_not_an_agent() {
+    // The smallest valid core module (not a component).
+    let bytes = b"\0asm\x01\0\0\0".to_vec();
+    let error = sandbox().prepare(&AgentDigest::of(&bytes), &bytes).expect_err("not a component");
+    assert!(matches!(error, Error::Compile { .. }), "{error}");
+}

@@ -1,0 +1,101 @@
+//! The example agents: `echo` and `chat`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use taskrun_agent_artifacts::{CHAT, ECHO};
+use taskrun_worker::model::{BackendConfig, ModelBackendsConfig, ProviderKind};
+use taskrun_worker::{ModelBackends, Outcome, RunLimits, RunRequest};
+
+use crate::support::*;
+
+#[test]
+pub fn echo() {
+    let input = r#"{"text":"a longer input that the echo agent emits back in several chunks"}"#;
+    let chunks = Chunks::default();
+    let report =
+        sandbox().run(&prepare(ECHO), RunRequest::new(input).limits(limits()).output(chunks.sink())).expect("run");
+    assert_eq!(report.outcome, completed(input));
+    let chunks = chunks.take();
+    assert!(chunks.len() > 3, "{chunks:?}");
+    assert!(chunks.iter().all(|c| c.chars().count() <= 16), "{chunks:?}");
+    assert_eq!(chunks.concat(), input);
+    assert_eq!(report.stats.output_bytes, input.len() as u64);
+    assert_eq!(report.stats.output_chunks, chunks.len() as u64);
+}
+
+#[test]
+fn echo_result_must_be_json() {
+    // echo returns its input verbatim: text that is not JSON fails the Run.
+    let report = sandbox().run(&prepare(ECHO), RunRequest::new("not json").limits(limits())).expect("run");
+    let Outcome::Failed(message) = &report.outcome else {
+        panic!("expected Failed, got {:?}", report.outcome);
+    };
+    assert!(message.contains("not JSON"), "{message}");
+}
+
+/// Runs `chat` with `input`, recording when each chunk arrived.
+fn chat_run(
+    backends: Arc<ModelBackends>,
+    input: &str,
+    limits: RunLimits,
+) -> (taskrun_worker::RunReport, Vec<(Instant, String)>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = taskrun_worker::OutputSink::new(move |chunk| {
+        let _ = tx.send((Instant::now(), chunk));
+    });
+    let report = sandbox()
+        .run(&prepare(CHAT), RunRequest::new(input).limits(limits).backends(backends).output(sink))
+        .expect("run");
+    (report, rx.try_iter().collect())
+}
+
+pub fn completed_json(outcome: &Outcome) -> Value {
+    match outcome {
+        Outcome::Completed(json) => serde_json::from_str(json.as_str()).expect("json"),
+        other => panic!("expected Completed, got {other:?}"),
+    }
+}
+
+#[test]
+pub fn chat() {
+    // An echo backend that pauses before each token: the tokens must reach
+    // the sink one by one, as they are produced, in order.
+    let mut backend = BackendConfig::new("default", ProviderKind::Echo);
+    backend.token_delay_ms = Some(40);
+    let backends =
+        ModelBackends::from_config(&ModelBackendsConfig { model_backends: vec![backend] }).expect("backends");
+    let (report, chunks) = chat_run(Arc::new(backends), r#"{"prompt":"the quick brown fox jumps"}"#, limits());
+    let result = completed_json(&report.outcome);
+    assert_eq!(result["text"], "the quick brown fox jumps");
+    assert_eq!(result["tokens"], 5);
+    let tokens: Vec<&str> = chunks.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(tokens, ["the ", "quick ", "brown ", "fox ", "jumps"]);
+    // Streamed, not batched: each token reached the sink when the backend
+    // produced it, one pause after the previous one.
+    for pair in chunks.windows(2) {
+        let gap = pair[1].0.duration_since(pair[0].0);
+        assert!(gap >= Duration::from_millis(30), "tokens arrived together: {gap:?}");
+    }
+    assert_eq!(report.stats.model_calls, 1);
+    assert!(report.logs.agent_records().any(|(_, text)| text == "streamed 5 tokens"), "{:?}", report.logs);
+}
+
+#[test]
+fn chat_reaches_only_configured_backends() {
+    let (report, chunks) = chat_run(echo_backends(), r#"{"prompt":"hi","backend":"gpt-5"}"#, limits());
+    assert_eq!(report.outcome, Outcome::Failed(r#"model call failed: unknown model backend "gpt-5""#.into()));
+    assert!(chunks.is_empty());
+
+    let (report, _) = chat_run(Arc::new(ModelBackends::none()), r#"{"prompt":"hi"}"#, limits());
+    assert_eq!(report.outcome, Outcome::Failed(r#"model call failed: unknown model backend "default""#.into()));
+}
+
+#[test]
+fn chat_model_call_cap() {
+    let limits = RunLimits { model_calls: 0, ..limits() };
+    let (report, _) = chat_run(echo_backends(), r#"{"prompt":"hi"}"#, limits);
+    assert_eq!(report.outcome, Outcome::Failed("model call failed: model call limit exceeded".into()));
+    assert_eq!(report.stats.model_calls, 0);
+}

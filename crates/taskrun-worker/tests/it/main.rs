@@ -1,0 +1,26 @@
+//! Integration tests of the worker runtime: the sandbox against every agent
+//! under `agents/`, the compiled-component cache, cancellation, and the
+//! ModelBackend providers (the `openai` one against a local HTTP server).
+
+mod cache;
+mod cancel;
+mod examples;
+mod hostile;
+mod model;
+mod support;
+
+/// Every agent under `agents/` has a test named after it (crate name in
+/// snake case) in `examples` or `hostile`: adding an agent without a test
+/// does not compile.
+mod every_agent_has_a_test {
+    #[allow(unused_imports)]
+    use crate::{examples::*, hostile::*};
+
+    macro_rules! has_test {
+        ($agent:ident) => {
+            const _: fn() = $agent;
+        };
+    }
+
+    taskrun_agent_artifacts::foreach_agent!(has_test);
+}
