@@ -8,7 +8,7 @@
 //! nothing and is answered FENCED. Terminal reports are acked, and the
 //! Worker resends them until they are.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -62,6 +62,10 @@ impl pb::run_service_server::RunService for RunApi {
 }
 
 /// Reads one Worker's messages until the stream ends or goes silent.
+///
+/// Reports about one Run are handled in order, each Run in its own lane, so
+/// that the store writes of different Runs proceed together (and share a
+/// flush) instead of queueing behind each other.
 async fn session_loop(
     cp: Arc<ControlPlane>,
     worker: WorkerId,
@@ -69,27 +73,72 @@ async fn session_loop(
     mut inbound: Streaming<pb::RunClientMessage>,
 ) {
     let timeout = cp.config.workers.heartbeat_timeout();
+    let mut lanes: HashMap<String, mpsc::UnboundedSender<pb::RunClientMessage>> = HashMap::new();
+    let mut since_sweep = 0u32;
     let reason = loop {
         let next = tokio::select! {
             next = tokio::time::timeout(timeout, inbound.message()) => next,
             () = cp.shutdown.cancelled() => return,
         };
-        match next {
+        let msg = match next {
             Err(_) => break format!("no message for {} ms (heartbeat timeout)", timeout.as_millis()),
             Ok(Err(status)) => break format!("stream failed: {}", status.message()),
             Ok(Ok(None)) => break "stream closed".to_owned(),
-            Ok(Ok(Some(msg))) => {
-                if !cp.is_current(&worker, generation) {
-                    // A newer connection of the same Worker took over.
-                    return;
-                }
+            Ok(Ok(Some(msg))) => msg,
+        };
+        if !cp.is_current(&worker, generation) {
+            // A newer connection of the same Worker took over.
+            return;
+        }
+        let run_id = match &msg.kind {
+            Some(ClientKind::Status(u)) => u.run_id.clone(),
+            Some(ClientKind::Output(c)) => c.run_id.clone(),
+            _ => {
                 if let Err(status) = cp.handle(&worker, msg).await {
                     warn!(worker_id = %worker, error = %status.message(), "worker message refused");
                 }
+                continue;
             }
+        };
+        // A lane that ended (its Run's terminal report went through) gets
+        // a successor for late resends.
+        let msg = match lanes.get(&run_id) {
+            Some(lane) => match lane.send(msg) {
+                Ok(()) => continue,
+                Err(mpsc::error::SendError(msg)) => msg,
+            },
+            None => msg,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(msg);
+        tokio::spawn(lane(Arc::clone(&cp), worker.clone(), rx));
+        lanes.insert(run_id, tx);
+        since_sweep += 1;
+        if since_sweep >= 256 {
+            since_sweep = 0;
+            lanes.retain(|_, tx| !tx.is_closed());
         }
     };
     cp.worker_lost(&worker, generation, &reason).await;
+}
+
+/// Handles one Run's reports in order; ends after its terminal report.
+async fn lane(cp: Arc<ControlPlane>, worker: WorkerId, mut rx: mpsc::UnboundedReceiver<pb::RunClientMessage>) {
+    while let Some(msg) = rx.recv().await {
+        let terminal = matches!(
+            &msg.kind,
+            Some(ClientKind::Status(u)) if pb::RunStatus::try_from(u.status).is_ok_and(|s| matches!(
+                s,
+                pb::RunStatus::Completed | pb::RunStatus::Failed | pb::RunStatus::Cancelled
+            ))
+        );
+        if let Err(status) = cp.handle(&worker, msg).await {
+            warn!(worker_id = %worker, error = %status.message(), "worker message refused");
+        }
+        if terminal {
+            rx.close();
+        }
+    }
 }
 
 impl ControlPlane {

@@ -6,7 +6,7 @@ use taskrun_control_plane::config::StoreKind;
 use taskrun_proto::pb;
 use tonic::Code;
 
-use crate::support::{Cluster, publish_envelope, publish_signed, spec};
+use taskrun_testkit::{Cluster, publish_envelope, publish_signed, spec};
 
 async fn task_count(cluster: &Cluster) -> usize {
     let listed = cluster.tasks().await.list_tasks(pb::ListTasksRequest::default()).await.expect("list");

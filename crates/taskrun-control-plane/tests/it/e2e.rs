@@ -8,7 +8,7 @@ use taskrun_core::{RunStatus, TaskStatus};
 use taskrun_proto::pb;
 use tokio_stream::StreamExt;
 
-use crate::support::{Cluster, spec, status_of, wait_for};
+use taskrun_testkit::{Cluster, spec, status_of, wait_for};
 
 fn run_status(run: &pb::Run) -> RunStatus {
     taskrun_proto::run_status_from_wire("status", run.status).expect("run status")
@@ -143,7 +143,7 @@ async fn cancellation_stops_a_looping_agent() {
     assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
 }
 
-async fn wait_for_run_status(client: &mut crate::support::TaskClient, task_id: &str, want: RunStatus) -> pb::Run {
+async fn wait_for_run_status(client: &mut taskrun_testkit::TaskClient, task_id: &str, want: RunStatus) -> pb::Run {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let got = client.get_task(pb::GetTaskRequest { task_id: task_id.to_owned() }).await.expect("get").into_inner();

@@ -13,7 +13,7 @@ use taskrun_proto::pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::support::{Cluster, spec, status_of};
+use taskrun_testkit::{Cluster, spec, status_of};
 
 use pb::run_client_message::Kind as Up;
 use pb::run_server_message::Kind as Down;

@@ -2,4 +2,3 @@ mod api;
 mod e2e;
 mod fencing;
 mod scheduler;
-mod support;

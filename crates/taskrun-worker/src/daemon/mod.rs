@@ -94,7 +94,21 @@ struct Inner {
     shutdown: CancellationToken,
     /// Set by [`Worker::kill`]: nothing more is sent.
     silenced: std::sync::atomic::AtomicBool,
+    probe: Mutex<Probe>,
 }
+
+#[derive(Default)]
+struct Probe(Option<AssignmentProbe>);
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Probe(set)" } else { "Probe(none)" })
+    }
+}
+
+/// Called as each assignment arrives, before any work on it (for
+/// instrumentation and benchmarks).
+pub type AssignmentProbe = Arc<dyn Fn(&taskrun_core::TaskId, &RunId) + Send + Sync>;
 
 /// A Worker. Clone it to keep a handle while [`Worker::run`] runs.
 #[derive(Debug, Clone)]
@@ -152,6 +166,7 @@ impl Worker {
             counters: Counters::default(),
             shutdown: CancellationToken::new(),
             silenced: std::sync::atomic::AtomicBool::new(false),
+            probe: Mutex::new(Probe::default()),
         })))
     }
 
@@ -200,6 +215,11 @@ impl Worker {
         for run in lock(&self.0.runs).values() {
             run.cancel.cancel();
         }
+    }
+
+    /// Calls `probe` as each assignment arrives.
+    pub fn set_assignment_probe(&self, probe: AssignmentProbe) {
+        *lock(&self.0.probe) = Probe(Some(probe));
     }
 
     /// Stops at once and reports nothing more: to the control plane this

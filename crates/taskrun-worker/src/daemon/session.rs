@@ -235,6 +235,11 @@ impl Worker {
     }
 
     fn on_assignment(&self, a: pb::RunAssignment) {
+        if let Some(probe) = lock(&self.0.probe).0.as_ref()
+            && let (Ok(task), Ok(run)) = (a.task_id.parse(), a.run_id.parse())
+        {
+            probe(&task, &run);
+        }
         let parsed = (|| -> std::result::Result<(RunId, u64, AgentManifest, TaskLimits), String> {
             let id: RunId = a.run_id.parse().map_err(|e| format!("run_id: {e}"))?;
             let lease = u64::try_from(a.lease).map_err(|_| format!("lease out of range: {}", a.lease))?;

@@ -1,6 +1,7 @@
-//! An in-process cluster for end-to-end tests: a real control plane on
-//! 127.0.0.1 (real gRPC, sled or memory store), real Workers running real
-//! agents in wasmtime, agents signed with a real Ed25519 key.
+//! An in-process cluster for end-to-end tests and benchmarks: a real
+//! control plane on 127.0.0.1 (real gRPC, sled or memory store), real
+//! Workers running real agents in wasmtime, agents signed with a real
+//! Ed25519 key. Helpers panic on failure: this crate is for tests only.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub fn test_config(store: StoreKind, data_dir: &Path) -> Config {
 }
 
 /// A control plane, the key that signs agents, and Workers.
+#[derive(Debug)]
 pub struct Cluster {
     pub dir: TempDir,
     pub server: Option<Server>,
