@@ -2,3 +2,4 @@ mod api;
 mod e2e;
 mod fencing;
 mod scheduler;
+mod signed;
