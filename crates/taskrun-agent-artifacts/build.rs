@@ -121,7 +121,7 @@ fn build(agents: &Path, target_dir: &Path) -> BTreeMap<String, (PathBuf, PathBuf
 
 /// Leaves the inner cargo only the environment a plain shell would give it
 /// (plus registry/network settings and the jobserver, which keeps the two
-/// builds within one machine's job budget).
+/// builds within one machine's share of parallel work).
 fn scrub_env(cmd: &mut Command) {
     const KEEP: &[&str] = &["CARGO_HOME", "CARGO_MAKEFLAGS"];
     const KEEP_PREFIXES: &[&str] = &["CARGO_NET_", "CARGO_HTTP_", "CARGO_REGISTRIES_", "CARGO_REGISTRY_"];

@@ -106,12 +106,13 @@ async fn bench() {
     let starts: Arc<Mutex<HashMap<TaskId, Instant>>> = Arc::default();
     let base = finished(&workers);
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let shared = cluster.tasks().await;
     let t0 = Instant::now();
     let mut handles = Vec::with_capacity(total as usize);
     for i in 0..total {
         let due = t0 + interval.mul_f64(i as f64);
         tokio::time::sleep_until(due.into()).await;
-        let mut client = cluster.tasks().await;
+        let mut client = shared.clone();
         let starts = Arc::clone(&starts);
         handles.push(tokio::spawn(async move {
             let sent = Instant::now();
@@ -147,8 +148,13 @@ async fn bench() {
 async fn create_many(cluster: &Cluster, n: u64, concurrency: usize) {
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut handles = Vec::new();
-    for _ in 0..concurrency {
-        let mut client = cluster.tasks().await;
+    // A few connections, many requests in flight on each (HTTP/2).
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(cluster.tasks().await);
+    }
+    for c in 0..concurrency {
+        let mut client = clients[c % clients.len()].clone();
         let next = Arc::clone(&next);
         handles.push(tokio::spawn(async move {
             loop {

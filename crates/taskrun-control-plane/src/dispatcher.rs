@@ -61,8 +61,10 @@ impl ControlPlane {
             .collect();
         let now = self.clock.now();
         let free: usize = slots.iter().filter(|w| w.state == WorkerState::Connected).map(|w| w.free() as usize).sum();
-        // With no free slot, only timeouts can change anything: read a few.
-        let limit = (free * 4).clamp(16, MAX_PER_PASS);
+        // Pending Runs come in queue order: read about as many as can be
+        // placed (a few more, for Runs no free Worker suits). With no free
+        // slot only timeouts can change anything, and a few reads find them.
+        let limit = (free + 16).min(MAX_PER_PASS);
         let runs = self.store.pending_runs(now, limit).await?;
         if runs.is_empty() {
             return Ok(0);

@@ -4,12 +4,14 @@
 //! snapshot of the Task's aggregate from memory (with its version), runs the
 //! shared state-change logic on a copy and encodes the records to write.
 //! Then it submits the prepared change ([`Install`]). One applier thread
-//! takes every change queued and applies them in ONE sled transaction —
-//! sled's transactions cost a fixed ~100 µs each, so they must be shared.
+//! takes every change queued and writes them with ONE atomic `apply_batch`
+//! on the `tasks` tree — sled's atomic batches cost a fixed ~100 µs each, so
+//! they must be shared. (A multi-tree sled transaction would cost more: each
+//! of its writes first reads the key, and its commit reads them all again.)
 //! For each change it checks that the Task is still at the version the
 //! change was prepared from; if not, the change is not applied and the
 //! caller prepares it again from a fresh snapshot (optimistic concurrency).
-//! After the transaction committed, the applier updates the in-memory state
+//! After the batch is written, the applier updates the in-memory state
 //! and hands the whole batch to the committer, which answers every caller
 //! once its change is flushed.
 //!
@@ -20,14 +22,11 @@
 //! from one counter that never repeats, so a snapshot taken before an
 //! eviction can never pass for one taken after a reload.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use sled::Transactional;
-use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 use taskrun_core::{RunId, Task, TaskId};
 use taskrun_store::logic::TaskAggregate;
 use taskrun_store::{Error, Result};
@@ -36,9 +35,9 @@ use tokio::sync::oneshot;
 use crate::commit::CommitHandle;
 use crate::index::{self, Indexes};
 use crate::records::{self, TaskHead, TaskState};
-use crate::trees::Trees;
+use crate::trees::{Trees, storage};
 
-/// Most changes in one transaction.
+/// Most changes in one batch.
 const MAX_BATCH: usize = 1024;
 /// Most Task aggregates kept in memory.
 pub(crate) const CACHE_CAP: usize = 100_000;
@@ -146,138 +145,90 @@ pub(crate) enum Installed {
     /// The Task moved on since the snapshot: prepare again.
     Conflict,
     /// A new Task's idempotency key names this stored Task.
-    Existing(Task),
+    Existing(Box<Task>),
 }
 
-struct Job {
+struct Submission {
     install: Install,
-    outcome: RefCell<Option<Result<Installed>>>,
+    outcome: Option<Result<Installed>>,
     reply: oneshot::Sender<Result<Installed>>,
 }
 
-/// Reads inside a batch's transaction.
-struct BatchTx<'a> {
-    heads: &'a TransactionalTree,
-    states: &'a TransactionalTree,
-    run_task: &'a TransactionalTree,
-    events: &'a TransactionalTree,
-    idempotency: &'a TransactionalTree,
-    output: &'a TransactionalTree,
-    open: &'a TransactionalTree,
+/// What the submissions of one batch have written so far.
+#[derive(Default)]
+struct Batch {
+    writes: sled::Batch,
+    /// Tasks changed or created in this batch.
+    changed: HashSet<TaskId>,
+    /// Idempotency keys taken in this batch, and by which new Task.
+    keys: HashMap<String, Task>,
 }
 
-enum Fail {
-    Op(Error),
-    Storage(UnabortableTransactionError),
+fn read_task(tasks: &sled::Tree, id: &TaskId) -> Result<Task> {
+    let get = |key: Vec<u8>, what| -> Result<sled::IVec> {
+        tasks.get(&key).map_err(storage)?.ok_or_else(|| Error::corrupt(what, id.as_str(), "missing"))
+    };
+    let head: TaskHead = records::decode("task", id.as_str().as_bytes(), &get(records::head_key(id), "task")?)?;
+    let state: TaskState =
+        records::decode("task_state", id.as_str().as_bytes(), &get(records::state_key(id), "task_state")?)?;
+    Ok(records::join(head, state).task)
 }
 
-impl From<Error> for Fail {
-    fn from(e: Error) -> Fail {
-        Fail::Op(e)
-    }
-}
-
-impl From<UnabortableTransactionError> for Fail {
-    fn from(e: UnabortableTransactionError) -> Fail {
-        Fail::Storage(e)
-    }
-}
-
-impl BatchTx<'_> {
-    fn get<T: serde::de::DeserializeOwned>(
-        tree: &TransactionalTree,
-        what: &'static str,
-        key: &[u8],
-    ) -> std::result::Result<Option<T>, Fail> {
-        match tree.get(key)? {
-            Some(bytes) => Ok(Some(records::decode(what, key, &bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn task(&self, id: &TaskId) -> std::result::Result<Task, Fail> {
-        let key = id.as_str().as_bytes();
-        let head: TaskHead = Self::get(self.heads, "task", key)?
-            .ok_or_else(|| Error::corrupt("idempotency", id.as_str(), "names no task"))?;
-        let state: TaskState = Self::get(self.states, "task_state", key)?
-            .ok_or_else(|| Error::corrupt("task_state", id.as_str(), "missing"))?;
-        Ok(records::join(head, state).task)
-    }
-}
-
-impl Job {
-    fn run(
-        &self,
-        tx: &BatchTx<'_>,
-        changed: &mut HashSet<TaskId>,
-        memory: &Mutex<Memory>,
-    ) -> std::result::Result<(), UnabortableTransactionError> {
-        let outcome = match self.apply(tx, changed, memory) {
-            Ok(installed) => Ok(installed),
-            Err(Fail::Op(e)) => Err(e),
-            Err(Fail::Storage(e)) => return Err(e),
-        };
-        *self.outcome.borrow_mut() = Some(outcome);
-        Ok(())
-    }
-
-    fn apply(
-        &self,
-        tx: &BatchTx<'_>,
-        changed: &mut HashSet<TaskId>,
-        memory: &Mutex<Memory>,
-    ) -> std::result::Result<Installed, Fail> {
+impl Submission {
+    /// Checks the change and adds its writes to the batch. `tasks` holds
+    /// what earlier batches wrote; only this thread writes task records.
+    fn apply(&self, tasks: &sled::Tree, batch: &mut Batch, versions: &HashMap<TaskId, u64>) -> Result<Installed> {
         let i = &self.install;
-        let key = i.task.as_str().as_bytes();
         match i.expected {
             Some(expected) => {
-                if changed.contains(&i.task) {
-                    return Ok(Installed::Conflict);
-                }
-                let current = lock(memory).tasks.get(&i.task).map(|c| c.version);
-                if current != Some(expected) {
+                if batch.changed.contains(&i.task) || versions.get(&i.task) != Some(&expected) {
                     return Ok(Installed::Conflict);
                 }
             }
             None => {
-                if let Some(k) = &i.agg.task.spec.idempotency_key
-                    && let Some(existing) = tx.idempotency.get(k.as_bytes())?
-                {
-                    let id: TaskId = records::id_from("idempotency", &existing)?;
-                    return Ok(Installed::Existing(tx.task(&id)?));
+                if let Some(k) = &i.agg.task.spec.idempotency_key {
+                    if let Some(task) = batch.keys.get(k) {
+                        return Ok(Installed::Existing(Box::new(task.clone())));
+                    }
+                    if let Some(existing) = tasks.get(records::idempotency_key(k)).map_err(storage)? {
+                        let id: TaskId = records::id_from("idempotency", &existing)?;
+                        return Ok(Installed::Existing(Box::new(read_task(tasks, &id)?)));
+                    }
                 }
-                if tx.heads.get(key)?.is_some() || changed.contains(&i.task) {
-                    return Err(Error::AlreadyExists { kind: "task", id: i.task.to_string() }.into());
+                if batch.changed.contains(&i.task) || tasks.contains_key(records::head_key(&i.task)).map_err(storage)? {
+                    return Err(Error::AlreadyExists { kind: "task", id: i.task.to_string() });
                 }
             }
         }
+        let w = &mut batch.writes;
         if let Some(head) = &i.head {
-            tx.heads.insert(key, head.as_slice())?;
-            tx.open.insert(key, &[] as &[u8])?;
+            w.insert(records::head_key(&i.task), head.as_slice());
+            w.insert(records::open_key(&i.task), &[] as &[u8]);
             if let Some(k) = &i.agg.task.spec.idempotency_key {
-                tx.idempotency.insert(k.as_bytes(), key)?;
+                w.insert(records::idempotency_key(k), i.task.as_str().as_bytes());
+                batch.keys.insert(k.clone(), i.agg.task.clone());
             }
         }
-        tx.states.insert(key, i.state.as_slice())?;
+        w.insert(records::state_key(&i.task), i.state.as_slice());
         if let Some((k, v)) = &i.events {
-            tx.events.insert(k.as_slice(), v.as_slice())?;
+            w.insert(k.as_slice(), v.as_slice());
         }
         for run in &i.new_runs {
-            tx.run_task.insert(run.as_str().as_bytes(), key)?;
+            w.insert(records::run_key(run), i.task.as_str().as_bytes());
         }
         if let Some(k) = &i.output_key {
-            tx.output.insert(k.as_slice(), &[] as &[u8])?;
+            w.insert(k.as_slice(), &[] as &[u8]);
         }
         if i.agg.task.status.is_terminal() {
-            tx.open.remove(key)?;
+            w.remove(records::open_key(&i.task));
         }
-        changed.insert(i.task.clone());
+        batch.changed.insert(i.task.clone());
         Ok(Installed::Done)
     }
 
     /// After the batch committed: memory follows what was written.
     fn commit(&self, memory: &mut Memory) {
-        if let Some(Ok(Installed::Done)) = &*self.outcome.borrow() {
+        if let Some(Ok(Installed::Done)) = &self.outcome {
             memory.install(&self.install.agg);
             for change in &self.install.changes {
                 memory.indexes.apply(change);
@@ -286,7 +237,7 @@ impl Job {
     }
 
     fn deliver(self, flushed: std::result::Result<(), &str>) {
-        let reply = match (flushed, self.outcome.into_inner()) {
+        let reply = match (flushed, self.outcome) {
             (Err(e), _) => Err(Error::storage(e.to_owned())),
             (Ok(()), Some(outcome)) => outcome,
             (Ok(()), None) => Err(Error::storage("change was not applied")),
@@ -303,7 +254,7 @@ fn lock(memory: &Mutex<Memory>) -> MutexGuard<'_, Memory> {
 
 #[derive(Default)]
 struct Queue {
-    jobs: Vec<Job>,
+    submissions: Vec<Submission>,
     shutdown: bool,
 }
 
@@ -313,7 +264,7 @@ struct Shared {
     memory: Arc<Mutex<Memory>>,
     committer: CommitHandle,
     batches: AtomicU64,
-    jobs: AtomicU64,
+    submissions: AtomicU64,
 }
 
 impl Shared {
@@ -332,7 +283,7 @@ impl std::fmt::Debug for Applier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Applier")
             .field("batches", &self.shared.batches)
-            .field("jobs", &self.shared.jobs)
+            .field("submissions", &self.shared.submissions)
             .finish_non_exhaustive()
     }
 }
@@ -345,7 +296,7 @@ impl Applier {
             memory,
             committer,
             batches: AtomicU64::new(0),
-            jobs: AtomicU64::new(0),
+            submissions: AtomicU64::new(0),
         });
         let thread = std::thread::Builder::new()
             .name("taskrun-store-apply".into())
@@ -365,15 +316,15 @@ impl Applier {
             if queue.shutdown {
                 return Err(Error::storage("store is closed"));
             }
-            queue.jobs.push(Job { install, outcome: RefCell::new(None), reply });
+            queue.submissions.push(Submission { install, outcome: None, reply });
         }
         self.shared.wake.notify_one();
         rx.await.map_err(|_| Error::storage("store closed before the change was applied"))?
     }
 
-    /// (transactions, changes) so far.
+    /// (batches, changes) so far.
     pub(crate) fn stats(&self) -> (u64, u64) {
-        (self.shared.batches.load(Ordering::Relaxed), self.shared.jobs.load(Ordering::Relaxed))
+        (self.shared.batches.load(Ordering::Relaxed), self.shared.submissions.load(Ordering::Relaxed))
     }
 }
 
@@ -390,57 +341,63 @@ impl Drop for Applier {
 
 fn run(shared: &Shared, t: &Trees) {
     loop {
-        let jobs: Vec<Job> = {
+        let mut submissions: Vec<Submission> = {
             let mut queue = shared.lock();
-            while queue.jobs.is_empty() && !queue.shutdown {
+            while queue.submissions.is_empty() && !queue.shutdown {
                 queue = shared.wake.wait(queue).unwrap_or_else(PoisonError::into_inner);
             }
-            if queue.jobs.is_empty() {
+            if queue.submissions.is_empty() {
                 return;
             }
-            let n = queue.jobs.len().min(MAX_BATCH);
-            queue.jobs.drain(..n).collect()
+            let n = queue.submissions.len().min(MAX_BATCH);
+            queue.submissions.drain(..n).collect()
         };
-        let changed = RefCell::new(HashSet::new());
-        let result = (&t.tasks, &t.task_state, &t.run_task, &t.events, &t.idempotency, &t.output, &t.open_tasks)
-            .transaction(|(heads, states, run_task, events, idempotency, output, open)| {
-                let tx = BatchTx { heads, states, run_task, events, idempotency, output, open };
-                // sled may run this again after a conflict: start afresh.
-                let mut changed = changed.borrow_mut();
-                changed.clear();
-                for job in &jobs {
-                    job.run(&tx, &mut changed, &shared.memory)?;
-                }
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            });
+        // The cached versions the changes were prepared against. Only this
+        // thread changes a cached Task's version, so they hold until the
+        // batch is written; a Task cached meanwhile just makes its change
+        // conflict.
+        let versions: HashMap<TaskId, u64> = {
+            let memory = lock(&shared.memory);
+            submissions
+                .iter()
+                .filter(|j| j.install.expected.is_some())
+                .filter_map(|j| {
+                    let task = &j.install.task;
+                    memory.tasks.get(task).map(|c| (task.clone(), c.version))
+                })
+                .collect()
+        };
+        let mut batch = Batch::default();
+        for submission in &mut submissions {
+            submission.outcome = Some(submission.apply(&t.tasks, &mut batch, &versions));
+        }
+        let changed = batch.changed;
+        let result = t.tasks.apply_batch(batch.writes);
         shared.batches.fetch_add(1, Ordering::Relaxed);
-        shared.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        shared.submissions.fetch_add(submissions.len() as u64, Ordering::Relaxed);
         match result {
             Ok(()) => {
                 {
                     let mut memory = lock(&shared.memory);
-                    for job in &jobs {
-                        job.commit(&mut memory);
+                    for submission in &submissions {
+                        submission.commit(&mut memory);
                     }
-                    memory.trim(&changed.borrow());
+                    memory.trim(&changed);
                 }
                 shared.committer.after_flush(
-                    jobs.len() as u64,
+                    submissions.len() as u64,
                     Box::new(move |flushed| {
-                        for job in jobs {
-                            job.deliver(flushed);
+                        for submission in submissions {
+                            submission.deliver(flushed);
                         }
                     }),
                 );
             }
             Err(e) => {
-                let error = match e {
-                    sled::transaction::TransactionError::Storage(e) => e.to_string(),
-                    sled::transaction::TransactionError::Abort(()) => "batch aborted".to_owned(),
-                };
-                tracing::error!(error = %error, jobs = jobs.len(), "sled transaction failed");
-                for job in jobs {
-                    job.deliver(Err(&error));
+                let error = e.to_string();
+                tracing::error!(error = %error, submissions = submissions.len(), "writing a batch failed");
+                for submission in submissions {
+                    submission.deliver(Err(&error));
                 }
             }
         }

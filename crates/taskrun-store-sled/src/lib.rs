@@ -1,16 +1,18 @@
 //! The durable TaskRun store, on sled.
 //!
-//! One sled `Db`, one tree per kind of record, records as JSON:
+//! One sled `Db`, records as JSON. Everything about Tasks is in the `tasks`
+//! tree, the first byte of a key saying what the record is, so that a batch
+//! of changes is one atomic `apply_batch`:
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `tasks` | task id | the Task's id, spec, creation time: written once |
-//! | `task_state` | task id | status, result, error, event counter and every Run ([`RunRecord`](taskrun_store::logic::RunRecord)) |
-//! | `run_task` | run id | the id of the Run's Task |
-//! | `events` | task id, 0, first seq (u64 BE) | the TaskEvents of one change, in order |
-//! | `idempotency` | idempotency key | task id |
-//! | `output` | run id, 0, chunk seq (u64 BE) | empty: the (run, seq) de-dup set |
-//! | `open_tasks` | task id | empty: the Tasks that have not ended |
+//! | `tasks` | `h` task id | the Task's id, spec, creation time: written once |
+//! | `tasks` | `s` task id | status, result, error, event counter and every Run ([`RunRecord`](taskrun_store::logic::RunRecord)) |
+//! | `tasks` | `r` run id | the id of the Run's Task |
+//! | `tasks` | `e` task id, 0, first seq (u64 BE) | the TaskEvents of one change, in order |
+//! | `tasks` | `i` idempotency key | task id |
+//! | `tasks` | `o` run id, 0, chunk seq (u64 BE) | empty: the (run, seq) de-dup set |
+//! | `tasks` | `p` task id | empty: the Tasks that have not ended |
 //! | `workers` | worker id | [`Worker`] |
 //! | `agents` | name, 0, major, minor, patch (u32 BE) | [`AgentManifest`] |
 //! | `agent_digests` | digest (32 bytes) | `agents` key |
@@ -19,17 +21,19 @@
 //!
 //! The layout keeps a Run transition to two or three small writes: the
 //! Task's state record (the Task's Runs live in it) and one events record,
-//! plus `open_tasks` when the Task ends. The scheduling indexes (PENDING Runs
-//! by priority, active Runs by Worker) are kept in memory and rebuilt at
-//! open from `open_tasks`.
+//! plus the `p` record when the Task ends. The scheduling indexes (PENDING
+//! Runs by priority, active Runs by Worker) are kept in memory and rebuilt
+//! at open from the `p` records, with the aggregates of open Tasks.
 //!
-//! Writes: every change to Tasks, Runs or events is a job for one applier
-//! thread, which runs all queued jobs in ONE sled transaction (sled's
-//! transactions cost a fixed ~100 µs each, so they must be shared); then a
-//! committer thread flushes, and concurrent writers share that flush too
-//! (group commit). A call returns only after its change is flushed: an
-//! acknowledged change survives kill -9. Reads see committed changes,
-//! possibly before they are flushed.
+//! Writes (see `apply.rs`): a caller prepares its change from an in-memory
+//! snapshot of the Task; one applier thread checks that the Task did not
+//! move on and writes every queued change in ONE atomic batch (sled's
+//! atomic writes cost a fixed ~100 µs each, so they must be shared); then a
+//! committer thread flushes, and every change that arrived meanwhile shares
+//! that flush (group commit). A call returns only after its change is
+//! flushed: an acknowledged change survives kill -9. Reads see written
+//! changes, possibly before they are flushed. Workers and agents change
+//! rarely: they use plain sled transactions and the same flushes.
 //!
 //! A record that does not decode is [`Error::Corrupt`], never a panic.
 
@@ -91,9 +95,23 @@ pub struct SledStore {
 
 impl SledStore {
     /// Opens (or creates) the store in directory `path`.
+    ///
+    /// sled locks the directory. A store that closed a moment ago in this
+    /// process may still hold the lock while sled's IO threads wind down,
+    /// so a held lock is retried for up to two seconds.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<SledStore> {
-        let db = sled::Config::new().path(path.as_ref()).open().map_err(storage)?;
-        SledStore::with_db(db, config)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match sled::Config::new().path(path.as_ref()).open() {
+                Ok(db) => return SledStore::with_db(db, config),
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(storage(e)),
+            }
+        }
     }
 
     /// A store in a temporary directory that is removed when it closes.
@@ -134,15 +152,14 @@ impl SledStore {
 
     /// The Task's aggregate as sled holds it.
     fn stored_aggregate(&self, id: &TaskId) -> Result<TaskAggregate> {
-        let key = id.as_str().as_bytes();
-        let head: TaskHead = self.get(&self.trees.tasks, "task", key)?.ok_or_else(|| Error::not_found("task", id))?;
+        let head: TaskHead =
+            self.get(&self.trees.tasks, "task", &records::head_key(id))?.ok_or_else(|| Error::not_found("task", id))?;
         self.with_state(head)
     }
 
     fn with_state(&self, head: TaskHead) -> Result<TaskAggregate> {
-        let key = head.id.as_str().as_bytes();
         let state: TaskState = self
-            .get(&self.trees.task_state, "task_state", key)?
+            .get(&self.trees.tasks, "task_state", &records::state_key(&head.id))?
             .ok_or_else(|| Error::corrupt("task_state", head.id.as_str(), "missing"))?;
         Ok(records::join(head, state))
     }
@@ -173,8 +190,8 @@ impl SledStore {
         }
         let bytes = self
             .trees
-            .run_task
-            .get(run.as_str().as_bytes())
+            .tasks
+            .get(records::run_key(run))
             .map_err(storage)?
             .ok_or_else(|| Error::not_found("run", run))?;
         id_from("run_task", &bytes)
@@ -262,13 +279,15 @@ fn prepare(
 /// scheduled, and every call about it answers [`Error::Corrupt`].
 fn load_open_tasks(trees: &Trees) -> Result<Memory> {
     let mut memory = Memory::default();
-    for entry in trees.open_tasks.iter() {
+    for entry in trees.tasks.scan_prefix([records::OPEN]) {
         let (key, _) = entry.map_err(storage)?;
         let load = || -> Result<TaskAggregate> {
-            let missing = |what| Error::corrupt(what, String::from_utf8_lossy(&key), "missing");
-            let head = trees.tasks.get(&key).map_err(storage)?.ok_or_else(|| missing("task"))?;
-            let state = trees.task_state.get(&key).map_err(storage)?.ok_or_else(|| missing("task_state"))?;
-            Ok(records::join(decode("task", &key, &head)?, decode("task_state", &key, &state)?))
+            let id: TaskId = id_from("open", &key[1..])?;
+            let missing = |what| Error::corrupt(what, id.as_str(), "missing");
+            let (head_key, state_key) = (records::head_key(&id), records::state_key(&id));
+            let head = trees.tasks.get(&head_key).map_err(storage)?.ok_or_else(|| missing("task"))?;
+            let state = trees.tasks.get(&state_key).map_err(storage)?.ok_or_else(|| missing("task_state"))?;
+            Ok(records::join(decode("task", &head_key, &head)?, decode("task_state", &state_key, &state)?))
         };
         match load() {
             Ok(agg) => {
@@ -326,7 +345,7 @@ impl TaskStore for SledStore {
         // not have been on disk yet.
         match self.applier.submit(install).await? {
             Installed::Done => Ok(CreateOutcome::Created(task)),
-            Installed::Existing(existing) => logic::idempotent_repeat(existing, &task),
+            Installed::Existing(existing) => logic::idempotent_repeat(*existing, &task),
             Installed::Conflict => Err(Error::storage("a new task met a conflict")),
         }
     }
@@ -338,10 +357,11 @@ impl TaskStore for SledStore {
     async fn list_tasks(&self, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>> {
         let size = page.size();
         let after = page.after()?;
-        let range = match &after {
-            Some(id) => self.trees.tasks.range::<&[u8], _>((Bound::Excluded(id.as_str().as_bytes()), Bound::Unbounded)),
-            None => self.trees.tasks.iter(),
+        let start = match &after {
+            Some(id) => Bound::Excluded(records::head_key(id)),
+            None => Bound::Included(vec![records::HEAD]),
         };
+        let range = self.trees.tasks.range((start, Bound::Excluded(vec![records::HEAD + 1])));
         let mut items = Vec::new();
         let mut more = false;
         for entry in range {
@@ -468,7 +488,7 @@ impl EventStore for SledStore {
         for _ in 0..MAX_ATTEMPTS {
             let (snapshot, version) = self.snapshot(&task)?;
             // Read after the snapshot: a chunk in the snapshot is in sled.
-            let already_stored = self.trees.output.contains_key(&seen).map_err(storage)?;
+            let already_stored = self.trees.tasks.contains_key(&seen).map_err(storage)?;
             let mut agg = TaskAggregate::clone(&snapshot);
             let i = agg.run_index(run)?;
             let before = agg.runs[i].run.clone();
@@ -511,7 +531,7 @@ impl EventStore for SledStore {
 
     async fn events_since(&self, task: &TaskId, after_seq: u64, limit: usize) -> Result<Vec<TaskEvent>> {
         let limit = if limit == 0 { 1000 } else { limit };
-        if !self.trees.tasks.contains_key(task.as_str().as_bytes()).map_err(storage)? {
+        if !self.trees.tasks.contains_key(records::head_key(task)).map_err(storage)? {
             return Err(Error::not_found("task", task));
         }
         let Some(first) = after_seq.checked_add(1) else {
@@ -532,12 +552,12 @@ impl EventStore for SledStore {
         };
         // The record holding `first` starts at or before it…
         let start = event_key(task, first);
-        if let Some(entry) = self.trees.events.range(event_key(task, 0)..=start.clone()).next_back() {
+        if let Some(entry) = self.trees.tasks.range(event_key(task, 0)..=start.clone()).next_back() {
             let (key, value) = entry.map_err(storage)?;
             take(&key, &value, &mut out)?;
         }
         // …and the records after it follow.
-        for entry in self.trees.events.range::<&[u8], _>((
+        for entry in self.trees.tasks.range::<&[u8], _>((
             Bound::Excluded(start.as_slice()),
             Bound::Included(event_key(task, u64::MAX).as_slice()),
         )) {

@@ -102,13 +102,59 @@ pub(crate) fn joined(a: &[u8], b: &[u8]) -> Vec<u8> {
     key
 }
 
-/// The key of the `events` record whose first event has `seq`.
+// Everything about Tasks lives in the one `tasks` tree, so that a batch of
+// changes is one atomic `apply_batch`. The first byte of a key says what
+// the record is.
+
+/// The Task's id, spec and creation time: written once.
+pub(crate) const HEAD: u8 = b'h';
+/// The Task's state: status, result, error, event counter, Runs.
+pub(crate) const STATE: u8 = b's';
+/// Run id → task id.
+pub(crate) const RUN: u8 = b'r';
+/// The TaskEvents of one change.
+pub(crate) const EVENTS: u8 = b'e';
+/// Idempotency key → task id.
+pub(crate) const IDEMPOTENCY: u8 = b'i';
+/// The (run, seq) of a stored output chunk.
+pub(crate) const OUTPUT: u8 = b'o';
+/// The Tasks that have not ended.
+pub(crate) const OPEN: u8 = b'p';
+
+pub(crate) fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + rest.len());
+    key.push(tag);
+    key.extend_from_slice(rest);
+    key
+}
+
+pub(crate) fn head_key(task: &TaskId) -> Vec<u8> {
+    tagged(HEAD, task.as_str().as_bytes())
+}
+
+pub(crate) fn state_key(task: &TaskId) -> Vec<u8> {
+    tagged(STATE, task.as_str().as_bytes())
+}
+
+pub(crate) fn open_key(task: &TaskId) -> Vec<u8> {
+    tagged(OPEN, task.as_str().as_bytes())
+}
+
+pub(crate) fn run_key(run: &RunId) -> Vec<u8> {
+    tagged(RUN, run.as_str().as_bytes())
+}
+
+pub(crate) fn idempotency_key(key: &str) -> Vec<u8> {
+    tagged(IDEMPOTENCY, key.as_bytes())
+}
+
+/// The key of the events record whose first event has `seq`.
 pub(crate) fn event_key(task: &TaskId, seq: u64) -> Vec<u8> {
-    joined(task.as_str().as_bytes(), &seq.to_be_bytes())
+    tagged(EVENTS, &joined(task.as_str().as_bytes(), &seq.to_be_bytes()))
 }
 
 pub(crate) fn output_key(run: &RunId, seq: u64) -> Vec<u8> {
-    joined(run.as_str().as_bytes(), &seq.to_be_bytes())
+    tagged(OUTPUT, &joined(run.as_str().as_bytes(), &seq.to_be_bytes()))
 }
 
 pub(crate) fn agent_key(name: &AgentName, version: AgentVersion) -> Vec<u8> {

@@ -162,7 +162,8 @@ fn main() -> anyhow::Result<()> {
     let ratio = native.median().as_secs_f64() / warm.median().as_secs_f64();
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    println!("echo component: {} bytes, digest {digest}, {cores} cores", bytes.len());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("echo component: {} bytes, digest {digest}, {cores} cores, load average {}", bytes.len(), load.trim());
     println!();
     println!("| measurement | median | p99 | notes |");
     println!("|---|---|---|---|");

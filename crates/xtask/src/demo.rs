@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: the main job, on this machine, with the real
+//! `cargo xtask demo`: the main demonstration, on this machine, with the real
 //! binaries. It brings up a control plane on sled and a Worker, makes an
 //! author key and a trust policy that pins it, signs and publishes the
 //! `echo` agent, creates a Task and watches its output live, then stops

@@ -124,27 +124,3 @@ fn generated_servers_and_clients() {
         pb::admin_service_client::AdminServiceClient::<tonic::transport::Channel>::new,
     );
 }
-
-/// The contract speaks the project's vocabulary only.
-#[test]
-fn proto_uses_project_vocabulary() {
-    const BANNED: [&str; 8] = ["job", "node", "runner", "executor", "bot", "flow", "llm", "execution"];
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto/taskrun/v1");
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("proto dir") {
-        let path = entry.expect("dir entry").path();
-        let text = std::fs::read_to_string(&path).expect("proto file");
-        for (n, line) in text.lines().enumerate() {
-            for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                let lower = word.to_ascii_lowercase();
-                for part in lower.split('_') {
-                    let stem = part.trim_end_matches('s');
-                    if BANNED.contains(&part) || BANNED.contains(&stem) {
-                        found.push(format!("{}:{}: {word}", path.display(), n + 1));
-                    }
-                }
-            }
-        }
-    }
-    assert!(found.is_empty(), "{found:#?}");
-}

@@ -111,8 +111,10 @@ async fn corrupt_records_are_errors_not_panics() {
     };
     {
         let db = sled::open(dir.path()).unwrap();
-        db.open_tree("tasks").unwrap().insert(t1.as_str().as_bytes(), &b"{not json"[..]).unwrap();
-        db.open_tree("task_state").unwrap().insert(t2.as_str().as_bytes(), &b"[]"[..]).unwrap();
+        // The `tasks` tree: `h` + id is a Task's head, `s` + id its state.
+        let tasks = db.open_tree("tasks").unwrap();
+        tasks.insert([b"h", t1.as_str().as_bytes()].concat(), &b"{not json"[..]).unwrap();
+        tasks.insert([b"s", t2.as_str().as_bytes()].concat(), &b"[]"[..]).unwrap();
         db.flush().unwrap();
     }
     // The store opens; the two Tasks are left out of scheduling.

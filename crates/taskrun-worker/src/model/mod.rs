@@ -89,6 +89,8 @@ pub struct CallContext {
 impl CallContext {
     /// A context that ends after `budget` and is never cancelled.
     pub fn with_budget(budget: Duration) -> CallContext {
+        // A year is "no deadline" and keeps `Instant` arithmetic in range.
+        let budget = budget.min(Duration::from_secs(365 * 24 * 60 * 60));
         CallContext { deadline: Instant::now() + budget, cancel: CancelToken::new() }
     }
 

@@ -191,7 +191,7 @@ impl Provider for OpenAiProvider {
 }
 
 /// An SSE answer being read: each `next_token` reads just far enough to
-/// return the next piece, so tokens flow as the server produces them.
+/// return the next piece, so tokens arrive as the server produces them.
 struct OpenAiStream {
     reader: BufReader<std::io::Take<ureq::BodyReader<'static>>>,
     parser: SseParser,
@@ -292,7 +292,7 @@ fn status_error(status: u16, message: &str) -> ModelError {
 /// Retry-After in seconds (HTTP dates are not honoured: backoff applies).
 fn parse_retry_after(value: &str) -> Option<Duration> {
     let seconds: f64 = value.trim().parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 /// The pause before retry number `attempt + 1`.
@@ -335,6 +335,8 @@ mod tests {
         assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("1e300"), None);
+        assert_eq!(parse_retry_after("NaN"), None);
         let base = Duration::from_millis(100);
         assert_eq!(retry_delay(0, base, None), base);
         assert_eq!(retry_delay(3, base, None), Duration::from_millis(800));

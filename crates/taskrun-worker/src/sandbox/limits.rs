@@ -42,3 +42,21 @@ impl RunLimits {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_limits_override_the_defaults_they_set() {
+        let defaults = RunLimits::default();
+        let task = TaskLimits { run_timeout_ms: 1500, output_limit_bytes: Some(10), ..TaskLimits::default() };
+        assert_eq!(
+            RunLimits::from_task(&task, &defaults),
+            RunLimits { deadline: Duration::from_millis(1500), output_bytes: 10, ..defaults }
+        );
+        let task = TaskLimits { memory_limit_bytes: Some(1 << 20), max_model_calls: Some(0), ..task };
+        let limits = RunLimits::from_task(&task, &defaults);
+        assert_eq!((limits.memory_bytes, limits.model_calls), (1 << 20, 0));
+    }
+}

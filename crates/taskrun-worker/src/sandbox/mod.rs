@@ -320,6 +320,7 @@ const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 const MAX_MEMORIES_PER_COMPONENT: u32 = 2;
 const MAX_TABLES_PER_COMPONENT: u32 = 8;
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Sandbox> {
@@ -540,6 +541,8 @@ impl Sandbox {
         let config = &self.0.config;
         let mut limits = request.limits;
         limits.memory_bytes = limits.memory_bytes.min(config.max_memory_bytes);
+        // A year is "no deadline" and keeps `Instant` arithmetic in range.
+        limits.deadline = limits.deadline.min(MAX_DEADLINE);
         let deadline = started + limits.deadline;
         let logs = SharedLogs::new(config.log_bytes);
         let mut wasi = WasiCtxBuilder::new();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use taskrun_agent_artifacts as agents;
-use taskrun_core::AgentDigest;
+use taskrun_core::{AgentDigest, RunOutcome};
 use taskrun_worker::{Error, Outcome, RunLimits, RunRequest, Sandbox, SandboxConfig};
 
 use crate::examples::completed_json;
@@ -32,6 +32,7 @@ pub fn hostile_busy_loop() {
     assert_eq!(report.outcome, Outcome::TimedOut);
     assert_stopped_on_time(elapsed);
     assert_stopped_on_time(report.stats.elapsed);
+    assert_eq!(report.to_core(), RunOutcome::Failed { error: "timed out after 500 ms".into() });
     assert_eq!(
         report.logs.agent_records().collect::<Vec<_>>(),
         [(taskrun_worker::sandbox::LogLevel::Info, "spinning")]
@@ -60,6 +61,7 @@ pub fn hostile_memory_bomb() {
     let limits = RunLimits { memory_bytes: cap, ..limits() };
     let (report, _) = contained(agents::HOSTILE_MEMORY_BOMB, RunRequest::new("{}").limits(limits));
     assert_eq!(report.outcome, Outcome::MemoryLimit);
+    assert_eq!(report.to_core(), RunOutcome::Failed { error: format!("memory limit of {cap} bytes exceeded") });
     assert!(report.stats.peak_memory_bytes <= cap);
     assert!(report.stats.peak_memory_bytes > cap / 2, "{:?}", report.stats);
 
