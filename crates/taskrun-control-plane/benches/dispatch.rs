@@ -60,7 +60,14 @@ fn main() {
 }
 
 async fn bench() {
-    let mut cluster = Cluster::start(StoreKind::Sled).await;
+    // TASKRUN_BENCH_STORE=memory runs the same on the in-memory store, to
+    // tell the store's share from the rest.
+    let store = match std::env::var("TASKRUN_BENCH_STORE").as_deref() {
+        Ok("memory") => StoreKind::Memory,
+        _ => StoreKind::Sled,
+    };
+    println!("store: {store:?}, {WORKERS} workers x {SLOTS} slots");
+    let mut cluster = Cluster::start(store).await;
     cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
     let arrivals: Arc<Mutex<HashMap<TaskId, Instant>>> = Arc::default();
     let mut workers = Vec::new();
@@ -87,10 +94,23 @@ async fn bench() {
     let n = env("TASKRUN_BENCH_TASKS", 20_000);
     let base = finished(&workers);
     let start = Instant::now();
+    let progress = {
+        let workers = workers.clone();
+        tokio::spawn(async move {
+            let mut last = finished(&workers);
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let now = finished(&workers);
+                println!("  progress: {:.0} tasks/s over the last 2 s", (now - last) as f64 / 2.0);
+                last = now;
+            }
+        })
+    };
     create_many(&cluster, n, CONCURRENT_CREATES).await;
     let created = start.elapsed();
     let done = wait_finished(&workers, base + n, Duration::from_secs(600)).await;
     let elapsed = start.elapsed();
+    progress.abort();
     let completed = count_completed(&cluster).await;
     println!("throughput: {n} tasks created in {created:.2?}, all finished in {elapsed:.2?} (finished: {done})");
     println!(

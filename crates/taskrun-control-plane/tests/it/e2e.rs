@@ -51,10 +51,9 @@ async fn task_runs_end_to_end_with_streamed_output() {
     let last = statuses.last().expect("a final status");
     assert_eq!(last.0, i32::from(pb::TaskStatus::Completed));
     let run_statuses: Vec<i32> = statuses.iter().filter_map(|(_, r)| *r).collect();
-    let expected: Vec<i32> = [pb::RunStatus::Assigned, pb::RunStatus::Running, pb::RunStatus::Completed]
-        .into_iter()
-        .map(i32::from)
-        .collect();
+    // A quick Run goes from ASSIGNED straight to COMPLETED (RUNNING is
+    // reported only for Runs that take a while).
+    let expected: Vec<i32> = [pb::RunStatus::Assigned, pb::RunStatus::Completed].into_iter().map(i32::from).collect();
     assert_eq!(run_statuses, expected);
 
     let got = cluster.wait_terminal(&task_id, Duration::from_secs(5)).await;

@@ -19,6 +19,12 @@ use crate::{CancelToken, Error, Result};
 use pb::run_client_message::Kind as ClientKind;
 use pb::run_server_message::Kind as ServerKind;
 
+/// A Run still going after this long is reported RUNNING.
+const REPORT_RUNNING_AFTER: Duration = Duration::from_millis(50);
+
+/// Output chunks waiting together are sent as one, up to this size.
+const COALESCE_BYTES: usize = 64 * 1024;
+
 /// How often unacked terminal reports are sent again.
 const RESEND_EVERY: Duration = Duration::from_secs(2);
 
@@ -329,24 +335,21 @@ impl Worker {
                 _ => return,
             }
         }
-        self.send(ClientKind::Status(
-            RunStatusReport {
-                run_id: id.clone(),
-                lease,
-                progress: RunProgress::Started,
-                at: self.0.clock.now(),
-                nonce: nonce(),
-                last_output_seq: 0,
-            }
-            .into(),
-        ));
         let (otx, mut orx) = mpsc::unbounded_channel::<String>();
         let forward = {
             let worker = self.clone();
             let id = id.clone();
             tokio::spawn(async move {
                 let mut seq = 0u64;
-                while let Some(data) = orx.recv().await {
+                while let Some(mut data) = orx.recv().await {
+                    // Chunks emitted back to back travel as one: chunk
+                    // boundaries carry no meaning, messages cost.
+                    while data.len() < COALESCE_BYTES {
+                        match orx.try_recv() {
+                            Ok(more) => data.push_str(&more),
+                            Err(_) => break,
+                        }
+                    }
                     seq += 1;
                     {
                         let mut runs = lock(&worker.0.runs);
@@ -368,7 +371,29 @@ impl Worker {
             .output(OutputSink::channel(otx))
             .cancel(cancel)
             .run_id(id.clone());
-        let report = self.0.sandbox.run_async(prepared, request).await;
+        // RUNNING is reported only for a Run still going after a moment:
+        // a quick Run goes from ASSIGNED straight to its end, which saves
+        // the control plane a durable write per Run (as Temporal records
+        // an activity's start lazily).
+        let run = self.0.sandbox.run_async(prepared, request);
+        tokio::pin!(run);
+        let report = tokio::select! {
+            report = &mut run => report,
+            () = tokio::time::sleep(REPORT_RUNNING_AFTER) => {
+                self.send(ClientKind::Status(
+                    RunStatusReport {
+                        run_id: id.clone(),
+                        lease,
+                        progress: RunProgress::Started,
+                        at: self.0.clock.now(),
+                        nonce: nonce(),
+                        last_output_seq: 0,
+                    }
+                    .into(),
+                ));
+                run.await
+            }
+        };
         // The sink is gone with the Run: the forwarder ends after the last chunk.
         let last_seq = forward.await.unwrap_or(0);
         let outcome = match report {

@@ -320,6 +320,9 @@ const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 const MAX_MEMORIES_PER_COMPONENT: u32 = 2;
 const MAX_TABLES_PER_COMPONENT: u32 = 8;
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Tables of one page or less (most agents' tables) are reset with a
+/// `memset`, without a `PAGEMAP_SCAN` call each.
+const TABLE_KEEP_RESIDENT: usize = 4096;
 const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 impl Sandbox {
@@ -345,7 +348,7 @@ impl Sandbox {
             .table_elements(MAX_TABLE_ELEMENTS)
             .max_memory_size(config.max_memory_bytes)
             .linear_memory_keep_resident(config.keep_resident_bytes)
-            .table_keep_resident(config.keep_resident_bytes.min(64 * 1024))
+            .table_keep_resident(config.keep_resident_bytes.min(TABLE_KEEP_RESIDENT))
             .pagemap_scan(Enabled::Auto);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
