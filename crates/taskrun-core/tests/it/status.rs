@@ -105,12 +105,14 @@ fn run(shard: u32, attempt: u32, status: RunStatus) -> Run {
 }
 
 /// (case, current, fan_out, max_attempts, runs as (shard, attempt, status), expected)
+type Case = (&'static str, TaskStatus, u32, u32, &'static [(u32, u32, RunStatus)], TaskStatus);
+
 #[test]
 fn task_status_follows_runs() {
     use RunStatus as R;
     use TaskStatus as T;
     #[rustfmt::skip]
-    let cases: &[(&str, T, u32, u32, &[(u32, u32, R)], T)] = &[
+    let cases: &[Case] = &[
         ("no runs yet", T::Pending, 1, 3, &[], T::Pending),
         ("first run pending", T::Pending, 1, 3, &[(0, 1, R::Pending)], T::Pending),
         ("assigned", T::Pending, 1, 3, &[(0, 1, R::Assigned)], T::Running),

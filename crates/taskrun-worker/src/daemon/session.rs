@@ -251,7 +251,7 @@ impl Worker {
             let lease = u64::try_from(a.lease).map_err(|_| format!("lease out of range: {}", a.lease))?;
             let manifest =
                 AgentManifest::try_from(a.agent.clone().ok_or("missing agent")?).map_err(|e| e.to_string())?;
-            let limits = TaskLimits::try_from(a.limits.clone().unwrap_or_default()).map_err(|e| e.to_string())?;
+            let limits = TaskLimits::try_from(a.limits.unwrap_or_default()).map_err(|e| e.to_string())?;
             Ok((id, lease, manifest, limits))
         })();
         let (id, lease, manifest, limits) = match parsed {

@@ -320,9 +320,8 @@ const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 const MAX_MEMORIES_PER_COMPONENT: u32 = 2;
 const MAX_TABLES_PER_COMPONENT: u32 = 8;
 const MAX_TABLE_ELEMENTS: usize = 100_000;
-/// Tables of one page or less (most agents' tables) are reset with a
-/// `memset`, without a `PAGEMAP_SCAN` call each.
-const TABLE_KEEP_RESIDENT: usize = 4096;
+/// Table bytes reset in place (see `keep_resident_bytes`).
+const TABLE_KEEP_RESIDENT: usize = 64 * 1024;
 const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 impl Sandbox {
