@@ -88,7 +88,7 @@ struct Inner {
     outbound: Mutex<Option<mpsc::UnboundedSender<pb::RunClientMessage>>>,
     channel: Mutex<Option<tonic::transport::Channel>>,
     /// Assignment nonces seen within the skew window.
-    nonces: Mutex<HashMap<String, Timestamp>>,
+    nonces: Mutex<SeenNonces>,
     max_skew: Mutex<Duration>,
     counters: Counters,
     shutdown: CancellationToken,
@@ -109,6 +109,32 @@ impl std::fmt::Debug for Probe {
 /// Called as each assignment arrives, before any work on it (for
 /// instrumentation and benchmarks).
 pub type AssignmentProbe = Arc<dyn Fn(&taskrun_core::TaskId, &RunId) + Send + Sync>;
+
+/// Nonces seen, remembered for a window: a set to look them up, and a
+/// queue in arrival order to forget the old ones in O(1) each.
+#[derive(Debug, Default)]
+struct SeenNonces {
+    set: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<(Timestamp, String)>,
+}
+
+impl SeenNonces {
+    /// Records `nonce` seen at `now`; false if it was seen within `window`.
+    fn first_sighting(&mut self, nonce: &str, now: Timestamp, window: Duration) -> bool {
+        while let Some((at, old)) = self.order.front() {
+            if now.since(*at) <= window {
+                break;
+            }
+            self.set.remove(old);
+            self.order.pop_front();
+        }
+        if !self.set.insert(nonce.to_owned()) {
+            return false;
+        }
+        self.order.push_back((now, nonce.to_owned()));
+        true
+    }
+}
 
 /// A Worker. Clone it to keep a handle while [`Worker::run`] runs.
 #[derive(Debug, Clone)]
@@ -161,7 +187,7 @@ impl Worker {
             fetching: tokio::sync::Mutex::new(()),
             outbound: Mutex::new(None),
             channel: Mutex::new(None),
-            nonces: Mutex::new(HashMap::new()),
+            nonces: Mutex::new(SeenNonces::default()),
             max_skew: Mutex::new(Duration::from_secs(30)),
             counters: Counters::default(),
             shutdown: CancellationToken::new(),

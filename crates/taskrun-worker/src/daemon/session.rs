@@ -269,13 +269,11 @@ impl Worker {
         let off = if issued > now { issued.since(now) } else { now.since(issued) };
         {
             let mut nonces = lock(&self.0.nonces);
-            nonces.retain(|_, seen| now.since(*seen) <= skew * 2);
-            if off > skew || a.nonce.len() < 16 || nonces.contains_key(&a.nonce) {
+            if off > skew || a.nonce.len() < 16 || !nonces.first_sighting(&a.nonce, now, skew * 2) {
                 self.0.counters.assignments_refused.fetch_add(1, Ordering::Relaxed);
                 warn!(run_id = %id, skew_ms = off.as_millis() as u64, "assignment refused as a replay or out of the clock-skew window");
                 return;
             }
-            nonces.insert(a.nonce.clone(), now);
         }
         let cancel = CancelToken::new();
         {
