@@ -147,3 +147,44 @@ async fn another_agents_signed_component_is_refused() {
     assert!(reason.contains("refused") && reason.contains("panic"), "{reason}");
     assert_eq!(worker.sandbox().metrics().compiles, 0);
 }
+
+/// After running version 2.0.0 of an agent, the Worker refuses 1.0.0 of it
+/// (rollback) and compiles nothing for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_is_refused_by_the_worker() {
+    let mut cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("read-env", "2.0.0", artifacts::HOSTILE_READ_ENV).await;
+    cluster.publish("read-env", "1.0.0", artifacts::HOSTILE_READ_FILE).await;
+    let worker = cluster.add_worker(cluster.worker_config("w1")).await;
+    let task_id = cluster.create(spec("read-env", "{}")).await;
+    let got = cluster.wait_terminal(&task_id, Duration::from_secs(30)).await;
+    assert_eq!(status_of(&got), TaskStatus::Completed, "{got:#?}");
+    assert_eq!(worker.sandbox().metrics().compiles, 1);
+
+    let old =
+        pb::AgentRef { name: "read-env".into(), selector: Some(pb::agent_ref::Selector::Version("1.0.0".into())) };
+    let reason = refused_reason(&cluster, old).await;
+    assert!(reason.contains("rollback"), "{reason}");
+    assert_eq!(worker.sandbox().metrics().compiles, 1, "the old version was not compiled");
+}
+
+/// A signed manifest that has expired is refused by the Worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_signature_is_refused_by_the_worker() {
+    let mut cluster = Cluster::start(StoreKind::Sled).await;
+    let bytes = std::fs::read(artifacts::ECHO).expect("echo");
+    let an_hour_ago = Timestamp(taskrun_core::Clock::now(&SystemClock).as_millis() - 3_600_000);
+    let details = AgentDetails::new("echo".parse().expect("name"), "1.0.0".parse().expect("version"), an_hour_ago)
+        .with_expires_at(Timestamp(an_hour_ago.as_millis() + 60_000));
+    let envelope = cluster.key.sign_component(&bytes, details).expect("sign").into_bytes();
+    // The control plane's own check refuses it at publish time…
+    let mut agents = cluster.agents().await;
+    let err = taskrun_testkit::publish_envelope(&mut agents, "echo", "1.0.0", &envelope, &bytes).await.unwrap_err();
+    assert!(err.message().contains("expired"), "{err:?}");
+    // …and a Worker refuses it too, whoever serves it.
+    let digest = plant(&cluster, "echo", "1.0.0", envelope, bytes).await;
+    let worker = cluster.add_worker(cluster.worker_config("w1")).await;
+    let reason = refused_reason(&cluster, by_digest("echo", &digest)).await;
+    assert!(reason.contains("expired"), "{reason}");
+    assert_eq!(worker.sandbox().metrics().compiles, 0);
+}
