@@ -71,22 +71,15 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         tokio::select! {
-            _ = ctrl_c => {}
+            _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        return;
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -57,9 +57,22 @@ async fn main() -> Result<()> {
         let worker = worker.clone();
         tokio::spawn(async move { worker.run().await })
     };
-    let _ = tokio::signal::ctrl_c().await;
+    shutdown_signal().await;
     info!("shutting down");
     worker.shut_down();
     running.await.context("worker task")??;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
