@@ -74,7 +74,9 @@ pub fn test(extra: &[String]) -> Result<()> {
     tidy::check_all(&root)?;
     println!("tidy: ok");
     run(&mut in_root(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    let mut test = in_root(&["test", "--workspace", "--all-targets"]);
+    // Every test target; benchmarks are built by clippy above and run
+    // (in release) by `cargo bench`, not here.
+    let mut test = in_root(&["test", "--workspace"]);
     test.args(extra);
     // Slow suites (crash rounds, end-to-end fault tests) run when this is set.
     test.env("TASKRUN_SLOW_TESTS", "1");
