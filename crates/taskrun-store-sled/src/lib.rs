@@ -93,6 +93,13 @@ pub struct SledStore {
     committer: commit::Committer,
 }
 
+/// How sled is set up: tuned for write throughput, and without sled's own
+/// periodic flush — the committer flushes before any write is acknowledged,
+/// so a background flush would only compete with it.
+fn sled_config() -> sled::Config {
+    sled::Config::new().mode(sled::Mode::HighThroughput).flush_every_ms(None)
+}
+
 impl SledStore {
     /// Opens (or creates) the store in directory `path`.
     ///
@@ -102,7 +109,7 @@ impl SledStore {
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<SledStore> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
-            match sled::Config::new().path(path.as_ref()).open() {
+            match sled_config().path(path.as_ref()).open() {
                 Ok(db) => return SledStore::with_db(db, config),
                 Err(sled::Error::Io(e))
                     if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
@@ -116,7 +123,7 @@ impl SledStore {
 
     /// A store in a temporary directory that is removed when it closes.
     pub fn temporary(config: StoreConfig) -> Result<SledStore> {
-        let db = sled::Config::new().temporary(true).open().map_err(storage)?;
+        let db = sled_config().temporary(true).open().map_err(storage)?;
         SledStore::with_db(db, config)
     }
 

@@ -85,11 +85,11 @@ pub(crate) fn join(head: TaskHead, state: TaskState) -> TaskAggregate {
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, key: &[u8], bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(what, String::from_utf8_lossy(key), e))
+    postcard::from_bytes(bytes).map_err(|e| Error::corrupt(what, String::from_utf8_lossy(key), e))
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(what: &'static str, key: &[u8], value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| Error::corrupt(what, String::from_utf8_lossy(key), e))
+    postcard::to_stdvec(value).map_err(|e| Error::corrupt(what, String::from_utf8_lossy(key), e))
 }
 
 /// `a`, a 0 byte, `b`. Ids never contain a 0 byte, so `a, 0` is a prefix
