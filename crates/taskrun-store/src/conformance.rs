@@ -236,6 +236,20 @@ pub async fn check_invariants(store: &dyn Store, id: &TaskId) -> Result<(), Stri
     Ok(())
 }
 
+/// Awaits `op`, which must fail, and checks that it left the Task exactly as
+/// it was; returns the error. (`op` is lazy: nothing runs until it is awaited
+/// here, after the snapshot.)
+async fn refused_unchanged<T: std::fmt::Debug>(
+    store: &dyn Store,
+    id: &TaskId,
+    op: impl Future<Output = crate::Result<T>>,
+) -> Error {
+    let before = snapshot(store, id).await;
+    let err = op.await.expect_err("the operation should be refused");
+    assert_eq!(snapshot(store, id).await, before, "a refused operation changed the Task");
+    err
+}
+
 async fn assert_invariants(store: &dyn Store, id: &TaskId) {
     if let Err(e) = check_invariants(store, id).await {
         panic!("invariant broken: {e}");
@@ -584,10 +598,8 @@ where
     let store = make(StoreConfig::default()).await;
     let (task, runs) = create(&*store, spec("echo")).await;
     let run = &runs[0];
-    let before = snapshot(&*store, &task.id).await;
-    let err = store.assign_run(&run.id, &worker(1), 5, T0).await.unwrap_err();
+    let err = refused_unchanged(&*store, &task.id, store.assign_run(&run.id, &worker(1), 5, T0)).await;
     assert!(matches!(err, Error::LeaseConflict { expected: 5, actual: 0, .. }), "{err}");
-    assert_eq!(snapshot(&*store, &task.id).await, before);
 
     let change = store.assign_run(&run.id, &worker(1), 0, at(1)).await.unwrap();
     assert_eq!(change.previous_task_status, TaskStatus::Pending);
@@ -599,10 +611,8 @@ where
     assert_eq!(store.active_runs_of_worker(&worker(1)).await.unwrap(), vec![change.run.clone()]);
 
     // Holding the current lease does not make an ASSIGNED Run assignable.
-    let before = snapshot(&*store, &task.id).await;
-    let err = store.assign_run(&run.id, &worker(2), 1, at(2)).await.unwrap_err();
+    let err = refused_unchanged(&*store, &task.id, store.assign_run(&run.id, &worker(2), 1, at(2))).await;
     assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
-    assert_eq!(snapshot(&*store, &task.id).await, before);
     assert_invariants(&*store, &task.id).await;
 }
 
@@ -652,10 +662,8 @@ where
     assert_eq!(change.run.finished_at, Some(at(2)));
 
     // A repeated report of a terminal Run is refused too.
-    let before = snapshot(&*store, &task.id).await;
-    let err = store.finish_run(&run.id, lease, completed("2"), at(3)).await.unwrap_err();
+    let err = refused_unchanged(&*store, &task.id, store.finish_run(&run.id, lease, completed("2"), at(3))).await;
     assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
-    assert_eq!(snapshot(&*store, &task.id).await, before);
     assert_invariants(&*store, &task.id).await;
 }
 
@@ -820,10 +828,8 @@ where
     assert!(matches!(&last.kind, TaskEventKind::Status { task_status: TaskStatus::Failed, run_id: None, .. }));
     assert_invariants(&*store, &task.id).await;
 
-    let before = snapshot(&*store, &task.id).await;
-    let err = store.fail_task(&task.id, "again", at(6)).await.unwrap_err();
+    let err = refused_unchanged(&*store, &task.id, store.fail_task(&task.id, "again", at(6))).await;
     assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
-    assert_eq!(snapshot(&*store, &task.id).await, before);
 }
 
 pub async fn cancel_task_cancels_runs_and_returns_active_ones<F, Fut>(make: F)
