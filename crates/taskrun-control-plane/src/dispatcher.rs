@@ -203,13 +203,8 @@ impl ControlPlane {
 
     /// Fails the Runs of a Worker that has no session (anymore).
     async fn worker_vanished(&self, worker: &taskrun_core::WorkerId) {
-        if self.sessions().contains_key(worker) {
-            return;
-        }
-        if let Ok(changes) = self.store.fail_runs_of_worker(worker, "worker disconnected", self.clock.now()).await {
-            for change in &changes {
-                self.publish(&change.events);
-            }
+        if !self.sessions().contains_key(worker) {
+            self.fail_over(worker, "disconnected").await;
         }
     }
 
@@ -234,10 +229,8 @@ impl ControlPlane {
             {
                 continue;
             }
-            let _ = self.store.set_worker_state(&w.info.id, WorkerState::Lost).await;
-            self.worker_vanished(&w.info.id).await;
+            self.fail_over(&w.info.id, "did not reconnect after the control plane restarted").await;
         }
-        self.kick.notify_one();
     }
 
     /// Cancels a Task and tells the Workers of its active Runs to stop.

@@ -367,6 +367,14 @@ impl ControlPlane {
             }
             sessions.remove(worker);
         }
+        self.fail_over(worker, reason).await;
+    }
+
+    /// Marks a Worker that has no session lost and fails its Runs over:
+    /// each gets a new lease (fencing the Worker), fails, and is retried
+    /// per its Task's policy; Tasks that ended get their other Runs
+    /// cancelled.
+    pub(crate) async fn fail_over(&self, worker: &WorkerId, reason: &str) {
         warn!(worker_id = %worker, reason, "worker lost");
         if let Err(e) = self.store.set_worker_state(worker, WorkerState::Lost).await {
             warn!(worker_id = %worker, error = %e, "could not mark worker lost");
