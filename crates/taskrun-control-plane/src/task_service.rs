@@ -50,11 +50,11 @@ impl pb::task_service_server::TaskService for TaskApi {
         let cp = &self.0;
         let spec = TaskSpec::try_from(request.into_inner())?;
         let max = cp.config.limits.max_input_bytes;
-        spec.validate(max).map_err(|e| Status::invalid_argument(format!("spec: {e}")))?;
-        cp.resolve_agent(&spec).await?;
-        let now = cp.clock.now();
-        let task = Task::new(TaskId::generate(), spec, now, max)
+        // Task::new validates the whole spec (input cap included) before the
+        // agent lookup touches the store.
+        let task = Task::new(TaskId::generate(), spec, cp.clock.now(), max)
             .map_err(|e| Status::invalid_argument(format!("spec: {e}")))?;
+        cp.resolve_agent(&task.spec).await?;
         let outcome = cp.store.create_task(task).await.map_err(store_status)?;
         let existing = !outcome.is_created();
         let task = outcome.into_inner();
