@@ -10,7 +10,9 @@
 //!
 //! Environment: TASKRUN_BENCH_TASKS (throughput run, default 20000),
 //! TASKRUN_BENCH_RATE (tasks/s for the latency run, default 1000),
-//! TASKRUN_BENCH_SECONDS (latency run length, default 5).
+//! TASKRUN_BENCH_SECONDS (latency run length, default 5),
+//! TASKRUN_BENCH_CLIENTS (concurrent CreateTask callers in the throughput
+//! run, default 128).
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
@@ -25,7 +27,6 @@ use taskrun_worker::Worker;
 
 const WORKERS: usize = 4;
 const SLOTS: u32 = 64;
-const CONCURRENT_CREATES: usize = 128;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -86,10 +87,11 @@ async fn bench() {
 
     // Warm up: compile the agent on every Worker, fill caches.
     let warm = 400;
-    create_many(&cluster, warm, CONCURRENT_CREATES).await;
+    let clients = env("TASKRUN_BENCH_CLIENTS", 128) as usize;
+    create_many(&cluster, warm, clients).await;
     assert!(wait_finished(&workers, warm, Duration::from_secs(120)).await, "warm-up did not finish");
 
-    // Throughput: N Tasks created by CONCURRENT_CREATES clients, until every
+    // Throughput: N Tasks created by `clients` concurrent callers, until every
     // Run has been reported finished by its Worker.
     let n = env("TASKRUN_BENCH_TASKS", 20_000);
     let base = finished(&workers);
@@ -106,7 +108,7 @@ async fn bench() {
             }
         })
     };
-    create_many(&cluster, n, CONCURRENT_CREATES).await;
+    create_many(&cluster, n, clients).await;
     let created = start.elapsed();
     let done = wait_finished(&workers, base + n, Duration::from_secs(600)).await;
     let elapsed = start.elapsed();
@@ -162,6 +164,13 @@ async fn bench() {
         percentile(&latencies, 1.0),
         latencies.len()
     );
+    if let Some(server) = &cluster.server {
+        let placed = server.control_plane().placement_stats();
+        println!(
+            "placement: {} Runs placed at creation, {} by the scheduler loop",
+            placed.at_creation, placed.by_scheduler
+        );
+    }
     cluster.stop_server().await;
 }
 

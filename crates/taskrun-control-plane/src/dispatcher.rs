@@ -4,15 +4,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::join_all;
 use taskrun_core::{AgentManifest, AgentRef, Run, Task, TaskId, WorkerState};
-use taskrun_proto::pb;
 use taskrun_store::Error as StoreError;
 use tracing::{debug, info, warn};
 
-use crate::scheduler::{PendingRun, WorkerSlot, place, timeout_reason};
+use crate::placement::{Reservation, candidate};
+use crate::scheduler::timeout_reason;
 use crate::state::ControlPlane;
 
 /// How often the loop looks again without being woken (retry backoffs and
@@ -25,7 +26,6 @@ const MAX_PER_PASS: usize = 1024;
 impl ControlPlane {
     /// Runs until shutdown.
     pub(crate) async fn scheduler_loop(self: Arc<Self>) {
-        let mut counter = 0u64;
         loop {
             tokio::select! {
                 () = self.kick.notified() => {}
@@ -35,7 +35,7 @@ impl ControlPlane {
             // Keep placing while passes place something: a pass reads a
             // bounded number of Runs.
             loop {
-                match self.dispatch_once(&mut counter).await {
+                match self.dispatch_once().await {
                     Ok(0) => break,
                     Ok(_) => continue,
                     Err(e) => {
@@ -48,17 +48,8 @@ impl ControlPlane {
     }
 
     /// One pass. Returns how many Runs it assigned.
-    pub(crate) async fn dispatch_once(&self, counter: &mut u64) -> Result<usize, StoreError> {
-        let mut slots: Vec<WorkerSlot> = self
-            .sessions()
-            .values()
-            .map(|s| WorkerSlot {
-                info: s.info.clone(),
-                state: s.state,
-                active: u32::try_from(s.active.len()).unwrap_or(u32::MAX),
-                last_assigned: s.last_assigned,
-            })
-            .collect();
+    pub(crate) async fn dispatch_once(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let slots = self.worker_slots();
         let now = self.clock.now();
         let free: usize = slots.iter().filter(|w| w.state == WorkerState::Connected).map(|w| w.free() as usize).sum();
         // Pending Runs come in queue order: read about as many as can be
@@ -67,6 +58,7 @@ impl ControlPlane {
         let limit = (free + 16).min(MAX_PER_PASS);
         let runs = self.store.pending_runs(now, limit).await?;
         if runs.is_empty() {
+            self.waiting.store(0, Ordering::Relaxed);
             return Ok(0);
         }
         let mut tasks: HashMap<TaskId, Task> = HashMap::new();
@@ -94,17 +86,7 @@ impl ControlPlane {
                 debug!(task_id = %task.id, agent = %task.spec.agent, "agent not resolvable; run waits");
                 continue;
             };
-            let candidate = PendingRun {
-                run_id: run.id.clone(),
-                task_id: task.id.clone(),
-                lease: run.lease,
-                priority: task.spec.priority,
-                task_created_at: task.created_at,
-                agent: task.spec.agent.name.clone(),
-                digest: manifest.digest,
-                worker_labels: task.spec.worker_labels.clone(),
-                model: task.spec.model.clone(),
-            };
+            let candidate = candidate(run.id.clone(), run.lease, &task, &manifest);
             if let Some(timeout_ms) = task.spec.limits.schedule_to_start_timeout_ms {
                 let waiting_since = if run.attempt <= 1 { task.created_at } else { run.not_before };
                 let waited = now.since(waiting_since);
@@ -118,28 +100,23 @@ impl ControlPlane {
             pending.push(candidate);
             pending_runs.push((run, task, manifest));
         }
-        let placements = place(&pending, &mut slots, counter);
-        let assigned = join_all(placements.into_iter().map(|(ri, wi)| {
+        let reserved = self.reserve(&pending);
+        // New Tasks queue behind what could not be placed now.
+        self.waiting.store(pending.len() - reserved.len(), Ordering::Relaxed);
+        let assigned = join_all(reserved.into_iter().map(|(ri, reservation)| {
             let (run, task, manifest) = &pending_runs[ri];
-            let worker = slots[wi].info.id.clone();
-            let last_assigned = slots[wi].last_assigned;
-            async move { self.assign(run, task, manifest, &worker, last_assigned).await }
+            async move { self.assign(reservation, run, task, manifest).await }
         }))
         .await;
         Ok(assigned.into_iter().filter(|ok| *ok).count())
     }
 
-    /// Takes the Run's next lease for `worker` and sends the assignment.
-    async fn assign(
-        &self,
-        run: &Run,
-        task: &Task,
-        manifest: &AgentManifest,
-        worker: &taskrun_core::WorkerId,
-        last_assigned: u64,
-    ) -> bool {
+    /// Takes the Run's next lease for the reserved Worker and sends the
+    /// assignment.
+    async fn assign(&self, reservation: Reservation, run: &Run, task: &Task, manifest: &AgentManifest) -> bool {
         let now = self.clock.now();
-        let change = match self.store.assign_run(&run.id, worker, run.lease, now).await {
+        let worker = reservation.worker.clone();
+        let change = match self.store.assign_run(&run.id, &worker, run.lease, now).await {
             Ok(change) => change,
             Err(StoreError::LeaseConflict { .. } | StoreError::FailedPrecondition { .. }) => return false,
             Err(e) => {
@@ -148,43 +125,11 @@ impl ControlPlane {
             }
         };
         self.publish(&change.events);
-        let run = &change.run;
-        let deadline = now.saturating_add(Duration::from_millis(task.spec.limits.run_timeout_ms));
-        let assignment = pb::RunAssignment {
-            message_id: uuid::Uuid::now_v7().simple().to_string(),
-            run_id: run.id.to_string(),
-            task_id: task.id.to_string(),
-            shard: i32::try_from(run.shard).unwrap_or(i32::MAX),
-            fan_out: i32::try_from(task.spec.fan_out).unwrap_or(i32::MAX),
-            attempt: i32::try_from(run.attempt).unwrap_or(i32::MAX),
-            lease: i64::try_from(run.lease).unwrap_or(i64::MAX),
-            agent: Some(manifest.clone().into()),
-            input_json: task.spec.input.to_string(),
-            limits: Some(task.spec.limits.clone().into()),
-            deadline_unix_ms: deadline.as_millis(),
-            issued_at_unix_ms: now.as_millis(),
-            nonce: uuid::Uuid::now_v7().simple().to_string(),
-            model: Some(task.spec.model.clone().into()),
-            model_backend: None,
-        };
-        let sent = {
-            let mut sessions = self.sessions();
-            match sessions.get_mut(worker) {
-                Some(s) => {
-                    s.active.insert(run.id.clone());
-                    s.last_assigned = last_assigned;
-                    s.send(pb::run_server_message::Kind::Assignment(assignment))
-                }
-                None => false,
-            }
-        };
-        if sent {
-            info!(run_id = %run.id, task_id = %task.id, worker_id = %worker, lease = run.lease, "run assigned");
-        } else {
+        self.placed_by_scheduler.fetch_add(1, Ordering::Relaxed);
+        if !self.deliver(reservation, &change.run, task, manifest) {
             // The Worker went away between placement and sending: its loss
             // handling (or the next one) fails the Run over.
-            warn!(run_id = %run.id, worker_id = %worker, "worker gone before the assignment was sent");
-            self.worker_vanished(worker).await;
+            self.worker_vanished(&worker).await;
         }
         true
     }
@@ -202,7 +147,7 @@ impl ControlPlane {
     }
 
     /// Fails the Runs of a Worker that has no session (anymore).
-    async fn worker_vanished(&self, worker: &taskrun_core::WorkerId) {
+    pub(crate) async fn worker_vanished(&self, worker: &taskrun_core::WorkerId) {
         if !self.sessions().contains_key(worker) {
             self.fail_over(worker, "disconnected").await;
         }

@@ -10,6 +10,7 @@
 mod agent_service;
 pub mod config;
 mod dispatcher;
+mod placement;
 mod run_service;
 pub mod scheduler;
 pub mod server;
@@ -22,7 +23,7 @@ use std::path::PathBuf;
 
 pub use config::Config;
 pub use server::Server;
-pub use state::ControlPlane;
+pub use state::{ControlPlane, PlacementStats};
 
 /// Why the control plane could not start or stop.
 #[derive(Debug, thiserror::Error)]

@@ -164,7 +164,10 @@ impl ControlPlane {
         let active: HashSet<RunId> =
             self.store.active_runs_of_worker(&info.id).await.map_err(store_status)?.into_iter().map(|r| r.id).collect();
         info!(worker_id = %info.id, slots = info.slots, active = active.len(), "worker connected");
-        self.sessions().insert(info.id.clone(), Session { generation, tx, info, state, active, last_assigned: 0 });
+        self.sessions().insert(
+            info.id.clone(),
+            Session { generation, tx, info: Arc::new(info), state, active, reserved: 0, last_assigned: 0 },
+        );
         Ok(generation)
     }
 
@@ -275,10 +278,11 @@ impl ControlPlane {
     }
 
     async fn on_status(&self, worker: &WorkerId, update: pb::RunStatusUpdate) -> Result<(), Status> {
-        let report = match RunStatusReport::try_from(update.clone()) {
+        let (wire_run_id, wire_lease, wire_status) = (update.run_id.clone(), update.lease, update.status);
+        let report = match RunStatusReport::try_from(update) {
             Ok(r) => r,
             Err(e) => {
-                let ack = ack(&update.run_id, update.lease, update.status, pb::RunAckOutcome::Rejected, e.to_string());
+                let ack = ack(&wire_run_id, wire_lease, wire_status, pb::RunAckOutcome::Rejected, e.to_string());
                 self.send_to(worker, ack);
                 return Err(e.into());
             }
@@ -291,13 +295,15 @@ impl ControlPlane {
         let run = self.store.get_run(&run_id).await.map_err(store_status)?;
         if run.worker_id.as_ref() != Some(worker) {
             let reason = format!("run {run_id} is not assigned to worker {worker}");
-            self.send_to(worker, ack(run_id.as_str(), update.lease, wire_status, pb::RunAckOutcome::Fenced, reason));
+            self.send_to(worker, ack(run_id.as_str(), wire_lease, wire_status, pb::RunAckOutcome::Fenced, reason));
             return Ok(());
         }
         let now = self.clock.now();
         let result = match report.progress {
             RunProgress::Started => self.store.start_run(&run_id, lease, now).await,
-            RunProgress::Finished(outcome) => self.store.finish_run(&run_id, lease, outcome, now).await,
+            RunProgress::Finished(outcome) => {
+                self.store.finish_run_with_output(&run_id, lease, report.trailing_output, outcome, now).await
+            }
         };
         let (outcome, reason) = match result {
             Ok(change) => {
@@ -333,7 +339,7 @@ impl ControlPlane {
             Err(e) => return Err(store_status(e)),
         };
         if status.is_terminal() || outcome != pb::RunAckOutcome::Accepted {
-            self.send_to(worker, ack(run_id.as_str(), update.lease, wire_status, outcome, reason));
+            self.send_to(worker, ack(run_id.as_str(), wire_lease, wire_status, outcome, reason));
         }
         Ok(())
     }

@@ -14,6 +14,7 @@
 //!    take turns.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use taskrun_core::{
     AgentDigest, AgentName, Labels, ModelRequirement, RunId, TaskId, Timestamp, WorkerInfo, WorkerState,
@@ -37,7 +38,7 @@ pub struct PendingRun {
 /// A Worker as placement sees it.
 #[derive(Debug, Clone)]
 pub struct WorkerSlot {
-    pub info: WorkerInfo,
+    pub info: Arc<WorkerInfo>,
     pub state: WorkerState,
     /// Runs it has now.
     pub active: u32,

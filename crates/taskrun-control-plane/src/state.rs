@@ -2,7 +2,7 @@
 //! sessions, the scheduler's wake-up and the WatchTask subscriptions.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use taskrun_core::{Clock, RunId, TaskEvent, TaskId, WorkerId, WorkerInfo, WorkerState};
@@ -22,10 +22,12 @@ pub(crate) struct Session {
     /// Tells this connection apart from an earlier one of the same Worker.
     pub generation: u64,
     pub tx: Outbound,
-    pub info: WorkerInfo,
+    pub info: Arc<WorkerInfo>,
     pub state: WorkerState,
     /// Runs this Worker holds (ASSIGNED or RUNNING).
     pub active: HashSet<RunId>,
+    /// Slots promised to placements whose store write is under way.
+    pub reserved: u32,
     pub last_assigned: u64,
 }
 
@@ -33,6 +35,15 @@ impl Session {
     pub fn send(&self, kind: pb::run_server_message::Kind) -> bool {
         self.tx.send(Ok(pb::RunServerMessage { kind: Some(kind) })).is_ok()
     }
+}
+
+/// Counts of Runs placed, by how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PlacementStats {
+    /// Placed by CreateTask in the write that created the Task.
+    pub at_creation: u64,
+    /// Placed by the scheduler loop from the queue of PENDING Runs.
+    pub by_scheduler: u64,
 }
 
 /// Everything the services share. Cheap to clone through `Arc`.
@@ -48,6 +59,15 @@ pub struct ControlPlane {
     pub(crate) kick: Notify,
     watchers: Mutex<HashMap<TaskId, watch::Sender<u64>>>,
     generation: AtomicU64,
+    /// Placement's turn counter (see [`crate::scheduler::place`]); changed
+    /// only with the sessions locked.
+    pub(crate) turns: AtomicU64,
+    /// PENDING Runs that are due but that the scheduler's last pass could
+    /// not place. While there are any, new Tasks queue behind them instead
+    /// of being placed at creation.
+    pub(crate) waiting: AtomicUsize,
+    pub(crate) placed_at_creation: AtomicU64,
+    pub(crate) placed_by_scheduler: AtomicU64,
     /// Set when the control plane shuts down: streams end, loops stop.
     pub(crate) shutdown: CancellationToken,
 }
@@ -68,6 +88,10 @@ impl ControlPlane {
             kick: Notify::new(),
             watchers: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            placed_at_creation: AtomicU64::new(0),
+            placed_by_scheduler: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
         })
     }
@@ -84,6 +108,14 @@ impl ControlPlane {
 
     pub(crate) fn next_generation(&self) -> u64 {
         self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// How Runs were placed so far.
+    pub fn placement_stats(&self) -> PlacementStats {
+        PlacementStats {
+            at_creation: self.placed_at_creation.load(Ordering::Relaxed),
+            by_scheduler: self.placed_by_scheduler.load(Ordering::Relaxed),
+        }
     }
 
     /// The ids of the Workers connected now.

@@ -4,12 +4,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use taskrun_core::{AgentSelector, Task, TaskEventKind, TaskId, TaskSpec};
+use taskrun_core::{AgentManifest, AgentSelector, Task, TaskEventKind, TaskId, TaskSpec};
 use taskrun_proto::{pb, task_status_from_wire};
-use taskrun_store::{PageRequest, StoredAgent, TaskFilter};
+use taskrun_store::{CreateOutcome, PageRequest, StoredAgent, TaskFilter};
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
+use crate::placement::Reservation;
 use crate::state::ControlPlane;
 use crate::status::{parse_field, store_status};
 
@@ -40,6 +41,32 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// Creates `task` with its Run held by the reserved Worker and sends the
+    /// assignment. Returns the Task and whether it existed already (an
+    /// idempotent repeat: nothing assigned, the slot goes back).
+    async fn create_placed(
+        self: Arc<Self>,
+        task: Task,
+        manifest: AgentManifest,
+        reservation: Reservation,
+    ) -> Result<(Task, bool), Status> {
+        let worker = reservation.worker.clone();
+        match self.store.create_task_assigned(task, &worker).await.map_err(store_status)? {
+            CreateOutcome::Created((task, Some(change))) => {
+                info!(task_id = %task.id, agent = %task.spec.agent, worker_id = %worker, "task created and placed");
+                self.placed_at_creation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !self.deliver(reservation, &change.run, &task, &manifest) {
+                    self.worker_vanished(&worker).await;
+                }
+                Ok((task, false))
+            }
+            CreateOutcome::Created((task, None)) => Ok((task, false)),
+            CreateOutcome::Existing((task, _)) => Ok((task, true)),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::task_service_server::TaskService for TaskApi {
     #[instrument(skip_all)]
@@ -54,14 +81,24 @@ impl pb::task_service_server::TaskService for TaskApi {
         // agent lookup touches the store.
         let task = Task::new(TaskId::generate(), spec, cp.clock.now(), max)
             .map_err(|e| Status::invalid_argument(format!("spec: {e}")))?;
-        cp.resolve_agent(&task.spec).await?;
-        let outcome = cp.store.create_task(task).await.map_err(store_status)?;
-        let existing = !outcome.is_created();
-        let task = outcome.into_inner();
-        if !existing {
-            info!(task_id = %task.id, agent = %task.spec.agent, "task created");
-            cp.kick.notify_one();
-        }
+        let manifest = cp.resolve_agent(&task.spec).await?.manifest;
+        let (task, existing) = match cp.reserve_at_creation(&task, &manifest) {
+            // Created and placed in one write. Spawned, so that a client
+            // that goes away cannot stop it between the write and the send.
+            Some(reservation) => tokio::spawn(Arc::clone(cp).create_placed(task, manifest, reservation))
+                .await
+                .map_err(|e| Status::internal(format!("create task: {e}")))??,
+            None => {
+                let outcome = cp.store.create_task(task).await.map_err(store_status)?;
+                let existing = !outcome.is_created();
+                let task = outcome.into_inner();
+                if !existing {
+                    info!(task_id = %task.id, agent = %task.spec.agent, "task created");
+                    cp.kick.notify_one();
+                }
+                (task, existing)
+            }
+        };
         Ok(Response::new(pb::CreateTaskResponse { task: Some(task.into()), existing }))
     }
 

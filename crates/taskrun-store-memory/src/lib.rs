@@ -113,6 +113,32 @@ impl TaskStore for MemoryStore {
         Ok(CreateOutcome::Created(task))
     }
 
+    async fn create_task_assigned(
+        &self,
+        task: Task,
+        worker: &WorkerId,
+    ) -> Result<CreateOutcome<(Task, Option<RunChange>)>> {
+        let mut inner = self.lock();
+        if let Some(key) = &task.spec.idempotency_key
+            && let Some(existing) = inner.idempotency.get(key)
+        {
+            let existing = inner.aggregate(existing)?.task.clone();
+            return Ok(match logic::idempotent_repeat(existing, &task)? {
+                CreateOutcome::Created(t) => CreateOutcome::Created((t, None)),
+                CreateOutcome::Existing(t) => CreateOutcome::Existing((t, None)),
+            });
+        }
+        if inner.tasks.contains_key(&task.id) {
+            return Err(Error::AlreadyExists { kind: "task", id: task.id.to_string() });
+        }
+        let (agg, touched, change) = TaskAggregate::create_assigned(task, worker)?;
+        if let Some(key) = &agg.task.spec.idempotency_key {
+            inner.idempotency.insert(key.clone(), agg.task.id.clone());
+        }
+        inner.store(agg, touched);
+        Ok(CreateOutcome::Created((change.task.clone(), Some(change))))
+    }
+
     async fn get_task(&self, id: &TaskId) -> Result<Task> {
         Ok(self.lock().aggregate(id)?.task.clone())
     }
@@ -197,10 +223,30 @@ impl RunStore for MemoryStore {
         inner.change(&task, |agg| agg.start(id, lease, now))
     }
 
-    async fn finish_run(&self, id: &RunId, lease: u64, outcome: RunOutcome, now: Timestamp) -> Result<RunChange> {
+    async fn finish_run_with_output(
+        &self,
+        id: &RunId,
+        lease: u64,
+        output: Vec<(u64, String)>,
+        outcome: RunOutcome,
+        now: Timestamp,
+    ) -> Result<RunChange> {
         let mut inner = self.lock();
         let task = inner.task_of_run(id)?;
-        inner.change(&task, |agg| agg.finish(id, lease, outcome, now))
+        let seen = &inner.output_seen;
+        let mut agg = inner.aggregate(&task)?.clone();
+        let (touched, change, seqs) = agg.finish_with_output(
+            id,
+            lease,
+            output,
+            |seq| seen.contains(&(id.clone(), seq)),
+            &self.config,
+            outcome,
+            now,
+        )?;
+        inner.output_seen.extend(seqs.into_iter().map(|seq| (id.clone(), seq)));
+        inner.store(agg, touched);
+        Ok(change)
     }
 
     async fn fail_runs_of_worker(&self, worker: &WorkerId, reason: &str, now: Timestamp) -> Result<Vec<RunChange>> {

@@ -134,7 +134,7 @@ pub(crate) struct Install {
     /// Runs the change created (for `run_task`).
     pub new_runs: Vec<RunId>,
     /// An output chunk's (run, seq) key.
-    pub output_key: Option<Vec<u8>>,
+    pub output_keys: Vec<Vec<u8>>,
     pub changes: Vec<index::Change>,
 }
 
@@ -216,7 +216,7 @@ impl Submission {
         for run in &i.new_runs {
             w.insert(records::run_key(run), i.task.as_str().as_bytes());
         }
-        if let Some(k) = &i.output_key {
+        for k in &i.output_keys {
             w.insert(k.as_slice(), &[] as &[u8]);
         }
         if i.agg.task.status.is_terminal() {

@@ -38,6 +38,7 @@
 //! A record that does not decode is [`Error::Corrupt`], never a panic.
 
 mod apply;
+mod catalog;
 mod commit;
 mod index;
 mod records;
@@ -45,7 +46,7 @@ mod trees;
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use sled::Transactional;
@@ -61,7 +62,8 @@ use taskrun_store::{
 };
 
 use crate::apply::{Applier, CACHE_CAP, Install, Installed, Memory};
-use crate::records::{TaskHead, TaskState, decode, encode, event_key, id_from, joined};
+use crate::catalog::Catalog;
+use crate::records::{TaskHead, TaskState, decode, encode, event_key, id_from};
 use crate::trees::{Trees, storage};
 
 /// How often a change is prepared again when other changes to its Task keep
@@ -87,6 +89,7 @@ pub struct SledStore {
     config: StoreConfig,
     trees: Trees,
     memory: Arc<Mutex<Memory>>,
+    catalog: RwLock<Catalog>,
     // Dropped in this order: the applier finishes its queue, then the
     // committer flushes one last time.
     applier: Applier,
@@ -130,15 +133,24 @@ impl SledStore {
     fn with_db(db: sled::Db, config: StoreConfig) -> Result<SledStore> {
         let trees = Trees::open(&db)?;
         let memory = Arc::new(Mutex::new(load_open_tasks(&trees)?));
+        let catalog = RwLock::new(Catalog::load(&trees)?);
         let committer = commit::Committer::start(db)?;
         let applier = Applier::start(trees.clone(), memory.clone(), committer.handle())?;
-        Ok(SledStore { config, trees, memory, applier, committer })
+        Ok(SledStore { config, trees, memory, catalog, applier, committer })
     }
 
     pub fn commit_stats(&self) -> CommitStats {
         let (transactions, changes) = self.applier.stats();
         let (flushes, acknowledged) = self.committer.stats();
         CommitStats { transactions, changes, flushes, acknowledged }
+    }
+
+    fn catalog(&self) -> RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn catalog_mut(&self) -> RwLockWriteGuard<'_, Catalog> {
+        self.catalog.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn memory(&self) -> MutexGuard<'_, Memory> {
@@ -231,7 +243,7 @@ impl SledStore {
                 self.committer.durable().await?;
                 return Ok(value);
             }
-            match self.applier.submit(prepare(agg, &touched, Some(version), None)?).await? {
+            match self.applier.submit(prepare(agg, &touched, Some(version), Vec::new())?).await? {
                 Installed::Done => return Ok(value),
                 Installed::Conflict => continue,
                 Installed::Existing(_) => {
@@ -244,12 +256,7 @@ impl SledStore {
 }
 
 /// The records a change writes.
-fn prepare(
-    agg: TaskAggregate,
-    touched: &Touched,
-    expected: Option<u64>,
-    output_key: Option<Vec<u8>>,
-) -> Result<Install> {
+fn prepare(agg: TaskAggregate, touched: &Touched, expected: Option<u64>, output_keys: Vec<Vec<u8>>) -> Result<Install> {
     let id = agg.task.id.clone();
     let state = records::encode_state(&agg)?;
     let events = match touched.events.first() {
@@ -277,7 +284,7 @@ fn prepare(
             after: index::Entry::of(run, priority),
         });
     }
-    Ok(Install { task: id, expected, agg: Arc::new(agg), state, head, events, new_runs, output_key, changes })
+    Ok(Install { task: id, expected, agg: Arc::new(agg), state, head, events, new_runs, output_keys, changes })
 }
 
 /// What memory holds at open: the Tasks that have not ended (up to the
@@ -346,13 +353,31 @@ fn tx_get<T: serde::de::DeserializeOwned>(
 impl TaskStore for SledStore {
     async fn create_task(&self, task: Task) -> Result<CreateOutcome<Task>> {
         let (agg, touched) = TaskAggregate::create(task)?;
-        let install = prepare(agg, &touched, None, None)?;
+        let install = prepare(agg, &touched, None, Vec::new())?;
         let task = install.agg.task.clone();
         // A repeat is answered after the flush too: the Task it found may
         // not have been on disk yet.
         match self.applier.submit(install).await? {
             Installed::Done => Ok(CreateOutcome::Created(task)),
             Installed::Existing(existing) => logic::idempotent_repeat(*existing, &task),
+            Installed::Conflict => Err(Error::storage("a new task met a conflict")),
+        }
+    }
+
+    async fn create_task_assigned(
+        &self,
+        task: Task,
+        worker: &WorkerId,
+    ) -> Result<CreateOutcome<(Task, Option<RunChange>)>> {
+        let (agg, touched, change) = TaskAggregate::create_assigned(task, worker)?;
+        let install = prepare(agg, &touched, None, Vec::new())?;
+        let task = install.agg.task.clone();
+        match self.applier.submit(install).await? {
+            Installed::Done => Ok(CreateOutcome::Created((change.task.clone(), Some(change)))),
+            Installed::Existing(existing) => Ok(match logic::idempotent_repeat(*existing, &task)? {
+                CreateOutcome::Created(t) => CreateOutcome::Created((t, None)),
+                CreateOutcome::Existing(t) => CreateOutcome::Existing((t, None)),
+            }),
             Installed::Conflict => Err(Error::storage("a new task met a conflict")),
         }
     }
@@ -456,9 +481,44 @@ impl RunStore for SledStore {
         self.change(&task, |agg| agg.start(id, lease, now)).await
     }
 
-    async fn finish_run(&self, id: &RunId, lease: u64, outcome: RunOutcome, now: Timestamp) -> Result<RunChange> {
+    async fn finish_run_with_output(
+        &self,
+        id: &RunId,
+        lease: u64,
+        output: Vec<(u64, String)>,
+        outcome: RunOutcome,
+        now: Timestamp,
+    ) -> Result<RunChange> {
         let task = self.task_of_run(id)?;
-        self.change(&task, |agg| agg.finish(id, lease, outcome.clone(), now)).await
+        for _ in 0..MAX_ATTEMPTS {
+            let (snapshot, version) = self.snapshot(&task)?;
+            let mut agg = TaskAggregate::clone(&snapshot);
+            // Read after the snapshot: a chunk in the snapshot is in sled.
+            let mut stored = Vec::new();
+            if logic::may_hold_output(&agg.runs[agg.run_index(id)?]) {
+                for (seq, _) in &output {
+                    if self.trees.tasks.contains_key(records::output_key(id, *seq)).map_err(storage)? {
+                        stored.push(*seq);
+                    }
+                }
+            }
+            let (touched, change, seqs) = agg.finish_with_output(
+                id,
+                lease,
+                output.clone(),
+                |seq| stored.contains(&seq),
+                &self.config,
+                outcome.clone(),
+                now,
+            )?;
+            let keys = seqs.iter().map(|seq| records::output_key(id, *seq)).collect();
+            match self.applier.submit(prepare(agg, &touched, Some(version), keys)?).await? {
+                Installed::Done => return Ok(change),
+                Installed::Conflict => continue,
+                Installed::Existing(_) => return Err(Error::storage("a finished run was taken for a new task")),
+            }
+        }
+        Err(Error::storage(format!("task {task}: gave up after {MAX_ATTEMPTS} conflicting changes")))
     }
 
     async fn fail_runs_of_worker(&self, worker: &WorkerId, reason: &str, now: Timestamp) -> Result<Vec<RunChange>> {
@@ -494,10 +554,11 @@ impl EventStore for SledStore {
         let seen = records::output_key(run, seq);
         for _ in 0..MAX_ATTEMPTS {
             let (snapshot, version) = self.snapshot(&task)?;
-            // Read after the snapshot: a chunk in the snapshot is in sled.
-            let already_stored = self.trees.tasks.contains_key(&seen).map_err(storage)?;
             let mut agg = TaskAggregate::clone(&snapshot);
             let i = agg.run_index(run)?;
+            // Read after the snapshot: a chunk in the snapshot is in sled.
+            let already_stored =
+                logic::may_hold_output(&agg.runs[i]) && self.trees.tasks.contains_key(&seen).map_err(storage)?;
             let before = agg.runs[i].run.clone();
             let step = logic::append_output(
                 &mut agg.meta,
@@ -517,12 +578,12 @@ impl EventStore for SledStore {
                     return Ok(AppendOutcome::Duplicate);
                 }
                 OutputStep::OverLimit { limit_bytes } => (
-                    prepare(agg, &touched, Some(version), None)?,
+                    prepare(agg, &touched, Some(version), Vec::new())?,
                     Err(Error::OutputLimit { run_id: run.clone(), limit_bytes }),
                 ),
                 OutputStep::Append(event) => {
                     touched.events.push(event.clone());
-                    (prepare(agg, &touched, Some(version), Some(seen.clone()))?, Ok(AppendOutcome::Appended(event)))
+                    (prepare(agg, &touched, Some(version), vec![seen.clone()])?, Ok(AppendOutcome::Appended(event)))
                 }
             };
             match self.applier.submit(install).await? {
@@ -665,56 +726,32 @@ impl AgentStore for SledStore {
         self.committer.durable().await?;
         match existing {
             Some(stored) => Ok(CreateOutcome::Existing(self.stored_agent(stored)?)),
-            None => Ok(CreateOutcome::Created(StoredAgent { manifest, envelope })),
+            None => {
+                let stored = StoredAgent { manifest, envelope };
+                self.catalog_mut().insert(stored.clone());
+                Ok(CreateOutcome::Created(stored))
+            }
         }
     }
 
     async fn get_agent(&self, name: &AgentName, version: Option<AgentVersion>) -> Result<StoredAgent> {
-        let found = match version {
-            Some(v) => self.get::<AgentManifest>(&self.trees.agents, "agent", &records::agent_key(name, v))?,
-            None => {
-                let prefix = joined(name.as_str().as_bytes(), &[]);
-                match self.trees.agents.scan_prefix(&prefix).next_back() {
-                    Some(entry) => {
-                        let (key, bytes) = entry.map_err(storage)?;
-                        Some(decode::<AgentManifest>("agent", &key, &bytes)?)
-                    }
-                    None => None,
-                }
-            }
-        };
-        match found {
-            Some(manifest) => self.stored_agent(manifest),
-            None => Err(Error::not_found(
+        self.catalog().get(name, version).cloned().ok_or_else(|| {
+            Error::not_found(
                 "agent",
                 match version {
                     Some(v) => format!("{name}@{v}"),
                     None => name.to_string(),
                 },
-            )),
-        }
+            )
+        })
     }
 
     async fn get_agent_by_digest(&self, digest: &AgentDigest) -> Result<StoredAgent> {
-        let key = self
-            .trees
-            .agent_digests
-            .get(digest.as_bytes())
-            .map_err(storage)?
-            .ok_or_else(|| Error::not_found("agent", digest))?;
-        let manifest: AgentManifest = self
-            .get(&self.trees.agents, "agent", &key)?
-            .ok_or_else(|| Error::corrupt("agent_digests", digest.to_string(), "names no agent"))?;
-        self.stored_agent(manifest)
+        self.catalog().by_digest(digest).cloned().ok_or_else(|| Error::not_found("agent", digest))
     }
 
     async fn list_agents(&self) -> Result<Vec<AgentManifest>> {
-        let mut out = Vec::new();
-        for entry in self.trees.agents.iter() {
-            let (key, value) = entry.map_err(storage)?;
-            out.push(decode("agent", &key, &value)?);
-        }
-        Ok(out)
+        Ok(self.catalog().manifests())
     }
 
     async fn get_blob(&self, digest: &AgentDigest) -> Result<Vec<u8>> {

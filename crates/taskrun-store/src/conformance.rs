@@ -57,6 +57,8 @@ macro_rules! conformance_tests {
             concurrent_finishes_of_one_run_exactly_one_wins,
             output_is_deduplicated_and_ordered,
             output_is_capped_per_run,
+            create_assigned_places_the_run_in_the_same_step,
+            finish_with_output_stores_output_and_end_together,
             events_since_resumes_from_a_cursor,
             pending_runs_by_priority_and_not_before,
             workers_upsert_get_list_and_state,
@@ -1127,6 +1129,8 @@ where
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
     let err = store.append_output(&run.id, lease + 1, 5, "stale".into(), at(6)).await.unwrap_err();
     assert!(matches!(err, Error::LeaseConflict { .. }), "{err}");
+    // An empty chunk stores nothing.
+    assert_eq!(store.append_output(&run.id, lease, 5, String::new(), at(6)).await.unwrap(), AppendOutcome::Duplicate);
 
     let events = all_events(&*store, &task.id).await;
     let id = run.id.to_string();
@@ -1191,6 +1195,118 @@ where
     let lease = run_it(&*store, &runs[0], &worker(3), T0).await;
     let err = store.append_output(&runs[0].id, lease, 1, "12345".into(), T0).await.unwrap_err();
     assert!(matches!(err, Error::OutputLimit { limit_bytes: 4, .. }), "{err}");
+}
+
+pub async fn create_assigned_places_the_run_in_the_same_step<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut s = spec("echo");
+    s.idempotency_key = Some("placed-once".into());
+    let task = new_task(s.clone(), T0);
+    let out = store.create_task_assigned(task.clone(), &worker(1)).await.unwrap();
+    let CreateOutcome::Created((created, Some(change))) = out else {
+        panic!("expected a created, assigned task: {out:?}")
+    };
+    assert_eq!(created.id, task.id);
+    assert_eq!(change.task, created);
+    let run = &change.run;
+    assert_eq!(
+        (run.status, run.lease, run.attempt, run.worker_id.clone()),
+        (RunStatus::Assigned, 1, 1, Some(worker(1)))
+    );
+    // Stored as one step: the Run as returned, not waiting for placement,
+    // held by the Worker; the events of creation then assignment.
+    assert_eq!(store.list_runs(&task.id).await.unwrap(), vec![run.clone()]);
+    assert_eq!(store.get_task(&task.id).await.unwrap(), created);
+    assert!(store.pending_runs(at(1), 10).await.unwrap().is_empty());
+    assert_eq!(store.active_runs_of_worker(&worker(1)).await.unwrap(), vec![run.clone()]);
+    let events = all_events(&*store, &task.id).await;
+    assert!(matches!(events[0].kind, TaskEventKind::Status { task_status: TaskStatus::Pending, run_id: None, .. }));
+    assert_eq!(events[1..], change.events[..]);
+    assert_invariants(&*store, &task.id).await;
+    // The lease works as any assignment's: reports with it go through.
+    store.finish_run(&run.id, run.lease, completed("1"), at(2)).await.unwrap();
+    assert_eq!(store.get_task(&task.id).await.unwrap().status, TaskStatus::Completed);
+
+    // The same key again: the stored Task, nothing assigned.
+    let again = store.create_task_assigned(new_task(s.clone(), at(3)), &worker(2)).await.unwrap();
+    assert!(matches!(&again, CreateOutcome::Existing((t, None)) if t.id == task.id), "{again:?}");
+    assert!(store.active_runs_of_worker(&worker(2)).await.unwrap().is_empty());
+    let mut other = s.clone();
+    other.priority = 7;
+    let err = store.create_task_assigned(new_task(other, at(3)), &worker(2)).await.unwrap_err();
+    assert!(matches!(err, Error::IdempotencyConflict { .. }), "{err}");
+
+    // Fan-out Tasks are placed by the scheduler; nothing is written.
+    let mut fan = spec("echo");
+    fan.fan_out = 2;
+    let fan = new_task(fan, T0);
+    let err = store.create_task_assigned(fan.clone(), &worker(1)).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    assert!(store.get_task(&fan.id).await.unwrap_err().is_not_found());
+}
+
+pub async fn finish_with_output_stores_output_and_end_together<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig { max_output_bytes_per_run: 10 }).await;
+    let (task, runs) = create(&*store, spec("echo")).await;
+    let run = &runs[0];
+    let lease = run_it(&*store, run, &worker(1), T0).await;
+    store.append_output(&run.id, lease, 1, "ab".into(), at(1)).await.unwrap();
+    let chunks = || vec![(1, "ab".to_owned()), (2, "cd".to_owned()), (3, "ef".to_owned())];
+
+    // A stale lease: refused, no output stored, nothing changed.
+    let err = refused_unchanged(
+        &*store,
+        &task.id,
+        store.finish_run_with_output(&run.id, lease + 1, chunks(), completed("1"), at(2)),
+    )
+    .await;
+    assert!(matches!(err, Error::LeaseConflict { .. }), "{err}");
+
+    // Chunk 1 was stored before and is skipped; 2 and 3 come before the end.
+    let change = store.finish_run_with_output(&run.id, lease, chunks(), completed("1"), at(2)).await.unwrap();
+    assert_eq!(change.run.status, RunStatus::Completed);
+    assert_eq!(change.task.status, TaskStatus::Completed);
+    let events = all_events(&*store, &task.id).await;
+    let id = run.id.to_string();
+    assert_eq!(
+        output_of(&events),
+        vec![(id.clone(), 1, "ab".into()), (id.clone(), 2, "cd".into()), (id, 3, "ef".into())]
+    );
+    // The change returns exactly the events it appended, output first.
+    assert_eq!(change.events[..], events[events.len() - change.events.len()..]);
+    assert!(matches!(change.events[0].kind, TaskEventKind::Output(_)));
+    assert!(matches!(change.events.last().unwrap().kind, TaskEventKind::Status { .. }));
+    assert_invariants(&*store, &task.id).await;
+
+    // A resend of the same report: refused as already finished; its chunks
+    // are not stored twice.
+    let err = refused_unchanged(
+        &*store,
+        &task.id,
+        store.finish_run_with_output(&run.id, lease, chunks(), completed("1"), at(3)),
+    )
+    .await;
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err}");
+
+    // Output past the cap: what fits is stored, the rest is dropped, and
+    // the Run still ends.
+    let (task, runs) = create(&*store, spec("echo")).await;
+    let lease = run_it(&*store, &runs[0], &worker(2), T0).await;
+    let big = vec![(1, "123456".to_owned()), (2, "7890x".to_owned()), (3, "y".to_owned())];
+    let change = store.finish_run_with_output(&runs[0].id, lease, big, completed("2"), at(4)).await.unwrap();
+    assert_eq!(change.run.status, RunStatus::Completed);
+    let events = all_events(&*store, &task.id).await;
+    let out: Vec<String> = output_of(&events).into_iter().map(|o| o.2).collect();
+    assert_eq!(out, vec!["123456"]);
+    assert_invariants(&*store, &task.id).await;
 }
 
 pub async fn events_since_resumes_from_a_cursor<F, Fut>(make: F)

@@ -213,6 +213,18 @@ pub trait TaskStore: Send + Sync {
     /// [`Error::IdempotencyConflict`].
     async fn create_task(&self, task: Task) -> Result<CreateOutcome<Task>>;
 
+    /// Like [`TaskStore::create_task`], and hands the Task's single Run to
+    /// `worker` (lease 1) in the same atomic step: placement at creation,
+    /// which saves a durable write and a scheduling pass when a Worker is
+    /// free. A fan-out Task is refused with [`Error::InvalidArgument`]. An
+    /// idempotent repeat is [`CreateOutcome::Existing`] and assigns
+    /// nothing; a new Task comes with its [`RunChange`].
+    async fn create_task_assigned(
+        &self,
+        task: Task,
+        worker: &WorkerId,
+    ) -> Result<CreateOutcome<(Task, Option<RunChange>)>>;
+
     async fn get_task(&self, id: &TaskId) -> Result<Task>;
 
     /// Tasks that match `filter`, oldest first.
@@ -256,7 +268,24 @@ pub trait RunStore: Send + Sync {
     /// Ends the Run, in one atomic step with everything that follows:
     /// the Task's new status, the retry Run, the Task's result or error,
     /// the TaskEvents. A stale lease is refused and changes nothing.
-    async fn finish_run(&self, id: &RunId, lease: u64, outcome: RunOutcome, now: Timestamp) -> Result<RunChange>;
+    async fn finish_run(&self, id: &RunId, lease: u64, outcome: RunOutcome, now: Timestamp) -> Result<RunChange> {
+        self.finish_run_with_output(id, lease, Vec::new(), outcome, now).await
+    }
+
+    /// Stores the Run's last output chunks and ends it, in one atomic step:
+    /// what [`EventStore::append_output`] would do with each `(seq, data)`
+    /// in turn (a chunk stored before is skipped; from the chunk that
+    /// passes the cap on, nothing is stored), then [`RunStore::finish_run`].
+    /// The output events come first in [`RunChange::events`]. A stale lease
+    /// is refused and changes nothing, output included.
+    async fn finish_run_with_output(
+        &self,
+        id: &RunId,
+        lease: u64,
+        output: Vec<(u64, String)>,
+        outcome: RunOutcome,
+        now: Timestamp,
+    ) -> Result<RunChange>;
 
     /// The Worker is lost: each of its active Runs gets a new lease (so the
     /// Worker is fenced off) and fails with `reason`, exactly as a failed
@@ -270,7 +299,8 @@ pub trait EventStore: Send + Sync {
     /// Appends an output chunk of a Run as the Task's next TaskEvent.
     ///
     /// `seq` numbers the Run's chunks from 1; a (run, seq) stored before is
-    /// [`AppendOutcome::Duplicate`]. The Run must be active and `lease` must
+    /// [`AppendOutcome::Duplicate`], and so is an empty chunk (nothing is
+    /// stored for it). The Run must be active and `lease` must
     /// be its lease. Output is bounded per Run
     /// (`min(StoreConfig::max_output_bytes_per_run, limits.output_limit_bytes)`):
     /// the chunk that would pass the cap is refused with

@@ -253,6 +253,21 @@ impl TaskAggregate {
         Ok((agg, touched))
     }
 
+    /// A new Task whose single Run is handed to `worker` in the same step
+    /// (placement at creation, when a Worker is free and nothing waits).
+    /// Fan-out Tasks are placed by the scheduler, not here.
+    pub fn create_assigned(task: Task, worker: &WorkerId) -> Result<(TaskAggregate, Touched, RunChange)> {
+        if task.spec.fan_out > 1 {
+            return Err(Error::invalid("task.spec.fan_out", "a fan-out task cannot be assigned at creation"));
+        }
+        let (mut agg, mut touched) = TaskAggregate::create(task)?;
+        let (id, lease, now) = (agg.runs[0].run.id.clone(), agg.runs[0].run.lease, agg.task.created_at);
+        let (assigned, change) = agg.assign(&id, worker, lease, now)?;
+        // The Run is new: it stays recorded as such (no `before`).
+        touched.events.extend(assigned.events);
+        Ok((agg, touched, change))
+    }
+
     pub fn run_index(&self, id: &RunId) -> Result<usize> {
         self.runs.iter().position(|r| &r.run.id == id).ok_or_else(|| Error::not_found("run", id))
     }
@@ -322,6 +337,44 @@ impl TaskAggregate {
         change.run_mut(i).finish(outcome, now).map_err(|e| Error::precondition("run", id, e.to_string()))?;
         let settled = change.settle(i, message)?;
         Ok(change.into_run_change(i, prev, settled))
+    }
+
+    /// Stores the Run's trailing output (chunks as [`append_output`] takes
+    /// them: a (run, seq) `stored` already is skipped, and nothing from the
+    /// chunk that passes the cap on) and ends the Run, as one change; see
+    /// [`crate::RunStore::finish_run_with_output`]. Also returns the seqs
+    /// of the chunks stored, for the backend's (run, seq) keys.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish_with_output(
+        &mut self,
+        id: &RunId,
+        lease: u64,
+        output: Vec<(u64, String)>,
+        stored: impl Fn(u64) -> bool,
+        config: &StoreConfig,
+        outcome: RunOutcome,
+        now: Timestamp,
+    ) -> Result<(Touched, RunChange, Vec<u64>)> {
+        let i = self.run_index(id)?;
+        check_lease(&self.runs[i].run, lease)?;
+        let mut events = Vec::new();
+        let mut seqs = Vec::new();
+        for (seq, data) in output {
+            let run = &mut self.runs[i];
+            match append_output(&mut self.meta, run, lease, seq, data, stored(seq), config, now)? {
+                OutputStep::Append(event) => {
+                    events.push(event);
+                    seqs.push(seq);
+                }
+                OutputStep::Duplicate => {}
+                OutputStep::OverLimit { .. } => break,
+            }
+        }
+        let (mut touched, mut change) = self.finish(id, lease, outcome, now)?;
+        events.append(&mut touched.events);
+        touched.events = events;
+        change.events.clone_from(&touched.events);
+        Ok((touched, change, seqs))
     }
 
     /// Fails the Run of a lost Worker, bumping its lease first so the Worker
@@ -413,6 +466,12 @@ pub enum OutputStep {
     OverLimit { limit_bytes: u64 },
 }
 
+/// Whether any chunk of the Run may be stored; when not, no (run, seq)
+/// needs looking up before a chunk is appended.
+pub fn may_hold_output(run: &RunRecord) -> bool {
+    run.output_bytes > 0
+}
+
 /// The cap on one Run's output.
 pub fn output_cap(meta: &TaskMeta, config: &StoreConfig) -> u64 {
     meta.output_limit_bytes.unwrap_or(u64::MAX).min(config.max_output_bytes_per_run)
@@ -436,7 +495,10 @@ pub fn append_output(
         return Err(Error::invalid("seq", "output chunks are numbered from 1"));
     }
     check_lease(&run.run, lease)?;
-    if already_stored {
+    // An empty chunk carries nothing: it is not stored. So a Run with no
+    // output bytes stored has no chunk stored, and a backend can skip
+    // looking for (run, seq) — see [`may_hold_output`].
+    if already_stored || data.is_empty() {
         return Ok(OutputStep::Duplicate);
     }
     if !run.run.status.is_active() {

@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Stops a Run from outside. Clones share one flag: hand one clone to
 /// [`RunRequest`](crate::RunRequest), keep another, and call
 /// [`cancel`](CancelToken::cancel) to make the running agent stop (within
-/// one epoch tick while it computes; at the next chunk or sleep step while
-/// it waits on a host call).
+/// one epoch tick while it computes; within ~10 ms while it waits in a host
+/// call, a ModelBackend call on a stalled server included).
 #[derive(Debug, Clone, Default)]
 pub struct CancelToken(Arc<AtomicBool>);
 

@@ -1,4 +1,4 @@
-//! Fencing: a Worker that lost its Run (and its lease) cannot change it.
+//! Fencing and the reporting protocol: a Worker that lost its Run (and its lease) cannot change it, reports are acked, and placement serves the queue first.
 //!
 //! The Worker here is a plain gRPC client speaking RunService.Connect by
 //! hand, so the test can make it misbehave the way a partitioned Worker
@@ -74,6 +74,7 @@ fn completed(a: &pb::RunAssignment, result: &str) -> Up {
         at_unix_ms: 0,
         nonce: format!("nonce-{}-{}", a.run_id, a.lease),
         last_output_seq: 0,
+        trailing_output: Vec::new(),
     })
 }
 
@@ -175,4 +176,94 @@ async fn terminal_reports_are_acked_and_resends_are_duplicates() {
         })
         .collect();
     assert_eq!(output, "ab");
+}
+
+/// A terminal report may carry the Run's last output: it is stored with
+/// the Run's end, in order after the chunks sent on their own, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailing_output_is_stored_with_the_end_of_the_run() {
+    let cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    let task_id = cluster.create(spec("echo", "{}")).await;
+    let mut worker = RawWorker::connect(&cluster, "trailing").await;
+    let assignment = worker.next_assignment().await;
+    worker.send(Up::Output(pb::RunOutputChunk {
+        run_id: assignment.run_id.clone(),
+        lease: 1,
+        seq: 1,
+        data: "a".into(),
+    }));
+    let with_trailing = || {
+        let Up::Status(mut update) = completed(&assignment, r#""done""#) else {
+            unreachable!("completed() is a status")
+        };
+        update.trailing_output =
+            vec![pb::RunOutputPiece { seq: 2, data: "b".into() }, pb::RunOutputPiece { seq: 3, data: "c".into() }];
+        update.last_output_seq = 3;
+        Up::Status(update)
+    };
+    worker.send(with_trailing());
+    let ack = worker.next_ack().await;
+    assert_eq!(ack.outcome, i32::from(pb::RunAckOutcome::Accepted), "{ack:?}");
+    // A resend (the ack was lost) stores nothing twice.
+    worker.send(with_trailing());
+    let ack = worker.next_ack().await;
+    assert_eq!(ack.outcome, i32::from(pb::RunAckOutcome::Duplicate), "{ack:?}");
+
+    let got = cluster.wait_terminal(&task_id, Duration::from_secs(5)).await;
+    assert_eq!(status_of(&got), TaskStatus::Completed);
+    let events: Vec<pb::TaskEvent> = {
+        use tokio_stream::StreamExt;
+        let stream = cluster.tasks().await.watch_task(pb::WatchTaskRequest { task_id, after_cursor: 0 }).await;
+        stream.expect("watch").into_inner().map(|e| e.expect("event").event.expect("event")).collect().await
+    };
+    let kinds: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::task_event::Kind::Output(c)) => Some(format!("output {}", c.data)),
+            Some(pb::task_event::Kind::Status(s)) if s.run_id.is_some() => Some("run status".to_owned()),
+            _ => None,
+        })
+        .collect();
+    // The output comes before the Run's terminal status event.
+    assert_eq!(
+        kinds.iter().filter(|k| k.starts_with("output")).collect::<Vec<_>>(),
+        ["output a", "output b", "output c"]
+    );
+    let last_output = kinds.iter().rposition(|k| k.starts_with("output")).expect("output");
+    assert!(kinds[last_output + 1..].iter().any(|k| k == "run status"), "{kinds:?}");
+}
+
+/// A Task created while a Worker has a free slot is placed in the write
+/// that creates it; one created while every slot is taken waits in the
+/// queue, and the queue is served in order before newer Tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_placed_at_creation_only_when_nothing_waits() {
+    let cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    let stats = || cluster.server.as_ref().expect("server").control_plane().placement_stats();
+    let mut worker = RawWorker::connect(&cluster, "one-slot").await;
+
+    let a = cluster.create(spec("echo", r#""a""#)).await;
+    let first = worker.next_assignment().await;
+    assert_eq!(first.task_id, a);
+    assert_eq!((stats().at_creation, stats().by_scheduler), (1, 0));
+
+    // The only slot is taken: B waits; the scheduler sees it waiting.
+    let b = cluster.create(spec("echo", r#""b""#)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The slot frees, and C arrives at once: B is served first.
+    worker.send(completed(&first, r#""a""#));
+    let c = cluster.create(spec("echo", r#""c""#)).await;
+    let second = worker.next_assignment().await;
+    assert_eq!(second.task_id, b, "the waiting Task goes first");
+    worker.send(completed(&second, r#""b""#));
+    let third = worker.next_assignment().await;
+    assert_eq!(third.task_id, c);
+    worker.send(completed(&third, r#""c""#));
+    for id in [&a, &b, &c] {
+        assert_eq!(status_of(&cluster.wait_terminal(id, Duration::from_secs(5)).await), TaskStatus::Completed);
+    }
+    assert_eq!(stats().at_creation, 1, "{:?}", stats());
+    assert_eq!(stats().by_scheduler, 2, "{:?}", stats());
 }

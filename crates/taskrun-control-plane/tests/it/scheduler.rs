@@ -1,6 +1,7 @@
 //! Placement rules, without a network.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use taskrun_control_plane::scheduler::{PendingRun, WorkerSlot, place, timeout_reason, unschedulable_reason};
 use taskrun_core::{
@@ -23,7 +24,7 @@ fn run(n: u64, priority: i32, created: i64) -> PendingRun {
 
 fn worker(id: &str, slots: u32) -> WorkerSlot {
     WorkerSlot {
-        info: WorkerInfo {
+        info: Arc::new(WorkerInfo {
             id: id.parse().unwrap(),
             agents: BTreeSet::new(),
             digests: BTreeSet::new(),
@@ -38,7 +39,7 @@ fn worker(id: &str, slots: u32) -> WorkerSlot {
             labels: Labels::new(),
             slots,
             version: "test".into(),
-        },
+        }),
         state: WorkerState::Connected,
         active: 0,
         last_assigned: 0,
@@ -86,7 +87,7 @@ fn least_loaded_by_fraction_of_slots() {
 fn prefers_a_worker_that_holds_the_agent() {
     let mut warm = worker("warm", 4);
     warm.active = 3;
-    warm.info.digests.insert(AgentDigest::of(b"echo"));
+    Arc::make_mut(&mut warm.info).digests.insert(AgentDigest::of(b"echo"));
     let mut workers = vec![worker("cold", 4), warm];
     let got = placed(&[run(1, 0, 0)], &mut workers);
     assert_eq!(got[0].1, "warm");
@@ -95,11 +96,11 @@ fn prefers_a_worker_that_holds_the_agent() {
 #[test]
 fn labels_agents_and_model_backends_route() {
     let mut gpu = worker("gpu", 2);
-    gpu.info.labels.insert("gpu".into(), "a100".into());
+    Arc::make_mut(&mut gpu.info).labels.insert("gpu".into(), "a100".into());
     let mut chat_only = worker("chat-only", 2);
-    chat_only.info.agents.insert("chat".parse().unwrap());
+    Arc::make_mut(&mut chat_only.info).agents.insert("chat".parse().unwrap());
     let mut vision = worker("vision", 2);
-    vision.info.model_backends[0].modalities.push(Modality::Image);
+    Arc::make_mut(&mut vision.info).model_backends[0].modalities.push(Modality::Image);
     let mut workers = vec![gpu, chat_only, vision];
 
     let mut needs_gpu = run(1, 0, 0);
@@ -128,7 +129,7 @@ fn explains_why_nothing_can_run() {
     assert_eq!(unschedulable_reason(&r, &[]).as_deref(), Some("no connected worker"));
 
     let mut w = worker("w1", 1);
-    w.info.agents.insert("chat".parse().unwrap());
+    Arc::make_mut(&mut w.info).agents.insert("chat".parse().unwrap());
     assert_eq!(unschedulable_reason(&r, &[w]).as_deref(), Some("no connected worker accepts agent echo"));
 
     let mut r2 = run(2, 0, 0);

@@ -40,6 +40,9 @@ pub struct RunStatusReport {
     /// With a terminal status, the seq of the Run's last output chunk
     /// (0 = none).
     pub last_output_seq: u64,
+    /// With a terminal status, the Run's last output chunks `(seq, data)`
+    /// not sent on their own, in seq order, ending at `last_output_seq`.
+    pub trailing_output: Vec<(u64, String)>,
 }
 
 impl RunStatusReport {
@@ -66,6 +69,11 @@ impl From<RunStatusReport> for pb::RunStatusUpdate {
             at_unix_ms: r.at.as_millis(),
             nonce: r.nonce,
             last_output_seq: wire_i64(r.last_output_seq),
+            trailing_output: r
+                .trailing_output
+                .into_iter()
+                .map(|(seq, data)| pb::RunOutputPiece { seq: wire_i64(seq), data })
+                .collect(),
         }
     }
 }
@@ -123,15 +131,56 @@ impl TryFrom<pb::RunStatusUpdate> for RunStatusReport {
                 ),
             });
         }
+        let last_output_seq = to_u64("last_output_seq", u.last_output_seq, 0, None)?;
+        let trailing_output = trailing(&progress, last_output_seq, u.trailing_output)?;
         Ok(RunStatusReport {
             run_id,
             lease,
             progress,
             at: timestamp(u.at_unix_ms),
             nonce: u.nonce,
-            last_output_seq: to_u64("last_output_seq", u.last_output_seq, 0, None)?,
+            last_output_seq,
+            trailing_output,
         })
     }
+}
+
+/// Trailing output: only with a terminal status, seqs from 1 rising, the
+/// last one `last_output_seq`.
+fn trailing(
+    progress: &RunProgress,
+    last_output_seq: u64,
+    pieces: Vec<pb::RunOutputPiece>,
+) -> Result<Vec<(u64, String)>> {
+    if pieces.is_empty() {
+        return Ok(Vec::new());
+    }
+    if matches!(progress, RunProgress::Started) {
+        return Err(InvalidMessage::Inconsistent {
+            field: "trailing_output".into(),
+            reason: "is sent only with a terminal status",
+        });
+    }
+    let mut out = Vec::with_capacity(pieces.len());
+    let mut previous = 0;
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let seq = to_u64("seq", piece.seq, 1, None).map_err(|e| e.under_index("trailing_output", i))?;
+        if seq <= previous {
+            return Err(InvalidMessage::Inconsistent {
+                field: crate::error::FieldPath::owned(format!("trailing_output[{i}].seq")),
+                reason: "must be higher than the previous piece's",
+            });
+        }
+        previous = seq;
+        out.push((seq, piece.data));
+    }
+    if previous != last_output_seq {
+        return Err(InvalidMessage::Inconsistent {
+            field: "last_output_seq".into(),
+            reason: "must be the seq of the last trailing_output piece",
+        });
+    }
+    Ok(out)
 }
 
 fn absent(field: &'static str, value: &Option<String>, reason: &'static str) -> Result<()> {

@@ -788,6 +788,43 @@ fn run_status_update() {
         last_output_seq out of range: -1 (must be at least 0)
         OutOfRange { field: "last_output_seq", value: -1, min: 0, max: None }"#]],
     );
+    u(
+        running(),
+        |u| u.trailing_output = vec![pb::RunOutputPiece { seq: 1, data: "x".into() }],
+        expect![[r#"
+        trailing_output is sent only with a terminal status
+        Inconsistent { field: "trailing_output", reason: "is sent only with a terminal status" }"#]],
+    );
+    u(
+        failed(),
+        |u| {
+            u.trailing_output = vec![pb::RunOutputPiece { seq: 0, data: "x".into() }];
+        },
+        expect![[r#"
+            trailing_output[0].seq out of range: 0 (must be at least 1)
+            OutOfRange { field: "trailing_output[0].seq", value: 0, min: 1, max: None }"#]],
+    );
+    u(
+        failed(),
+        |u| {
+            u.trailing_output =
+                vec![pb::RunOutputPiece { seq: 2, data: "a".into() }, pb::RunOutputPiece { seq: 2, data: "b".into() }];
+            u.last_output_seq = 2;
+        },
+        expect![[r#"
+            trailing_output[1].seq must be higher than the previous piece's
+            Inconsistent { field: "trailing_output[1].seq", reason: "must be higher than the previous piece's" }"#]],
+    );
+    u(
+        failed(),
+        |u| {
+            u.trailing_output = vec![pb::RunOutputPiece { seq: 3, data: "a".into() }];
+            u.last_output_seq = 4;
+        },
+        expect![[r#"
+            last_output_seq must be the seq of the last trailing_output piece
+            Inconsistent { field: "last_output_seq", reason: "must be the seq of the last trailing_output piece" }"#]],
+    );
 }
 
 #[test]

@@ -226,7 +226,13 @@ pub fn status_reports() -> Vec<taskrun_proto::RunStatusReport> {
         at: at(9),
         nonce: "0123456789abcdef0123456789abcdef".to_owned(),
         last_output_seq,
+        trailing_output: Vec::new(),
     };
+    let mut with_trailing = report(
+        RunProgress::Finished(RunOutcome::Completed { result: Json::parse("result", r#"{"ok":1}"#).unwrap() }),
+        5,
+    );
+    with_trailing.trailing_output = vec![(3, "tail ".to_owned()), (5, "end".to_owned())];
     vec![
         report(RunProgress::Started, 0),
         report(
@@ -235,6 +241,7 @@ pub fn status_reports() -> Vec<taskrun_proto::RunStatusReport> {
         ),
         report(RunProgress::Finished(RunOutcome::Failed { error: "deadline exceeded".to_owned() }), 0),
         report(RunProgress::Finished(RunOutcome::Cancelled { reason: String::new() }), 4),
+        with_trailing,
     ]
 }
 

@@ -25,6 +25,11 @@ const REPORT_RUNNING_AFTER: Duration = Duration::from_millis(50);
 /// Output chunks waiting together are sent as one, up to this size.
 const COALESCE_BYTES: usize = 64 * 1024;
 
+/// How long output waits for more before it is sent: a Run that ends
+/// within it sends its output with its terminal report, in one message
+/// that the control plane stores in one write.
+const OUTPUT_LINGER: Duration = Duration::from_millis(2);
+
 /// How often unacked terminal reports are sent again.
 const RESEND_EVERY: Duration = Duration::from_secs(2);
 
@@ -340,15 +345,26 @@ impl Worker {
             tokio::spawn(async move {
                 let mut seq = 0u64;
                 while let Some(mut data) = orx.recv().await {
-                    // Chunks emitted back to back travel as one: chunk
-                    // boundaries carry no meaning, messages cost.
+                    // Chunks emitted within OUTPUT_LINGER of each other
+                    // travel as one (chunk boundaries carry no meaning,
+                    // messages cost); if the Run ends meanwhile, the output
+                    // rides with its terminal report.
+                    let until = tokio::time::Instant::now() + OUTPUT_LINGER;
+                    let mut ended = false;
                     while data.len() < COALESCE_BYTES {
-                        match orx.try_recv() {
-                            Ok(more) => data.push_str(&more),
+                        match tokio::time::timeout_at(until, orx.recv()).await {
+                            Ok(Some(more)) => data.push_str(&more),
+                            Ok(None) => {
+                                ended = true;
+                                break;
+                            }
                             Err(_) => break,
                         }
                     }
                     seq += 1;
+                    if ended {
+                        return (seq, Some((seq, data)));
+                    }
                     {
                         let mut runs = lock(&worker.0.runs);
                         match runs.get_mut(&id) {
@@ -360,7 +376,7 @@ impl Worker {
                         RunOutputReport { lease, chunk: taskrun_core::OutputChunk { run_id: id.clone(), seq, data } };
                     worker.send(ClientKind::Output(report.into()));
                 }
-                seq
+                (seq, None)
             })
         };
         let request = RunRequest::new(input)
@@ -386,6 +402,7 @@ impl Worker {
                         at: self.0.clock.now(),
                         nonce: nonce(),
                         last_output_seq: 0,
+                        trailing_output: Vec::new(),
                     }
                     .into(),
                 ));
@@ -393,7 +410,7 @@ impl Worker {
             }
         };
         // The sink is gone with the Run: the forwarder ends after the last chunk.
-        let last_seq = forward.await.unwrap_or(0);
+        let (last_seq, trailing) = forward.await.unwrap_or((0, None));
         let outcome = match report {
             Ok(report) => {
                 debug!(run_id = %id, outcome = report.outcome.kind(), elapsed_ms = report.stats.elapsed.as_millis() as u64, "run ended");
@@ -404,7 +421,7 @@ impl Worker {
             }
             Err(e) => RunOutcome::Failed { error: format!("worker could not run the agent: {e}") },
         };
-        self.finish_with_seq(&id, lease, outcome, last_seq);
+        self.finish_with_seq(&id, lease, outcome, last_seq, trailing.into_iter().collect());
     }
 
     fn cancel_reason(&self, id: &RunId) -> String {
@@ -412,11 +429,19 @@ impl Worker {
     }
 
     fn finish(&self, id: &RunId, lease: u64, outcome: RunOutcome) {
-        self.finish_with_seq(id, lease, outcome, 0);
+        self.finish_with_seq(id, lease, outcome, 0, Vec::new());
     }
 
-    /// Records the terminal report (kept until acked) and sends it.
-    fn finish_with_seq(&self, id: &RunId, lease: u64, outcome: RunOutcome, last_output_seq: u64) {
+    /// Records the terminal report (kept until acked) and sends it, with
+    /// the output not sent on its own yet.
+    fn finish_with_seq(
+        &self,
+        id: &RunId,
+        lease: u64,
+        outcome: RunOutcome,
+        last_output_seq: u64,
+        trailing_output: Vec<(u64, String)>,
+    ) {
         self.0.counters.runs_finished.fetch_add(1, Ordering::Relaxed);
         let update: pb::RunStatusUpdate = RunStatusReport {
             run_id: id.clone(),
@@ -425,6 +450,7 @@ impl Worker {
             at: self.0.clock.now(),
             nonce: nonce(),
             last_output_seq,
+            trailing_output,
         }
         .into();
         {

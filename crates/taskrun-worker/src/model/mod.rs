@@ -6,8 +6,13 @@
 //! is [`ModelError::UnknownBackend`].
 //!
 //! Providers are synchronous: a host call blocks the Run's thread, so every
-//! call honours the Run's [`CallContext`] (its deadline bounds timeouts and
-//! retries, its cancellation is checked between chunks and sleeps).
+//! call honours the Run's [`CallContext`]: its deadline bounds timeouts and
+//! retries, and a call waiting on the network, between streamed chunks or in
+//! a retry's backoff returns within [`POLL_STEP`] (plus scheduling) of the
+//! Run being cancelled or reaching its deadline. The `openai` provider does
+//! its blocking I/O on a helper thread and waits for it with
+//! [`CallContext::wait`]; a thread given up on finishes on its own, bounded
+//! by its request's timeout, and can reach nothing of the Run.
 
 mod config;
 mod echo;
@@ -16,6 +21,7 @@ mod sse;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use taskrun_core::ModelBackend;
@@ -79,6 +85,10 @@ pub enum ModelError {
     InvalidRequest(String),
 }
 
+/// How often a waiting model call looks at its Run's cancellation and
+/// deadline: the latency of stopping a call blocked on a slow server.
+pub const POLL_STEP: Duration = Duration::from_millis(10);
+
 /// The time and cancellation a model call must respect: those of its Run.
 #[derive(Debug, Clone)]
 pub struct CallContext {
@@ -113,7 +123,6 @@ impl CallContext {
     /// Sleeps `duration` in short steps, stopping early (with an error) when
     /// the Run is cancelled or its deadline comes first.
     pub fn sleep(&self, duration: Duration) -> Result<(), ModelError> {
-        const STEP: Duration = Duration::from_millis(10);
         let until = Instant::now() + duration;
         loop {
             self.check()?;
@@ -121,7 +130,28 @@ impl CallContext {
             if now >= until {
                 return Ok(());
             }
-            std::thread::sleep(STEP.min(until - now).min(self.remaining()));
+            std::thread::sleep(POLL_STEP.min(until - now).min(self.remaining()));
+        }
+    }
+
+    /// What a failed call reports: the Run's cancellation or deadline once
+    /// the Run is over (a request timeout that fired with the deadline is
+    /// the deadline), else `error`.
+    pub(crate) fn reason(&self, error: ModelError) -> ModelError {
+        self.check().err().unwrap_or(error)
+    }
+
+    /// Waits for the next message on `rx` in steps of [`POLL_STEP`],
+    /// failing (as [`check`](CallContext::check) does) as soon as the Run is
+    /// cancelled or out of time. `Ok(None)`: every sender is gone.
+    pub(crate) fn wait<T>(&self, rx: &Receiver<T>) -> Result<Option<T>, ModelError> {
+        loop {
+            self.check()?;
+            match rx.recv_timeout(POLL_STEP.min(self.remaining())) {
+                Ok(message) => return Ok(Some(message)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(None),
+            }
         }
     }
 }

@@ -1,14 +1,26 @@
 //! The `openai` provider: any server speaking OpenAI's chat completions
 //! API (`POST {base_url}/v1/chat/completions`), streamed over SSE or not.
 //!
-//! Blocking HTTP (ureq) fits the synchronous host calls; every request is
-//! bounded by the Run's remaining time, 429 and 5xx answers are retried
-//! with exponential backoff (or the server's Retry-After), and error bodies
-//! (`{"error":{"message":...}}`) reach the agent in its model-error. The API
-//! key is sent but never logged or printed.
+//! Blocking HTTP (ureq) runs on a helper thread per call while the host
+//! call waits for it with [`CallContext::wait`], so cancelling the Run or
+//! reaching its deadline ends the call within [`POLL_STEP`](super::POLL_STEP)
+//! even while the server says nothing: before its response headers, between
+//! two streamed chunks, or during a retry's backoff. A helper thread given up
+//! on finishes on its own: it holds nothing of the Run but a clone of its
+//! [`CallContext`] and a channel whose receiver is gone, stops at its next
+//! check of that context or its next send, and its blocking read is bounded
+//! by the request's timeout (the smaller of `timeout_ms` and the Run's time
+//! left when the request was sent).
+//!
+//! Every request is bounded by the Run's remaining time, 429 and 5xx answers
+//! are retried with exponential backoff (or the server's Retry-After), and
+//! error bodies (`{"error":{"message":...}}`) reach the agent in its
+//! model-error. The API key is sent but never logged or printed.
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -26,6 +38,8 @@ const MAX_BODY_BYTES: u64 = 16 << 20;
 const MAX_LINE_BYTES: u64 = 1 << 20;
 /// The longest a Retry-After is honoured (longer: give up).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Pieces a stream's reader thread reads ahead of the agent.
+const READ_AHEAD: usize = 64;
 
 /// A secret that prints as `<redacted>`.
 #[derive(Clone)]
@@ -57,18 +71,25 @@ pub(crate) struct OpenAiSettings {
 
 pub struct OpenAiProvider {
     info: ModelBackend,
-    settings: OpenAiSettings,
-    url: String,
-    agent: ureq::Agent,
+    client: Arc<Client>,
 }
 
 impl fmt::Debug for OpenAiProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiProvider")
             .field("info", &self.info)
-            .field("settings", &self.settings)
+            .field("settings", &self.client.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// What a call's helper thread needs to send requests: shared by the
+/// provider and the threads of its calls.
+struct Client {
+    backend: String,
+    settings: OpenAiSettings,
+    url: String,
+    agent: ureq::Agent,
 }
 
 impl OpenAiProvider {
@@ -83,7 +104,13 @@ impl OpenAiProvider {
             .user_agent(concat!("taskrun-worker/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        OpenAiProvider { url: format!("{}/v1/chat/completions", settings.base_url), info, settings, agent }
+        let client = Client {
+            backend: info.name.clone(),
+            url: format!("{}/v1/chat/completions", settings.base_url),
+            settings,
+            agent,
+        };
+        OpenAiProvider { info, client: Arc::new(client) }
     }
 
     fn body(&self, request: &CompletionRequest, stream: bool) -> Result<Vec<u8>, ModelError> {
@@ -101,7 +128,7 @@ impl OpenAiProvider {
         let messages: Vec<_> =
             request.messages.iter().map(|m| json!({ "role": m.role.as_str(), "content": m.content })).collect();
         let mut body = json!({
-            "model": self.settings.model,
+            "model": self.client.settings.model,
             "messages": messages,
             "max_tokens": request.max_tokens,
             "stream": stream,
@@ -111,7 +138,9 @@ impl OpenAiProvider {
         }
         serde_json::to_vec(&body).map_err(|e| ModelError::InvalidRequest(e.to_string()))
     }
+}
 
+impl Client {
     /// POSTs `body`, retrying 429, 5xx and failed connections, and returns
     /// the first successful response.
     fn send(&self, body: &[u8], ctx: &CallContext) -> Result<Response<Body>, ModelError> {
@@ -150,7 +179,7 @@ impl OpenAiProvider {
                 return Err(error);
             }
             tracing::debug!(
-                backend = %self.info.name,
+                backend = %self.backend,
                 attempt,
                 delay_ms = delay.as_millis() as u64,
                 error = %error,
@@ -160,16 +189,10 @@ impl OpenAiProvider {
             attempt += 1;
         }
     }
-}
 
-impl Provider for OpenAiProvider {
-    fn info(&self) -> &ModelBackend {
-        &self.info
-    }
-
-    fn complete(&self, request: &CompletionRequest, ctx: &CallContext) -> Result<Completion, ModelError> {
-        let body = self.body(request, false)?;
-        let response = self.send(&body, ctx)?;
+    /// A whole answer: the request, its retries and the body.
+    fn complete(&self, body: &[u8], ctx: &CallContext) -> Result<Completion, ModelError> {
+        let response = self.send(body, ctx)?;
         let text = response
             .into_body()
             .into_with_config()
@@ -179,30 +202,128 @@ impl Provider for OpenAiProvider {
         parse_completion(&text)
     }
 
-    fn stream(&self, request: &CompletionRequest, ctx: &CallContext) -> Result<Box<dyn TokenStream>, ModelError> {
-        let body = self.body(request, true)?;
-        let response = self.send(&body, ctx)?;
-        Ok(Box::new(OpenAiStream {
+    /// A stream's reader thread: sends the request, says on `started`
+    /// whether the server answered, then passes each piece on to `pieces`
+    /// until the answer ends, fails, or nobody listens any more.
+    fn read_stream(
+        &self,
+        body: &[u8],
+        ctx: &CallContext,
+        started: SyncSender<Result<(), ModelError>>,
+        pieces: SyncSender<Result<Option<String>, ModelError>>,
+    ) {
+        let response = match self.send(body, ctx) {
+            Ok(response) => response,
+            Err(e) => {
+                let _ = started.send(Err(e));
+                return;
+            }
+        };
+        if started.send(Ok(())).is_err() {
+            return; // the call was given up while waiting for the headers
+        }
+        let mut reader = SseReader {
             reader: BufReader::new(response.into_body().into_reader().take(MAX_BODY_BYTES)),
             parser: SseParser::default(),
             done: false,
-        }))
+        };
+        // Stops when the Run is over (its host call has returned already),
+        // at the end of the answer, or when the stream was dropped.
+        while ctx.check().is_ok() {
+            let piece = reader.next_piece();
+            let last = !matches!(piece, Ok(Some(_)));
+            if pieces.send(piece).is_err() || last {
+                return;
+            }
+        }
     }
 }
 
-/// An SSE answer being read: each `next_token` reads just far enough to
-/// return the next piece, so tokens arrive as the server produces them.
+/// Runs `work` on a new thread of its own (detached: it ends when `work`
+/// does).
+fn spawn(work: impl FnOnce() + Send + 'static) -> Result<(), ModelError> {
+    std::thread::Builder::new()
+        .name("taskrun-model-call".into())
+        .spawn(work)
+        .map(drop)
+        .map_err(|e| ModelError::Provider(format!("starting the model call: {e}")))
+}
+
+/// What a helper thread that ended without answering leaves its caller.
+fn vanished() -> ModelError {
+    ModelError::Provider("model call ended without an answer".into())
+}
+
+impl Provider for OpenAiProvider {
+    fn info(&self) -> &ModelBackend {
+        &self.info
+    }
+
+    fn complete(&self, request: &CompletionRequest, ctx: &CallContext) -> Result<Completion, ModelError> {
+        let body = self.body(request, false)?;
+        ctx.check()?;
+        let (tx, rx) = sync_channel(1);
+        let (client, thread_ctx) = (self.client.clone(), ctx.clone());
+        spawn(move || {
+            let _ = tx.send(client.complete(&body, &thread_ctx));
+        })?;
+        ctx.wait(&rx)?.unwrap_or_else(|| Err(vanished())).map_err(|e| ctx.reason(e))
+    }
+
+    fn stream(&self, request: &CompletionRequest, ctx: &CallContext) -> Result<Box<dyn TokenStream>, ModelError> {
+        let body = self.body(request, true)?;
+        ctx.check()?;
+        let (started_tx, started) = sync_channel(1);
+        let (pieces_tx, pieces) = sync_channel(READ_AHEAD);
+        let (client, thread_ctx) = (self.client.clone(), ctx.clone());
+        spawn(move || client.read_stream(&body, &thread_ctx, started_tx, pieces_tx))?;
+        ctx.wait(&started)?.unwrap_or_else(|| Err(vanished())).map_err(|e| ctx.reason(e))?;
+        Ok(Box::new(OpenAiStream { pieces, end: None }))
+    }
+}
+
+/// An SSE answer being read by its reader thread, which reads ahead (at
+/// most [`READ_AHEAD`] pieces) as the server produces them. Dropping it
+/// ends that thread at its next piece.
 struct OpenAiStream {
+    pieces: Receiver<Result<Option<String>, ModelError>>,
+    /// How the answer ended, once it has (the reader thread is gone then).
+    end: Option<Result<(), ModelError>>,
+}
+
+impl TokenStream for OpenAiStream {
+    fn next_token(&mut self, ctx: &CallContext) -> Result<Option<String>, ModelError> {
+        if let Some(end) = &self.end {
+            return end.clone().map(|()| None);
+        }
+        match ctx.wait(&self.pieces)?.unwrap_or_else(|| Err(vanished())) {
+            Ok(Some(token)) => Ok(Some(token)),
+            Ok(None) => {
+                self.end = Some(Ok(()));
+                Ok(None)
+            }
+            Err(e) => {
+                let e = ctx.reason(e);
+                self.end = Some(Err(e.clone()));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Reads an SSE answer piece by piece, reading just far enough each time
+/// to return the next one.
+struct SseReader {
     reader: BufReader<std::io::Take<ureq::BodyReader<'static>>>,
     parser: SseParser,
     done: bool,
 }
 
-impl TokenStream for OpenAiStream {
-    fn next_token(&mut self, ctx: &CallContext) -> Result<Option<String>, ModelError> {
+impl SseReader {
+    /// The next piece; `None` once the answer is complete.
+    fn next_piece(&mut self) -> Result<Option<String>, ModelError> {
         let mut line = Vec::new();
         while !self.done {
-            ctx.check()?;
             line.clear();
             let n = (&mut self.reader)
                 .take(MAX_LINE_BYTES)

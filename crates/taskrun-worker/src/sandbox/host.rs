@@ -117,6 +117,19 @@ impl RunState {
         ctx.check()?;
         Ok((provider, ctx))
     }
+
+    /// What a model call that failed hands the agent. A call that failed
+    /// because the Run was cancelled or reached its deadline stops the Run
+    /// instead (as the next epoch check would), so the Run ends Cancelled or
+    /// TimedOut whatever the agent would have done with the error.
+    fn model_result<T>(&self, result: Result<T, model::ModelError>) -> wasmtime::Result<Result<T, wit::ModelError>> {
+        match result {
+            Ok(value) => Ok(Ok(value)),
+            Err(_) if self.cancel.is_cancelled() => Err(wasmtime::Error::new(Stop::Cancelled)),
+            Err(_) if Instant::now() >= self.deadline => Err(wasmtime::Error::new(Stop::Deadline)),
+            Err(e) => Ok(Err(to_wit_error(e))),
+        }
+    }
 }
 
 fn to_model_request(request: wit::CompletionRequest) -> model::CompletionRequest {
@@ -193,7 +206,7 @@ impl wit::Host for RunState {
                 finish_reason: c.finish_reason,
             })
         });
-        Ok(result.map_err(to_wit_error))
+        self.model_result(result)
     }
 
     fn stream_complete(
@@ -205,9 +218,9 @@ impl wit::Host for RunState {
             tracing::debug!(backend = %provider.info().name, "model stream");
             provider.stream(&to_model_request(request), &ctx)
         });
-        match stream {
+        match self.model_result(stream)? {
             Ok(stream) => Ok(Ok(self.table.push(CompletionStreamHandle(stream))?)),
-            Err(e) => Ok(Err(to_wit_error(e))),
+            Err(e) => Ok(Err(e)),
         }
     }
 }
@@ -219,7 +232,8 @@ impl wit::HostCompletionStream for RunState {
     ) -> wasmtime::Result<Result<Option<String>, wit::ModelError>> {
         let ctx = self.call_context();
         let stream = self.table.get_mut(&stream)?;
-        Ok(stream.0.next_token(&ctx).map_err(to_wit_error))
+        let token = stream.0.next_token(&ctx);
+        self.model_result(token)
     }
 
     fn drop(&mut self, stream: Resource<CompletionStreamHandle>) -> wasmtime::Result<()> {

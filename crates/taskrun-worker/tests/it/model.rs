@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use taskrun_agent_artifacts::CHAT;
 use taskrun_core::Modality;
 use taskrun_worker::model::{CallContext, CompletionRequest, Message, ModelBackendsConfig, ModelError, Role};
-use taskrun_worker::{ModelBackends, Outcome, RunLimits, RunRequest};
+use taskrun_worker::{CancelToken, ModelBackends, Outcome, RunLimits, RunRequest};
 
 use crate::examples::completed_json;
 use crate::support::*;
@@ -100,11 +100,15 @@ fn bad_backend_configs_are_refused() {
 enum Reply {
     /// A whole response.
     Full { status: u16, headers: Vec<(&'static str, String)>, body: String },
-    /// `200` with a chunked SSE body: each event is sent after its pause.
+    /// `200` with a chunked SSE body: each event is sent after its pause
+    /// (a pause ends early, and the answer with it, when the server stops).
     Sse(Vec<(Duration, String)>),
-    /// Reads the request and never answers.
+    /// Reads the request and never answers (until the server stops).
     Hang,
 }
+
+/// The longest any scripted pause lasts: "forever" for the tests.
+const FOREVER: Duration = Duration::from_secs(30);
 
 impl Reply {
     fn json(status: u16, body: Value) -> Reply {
@@ -119,11 +123,33 @@ struct Seen {
     body: Value,
 }
 
+/// Set when the server stops: ends every pause still going on.
+#[derive(Debug, Clone, Default)]
+struct Stopping(Arc<(Mutex<bool>, Condvar)>);
+
+impl Stopping {
+    fn stop(&self) {
+        *self.0.0.lock().unwrap() = true;
+        self.0.1.notify_all();
+    }
+
+    /// Waits `pause`; `false` if the server stopped meanwhile.
+    fn pause(&self, pause: Duration) -> bool {
+        let (stopped, wake) = &*self.0;
+        let guard = stopped.lock().unwrap();
+        let (guard, _) = wake.wait_timeout_while(guard, pause, |stopped| !*stopped).unwrap();
+        !*guard
+    }
+}
+
 /// An HTTP/1.1 server on 127.0.0.1:0 answering one connection per reply,
 /// in order, then stopping.
 struct Server {
     base_url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// When the client stopped taking an SSE answer (a write failed).
+    client_left: Arc<Mutex<Option<Instant>>>,
+    stopping: Stopping,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -132,27 +158,45 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let base_url = format!("http://{}", listener.local_addr().expect("addr"));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
+        let client_left = Arc::new(Mutex::new(None));
+        let stopping = Stopping::default();
+        let (log, left, stop) = (seen.clone(), client_left.clone(), stopping.clone());
         let thread = std::thread::spawn(move || {
             for reply in replies {
                 let Ok((stream, _)) = listener.accept() else { return };
                 stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
                 let Some(request) = read_request(&stream) else { return };
                 log.lock().unwrap().push(request);
-                answer(stream, reply);
+                if !answer(stream, reply, &stop) {
+                    left.lock().unwrap().get_or_insert_with(Instant::now);
+                }
             }
         });
-        Server { base_url, seen, thread: Some(thread) }
+        Server { base_url, seen, client_left, stopping, thread: Some(thread) }
     }
 
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// Waits up to `within` for the client to stop taking an SSE answer.
+    fn client_left_within(&self, within: Duration) -> Option<Instant> {
+        let until = Instant::now() + within;
+        loop {
+            let left = *self.client_left.lock().unwrap();
+            if left.is_some() || Instant::now() >= until {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // Unblock a server still waiting for a connection, then join it.
+        // End any pause, unblock a server still waiting for a connection,
+        // then join it.
+        self.stopping.stop();
         let _ = TcpStream::connect(self.base_url.trim_start_matches("http://"));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -182,7 +226,9 @@ fn read_request(stream: &TcpStream) -> Option<Seen> {
     Some(Seen { path, headers, body: serde_json::from_slice(&body).ok()? })
 }
 
-fn answer(mut stream: TcpStream, reply: Reply) {
+/// Sends `reply`; `false` if the client went away before all of it was
+/// written.
+fn answer(mut stream: TcpStream, reply: Reply, stopping: &Stopping) -> bool {
     match reply {
         Reply::Full { status, headers, body } => {
             let mut head = format!(
@@ -192,23 +238,28 @@ fn answer(mut stream: TcpStream, reply: Reply) {
             for (name, value) in headers {
                 head.push_str(&format!("{name}: {value}\r\n"));
             }
-            let _ = stream.write_all(format!("{head}\r\n{body}").as_bytes());
+            stream.write_all(format!("{head}\r\n{body}").as_bytes()).is_ok()
         }
         Reply::Sse(events) => {
             let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
             if stream.write_all(head.as_bytes()).is_err() {
-                return;
+                return false;
             }
             for (pause, event) in events {
-                std::thread::sleep(pause);
+                if !stopping.pause(pause) {
+                    return true;
+                }
                 let chunk = format!("{:x}\r\n{event}\r\n", event.len());
                 if stream.write_all(chunk.as_bytes()).and_then(|()| stream.flush()).is_err() {
-                    return;
+                    return false;
                 }
             }
-            let _ = stream.write_all(b"0\r\n\r\n");
+            stream.write_all(b"0\r\n\r\n").is_ok()
         }
-        Reply::Hang => std::thread::sleep(Duration::from_millis(1500)),
+        Reply::Hang => {
+            stopping.pause(FOREVER);
+            true
+        }
     }
 }
 
@@ -389,6 +440,205 @@ fn openai_error_events_mid_stream_fail_the_agent() {
     assert_eq!(chunks.take(), ["par"]);
 }
 
+// ---------------------------------------------------------------- cancellation
+
+/// The requirement: a model call blocked on a silent server ends this soon
+/// after its Run is cancelled or reaches its deadline.
+const WITHIN: Duration = Duration::from_millis(100);
+/// When the tests cancel, counted from the moment the call is blocked.
+const CANCEL_AFTER: Duration = Duration::from_millis(50);
+
+fn cancelled() -> ModelError {
+    ModelError::Provider("run cancelled".into())
+}
+
+/// Makes `call` with a fresh context (deadline far off) whose Run is
+/// cancelled `after` into the call. Returns what the call returned and how
+/// long after the cancel it returned.
+fn cancel_during<T>(after: Duration, call: impl FnOnce(&CallContext) -> T) -> (T, Duration) {
+    let ctx = ctx();
+    let cancel = ctx.cancel.clone();
+    std::thread::scope(|scope| {
+        let canceller = scope.spawn(move || {
+            std::thread::sleep(after);
+            let cancelled_at = Instant::now();
+            cancel.cancel();
+            cancelled_at
+        });
+        let result = call(&ctx);
+        let returned_at = Instant::now();
+        let cancelled_at = canceller.join().expect("canceller");
+        (result, returned_at.saturating_duration_since(cancelled_at))
+    })
+}
+
+#[test]
+fn openai_call_stalled_before_its_headers_ends_within_100ms_of_cancel() {
+    let server = Server::start(vec![Reply::Hang]);
+    let backends = openai_backends(&server, "");
+    let provider = backends.resolve(None).expect("backend");
+    let (result, took) = cancel_during(CANCEL_AFTER, |ctx| provider.complete(&request("x"), ctx));
+    assert_eq!(result, Err(cancelled()));
+    assert!(took < WITHIN, "complete returned {took:?} after the cancel");
+    assert_eq!(server.seen().len(), 1, "the request was sent");
+
+    let server = Server::start(vec![Reply::Hang]);
+    let backends = openai_backends(&server, "");
+    let provider = backends.resolve(None).expect("backend");
+    let (result, took) = cancel_during(CANCEL_AFTER, |ctx| provider.stream(&request("x"), ctx).err());
+    assert_eq!(result, Some(cancelled()));
+    assert!(took < WITHIN, "stream returned {took:?} after the cancel");
+}
+
+#[test]
+fn openai_stream_stalled_between_chunks_ends_within_100ms_of_cancel() {
+    let server = Server::start(vec![Reply::Sse(vec![
+        (Duration::ZERO, delta("Hel")),
+        (Duration::ZERO, delta("lo")),
+        (FOREVER, delta(" never")),
+    ])]);
+    let backends = openai_backends(&server, "");
+    let provider = backends.resolve(None).expect("backend");
+    let mut tokens = Vec::new();
+    let ((), took) = cancel_during(CANCEL_AFTER, |ctx| {
+        let mut stream = provider.stream(&request("x"), ctx).expect("stream");
+        loop {
+            match stream.next_token(ctx) {
+                Ok(Some(token)) => tokens.push(Ok(token)),
+                Ok(None) => break tokens.push(Err(None)),
+                Err(e) => break tokens.push(Err(Some(e))),
+            }
+        }
+        // Cancelled stays cancelled.
+        assert_eq!(stream.next_token(ctx), Err(cancelled()));
+    });
+    assert_eq!(tokens, [Ok("Hel".to_owned()), Ok("lo".to_owned()), Err(Some(cancelled()))]);
+    assert!(took < WITHIN, "next_token returned {took:?} after the cancel");
+}
+
+#[test]
+fn openai_retry_backoff_ends_within_100ms_of_cancel() {
+    // A 503 asking for a 10 s pause before the retry.
+    let server = Server::start(vec![Reply::Full {
+        status: 503,
+        headers: vec![("retry-after", "10".into())],
+        body: json!({"error":{"message":"overloaded"}}).to_string(),
+    }]);
+    let backends = openai_backends(&server, "retries = 1");
+    let provider = backends.resolve(None).expect("backend");
+    // Long enough for the 503 to arrive: the cancel comes during the backoff.
+    let (result, took) = cancel_during(Duration::from_millis(200), |ctx| provider.complete(&request("x"), ctx));
+    assert_eq!(result, Err(cancelled()));
+    assert!(took < WITHIN, "complete returned {took:?} after the cancel");
+    assert_eq!(server.seen().len(), 1, "retried after the cancel");
+}
+
+#[test]
+fn openai_call_stalled_at_the_deadline_ends_with_it() {
+    let budget = Duration::from_millis(150);
+    let server = Server::start(vec![Reply::Hang]);
+    let backends = openai_backends(&server, "");
+    let provider = backends.resolve(None).expect("backend");
+    let ctx = CallContext::with_budget(budget);
+    assert_eq!(provider.complete(&request("x"), &ctx), Err(ModelError::LimitExceeded));
+    let late = Instant::now().saturating_duration_since(ctx.deadline);
+    assert!(late < WITHIN, "complete returned {late:?} after the deadline");
+
+    let server = Server::start(vec![Reply::Sse(vec![(Duration::ZERO, delta("Hel")), (FOREVER, delta(" never"))])]);
+    let backends = openai_backends(&server, "");
+    let provider = backends.resolve(None).expect("backend");
+    let ctx = CallContext::with_budget(budget);
+    let mut stream = provider.stream(&request("x"), &ctx).expect("stream");
+    assert_eq!(stream.next_token(&ctx), Ok(Some("Hel".into())));
+    assert_eq!(stream.next_token(&ctx), Err(ModelError::LimitExceeded));
+    let late = Instant::now().saturating_duration_since(ctx.deadline);
+    assert!(late < WITHIN, "next_token returned {late:?} after the deadline");
+}
+
+#[test]
+fn a_dropped_stream_stops_reading_the_answer() {
+    // A long answer, one event every 5 ms: dropping the stream ends its
+    // reader thread, which closes the connection long before the end.
+    let events: Vec<_> = (0..400).map(|i| (Duration::from_millis(5), delta(&format!("t{i} ")))).collect();
+    let server = Server::start(vec![Reply::Sse(events)]);
+    let backends = openai_backends(&server, "");
+    let mut stream = backends.resolve(None).expect("backend").stream(&request("x"), &ctx()).expect("stream");
+    assert_eq!(stream.next_token(&ctx()), Ok(Some("t0 ".into())));
+    assert_eq!(stream.next_token(&ctx()), Ok(Some("t1 ".into())));
+    drop(stream);
+    let dropped_at = Instant::now();
+    let left_at = server.client_left_within(Duration::from_secs(1)).expect("the reader thread still reads");
+    assert!(left_at.saturating_duration_since(dropped_at) < Duration::from_millis(500));
+}
+
+/// Runs `chat` against `server` and cancels the Run once `ready` returns
+/// (with the output it took from the Run's sink). Returns the Run's
+/// outcome, all of its output and how long after the cancel it ended.
+fn cancel_chat(
+    server: &Server,
+    ready: impl FnOnce(&std::sync::mpsc::Receiver<String>) -> Vec<String>,
+) -> (Outcome, Vec<String>, Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = taskrun_worker::OutputSink::new(move |chunk| {
+        let _ = tx.send(chunk);
+    });
+    let chat = prepare(CHAT);
+    let cancel = CancelToken::new();
+    let request = RunRequest::new(r#"{"prompt":"x"}"#)
+        .limits(limits())
+        .backends(openai_backends(server, ""))
+        .output(sink)
+        .cancel(cancel.clone());
+    std::thread::scope(|scope| {
+        let run = scope.spawn(|| {
+            let report = sandbox().run(&chat, request).expect("run");
+            (report, Instant::now())
+        });
+        let mut output = ready(&rx);
+        let cancelled_at = Instant::now();
+        cancel.cancel();
+        let (report, ended_at) = run.join().expect("run thread");
+        output.extend(rx.try_iter());
+        (report.outcome, output, ended_at.saturating_duration_since(cancelled_at))
+    })
+}
+
+#[test]
+fn cancelling_a_run_waiting_on_a_stalled_model_server_stops_it_within_100ms() {
+    // Stalled before the response headers.
+    let server = Server::start(vec![Reply::Hang]);
+    let (outcome, output, took) = cancel_chat(&server, |_| {
+        // Cancel once the agent's request has reached the server.
+        let asked = Instant::now() + Duration::from_secs(10);
+        while server.seen().is_empty() && Instant::now() < asked {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(CANCEL_AFTER);
+        Vec::new()
+    });
+    assert_eq!(outcome, Outcome::Cancelled);
+    assert!(output.is_empty(), "{output:?}");
+    assert!(took < WITHIN, "the Run ended {took:?} after the cancel");
+    assert_eq!(server.seen().len(), 1, "the agent was waiting on the model call");
+
+    // Stalled between two chunks: what came before the stall reached the
+    // output, in order.
+    let server = Server::start(vec![Reply::Sse(vec![
+        (Duration::ZERO, delta("Hel")),
+        (Duration::ZERO, delta("lo")),
+        (FOREVER, delta(" never")),
+    ])]);
+    let (outcome, output, took) = cancel_chat(&server, |rx| {
+        // Cancel once the agent has emitted the two tokens and waits.
+        let output: Vec<String> = (0..2).filter_map(|_| rx.recv_timeout(Duration::from_secs(10)).ok()).collect();
+        std::thread::sleep(CANCEL_AFTER);
+        output
+    });
+    assert_eq!(outcome, Outcome::Cancelled);
+    assert_eq!(output, ["Hel", "lo"]);
+    assert!(took < WITHIN, "the Run ended {took:?} after the cancel");
+}
+
 #[test]
 fn a_hanging_provider_cannot_outlast_the_run() {
     let server = Server::start(vec![Reply::Hang]);
@@ -405,7 +655,7 @@ fn a_hanging_provider_cannot_outlast_the_run() {
         .expect("run");
     let elapsed = started.elapsed();
     assert!(elapsed <= deadline.mul_f64(1.1) + Duration::from_millis(25), "{elapsed:?}");
-    assert!(matches!(report.outcome, Outcome::TimedOut | Outcome::Failed(_)), "{:?}", report.outcome);
+    assert_eq!(report.outcome, Outcome::TimedOut);
     drop(server);
 }
 
