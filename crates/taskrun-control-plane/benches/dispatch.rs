@@ -179,7 +179,7 @@ async fn create_many(cluster: &Cluster, n: u64, concurrency: usize) {
     let mut handles = Vec::new();
     // A few connections, many requests in flight on each (HTTP/2).
     let mut clients = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..env("TASKRUN_BENCH_CONNECTIONS", 4) {
         clients.push(cluster.tasks().await);
     }
     for c in 0..concurrency {

@@ -292,7 +292,20 @@ impl ControlPlane {
         let lease = report.lease;
         let run_id = report.run_id.clone();
         // The Run must be this Worker's: a lease alone could be guessed.
-        let run = self.store.get_run(&run_id).await.map_err(store_status)?;
+        let run = match self.store.get_run(&run_id).await {
+            Ok(run) => run,
+            // Unknown here (e.g. its creation was lost in a crash before it
+            // reached the disk): answered, so the Worker stops resending.
+            Err(e) if e.is_not_found() => {
+                let reason = format!("run {run_id} is unknown to the control plane");
+                self.send_to(
+                    worker,
+                    ack(run_id.as_str(), wire_lease, wire_status, pb::RunAckOutcome::Rejected, reason),
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(store_status(e)),
+        };
         if run.worker_id.as_ref() != Some(worker) {
             let reason = format!("run {run_id} is not assigned to worker {worker}");
             self.send_to(worker, ack(run_id.as_str(), wire_lease, wire_status, pb::RunAckOutcome::Fenced, reason));

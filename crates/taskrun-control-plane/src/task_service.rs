@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::Stream;
 use taskrun_core::{AgentManifest, AgentSelector, Task, TaskEventKind, TaskId, TaskSpec};
 use taskrun_proto::{pb, task_status_from_wire};
-use taskrun_store::{CreateOutcome, PageRequest, StoredAgent, TaskFilter};
+use taskrun_store::{CreateOutcome, OnApplied, PageRequest, StoredAgent, TaskFilter};
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
@@ -52,11 +52,22 @@ impl ControlPlane {
         reservation: Reservation,
     ) -> Result<(Task, bool), Status> {
         let worker = reservation.worker.clone();
-        match self.store.create_task_assigned(task, &worker).await.map_err(store_status)? {
-            CreateOutcome::Created((task, Some(change))) => {
+        // The assignment goes out once the change is applied, while it is
+        // flushed: a Run whose creation a crash then loses is unknown to
+        // the restarted control plane, which tells its Worker to stop and
+        // refuses its reports — and the client was never told of it.
+        let delivered = std::sync::Mutex::new(None);
+        let on_applied: OnApplied<'_> = Box::new(|change| {
+            let sent = self.deliver(reservation, &change.run, &change.task, &manifest);
+            *delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sent);
+        });
+        let outcome = self.store.create_task_assigned(task, &worker, on_applied).await.map_err(store_status)?;
+        let delivered = delivered.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match outcome {
+            CreateOutcome::Created((task, Some(_))) => {
                 info!(task_id = %task.id, agent = %task.spec.agent, worker_id = %worker, "task created and placed");
                 self.placed_at_creation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if !self.deliver(reservation, &change.run, &task, &manifest) {
+                if delivered == Some(false) {
                     self.worker_vanished(&worker).await;
                 }
                 Ok((task, false))

@@ -12,8 +12,8 @@ use taskrun_core::{
 };
 use taskrun_store::logic::{self, OutputStep, TaskAggregate, Touched};
 use taskrun_store::{
-    AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, Page, PageRequest, Result, RunChange,
-    RunStore, StoreConfig, StoredAgent, TaskFilter, TaskStore, WorkerStore, encode_page_token,
+    AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, OnApplied, Page, PageRequest, Result,
+    RunChange, RunStore, StoreConfig, StoredAgent, TaskFilter, TaskStore, WorkerStore, encode_page_token,
 };
 
 /// The in-memory store.
@@ -117,6 +117,7 @@ impl TaskStore for MemoryStore {
         &self,
         task: Task,
         worker: &WorkerId,
+        on_applied: OnApplied<'_>,
     ) -> Result<CreateOutcome<(Task, Option<RunChange>)>> {
         let mut inner = self.lock();
         if let Some(key) = &task.spec.idempotency_key
@@ -136,6 +137,8 @@ impl TaskStore for MemoryStore {
             inner.idempotency.insert(key.clone(), agg.task.id.clone());
         }
         inner.store(agg, touched);
+        drop(inner);
+        on_applied(&change);
         Ok(CreateOutcome::Created((change.task.clone(), Some(change))))
     }
 

@@ -152,6 +152,8 @@ struct Submission {
     install: Install,
     outcome: Option<Result<Installed>>,
     reply: oneshot::Sender<Result<Installed>>,
+    /// Told once the change is applied (readable, not yet durable).
+    applied: Option<oneshot::Sender<()>>,
 }
 
 /// What the submissions of one batch have written so far.
@@ -227,11 +229,14 @@ impl Submission {
     }
 
     /// After the batch committed: memory follows what was written.
-    fn commit(&self, memory: &mut Memory) {
+    fn commit(&mut self, memory: &mut Memory) {
         if let Some(Ok(Installed::Done)) = &self.outcome {
             memory.install(&self.install.agg);
             for change in &self.install.changes {
                 memory.indexes.apply(change);
+            }
+            if let Some(applied) = self.applied.take() {
+                let _ = applied.send(());
             }
         }
     }
@@ -310,16 +315,29 @@ impl Applier {
 
     /// Applies `install` in the next batch; answers once it is flushed.
     pub(crate) async fn submit(&self, install: Install) -> Result<Installed> {
+        let rx = self.enqueue(install, None)?;
+        rx.await.map_err(|_| Error::storage("store closed before the change was applied"))?
+    }
+
+    /// Queues `install` for the next batch now; the receiver answers once
+    /// it is flushed. `applied`, if given, is told as soon as the change is
+    /// applied — readable, not yet on disk — and dropped untold if it was
+    /// not (a conflict, a repeat or an error).
+    pub(crate) fn enqueue(
+        &self,
+        install: Install,
+        applied: Option<oneshot::Sender<()>>,
+    ) -> Result<oneshot::Receiver<Result<Installed>>> {
         let (reply, rx) = oneshot::channel();
         {
             let mut queue = self.shared.lock();
             if queue.shutdown {
                 return Err(Error::storage("store is closed"));
             }
-            queue.submissions.push(Submission { install, outcome: None, reply });
+            queue.submissions.push(Submission { install, outcome: None, reply, applied });
         }
         self.shared.wake.notify_one();
-        rx.await.map_err(|_| Error::storage("store closed before the change was applied"))?
+        Ok(rx)
     }
 
     /// (batches, changes) so far.
@@ -379,7 +397,7 @@ fn run(shared: &Shared, t: &Trees) {
             Ok(()) => {
                 {
                     let mut memory = lock(&shared.memory);
-                    for submission in &submissions {
+                    for submission in &mut submissions {
                         submission.commit(&mut memory);
                     }
                     memory.trim(&changed);

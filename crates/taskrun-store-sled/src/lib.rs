@@ -57,8 +57,8 @@ use taskrun_core::{
 };
 use taskrun_store::logic::{self, OutputStep, TaskAggregate, Touched, TouchedRun};
 use taskrun_store::{
-    AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, Page, PageRequest, Result, RunChange,
-    RunStore, StoreConfig, StoredAgent, TaskFilter, TaskStore, WorkerStore, encode_page_token,
+    AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, OnApplied, Page, PageRequest, Result,
+    RunChange, RunStore, StoreConfig, StoredAgent, TaskFilter, TaskStore, WorkerStore, encode_page_token,
 };
 
 use crate::apply::{Applier, CACHE_CAP, Install, Installed, Memory};
@@ -368,11 +368,19 @@ impl TaskStore for SledStore {
         &self,
         task: Task,
         worker: &WorkerId,
+        on_applied: OnApplied<'_>,
     ) -> Result<CreateOutcome<(Task, Option<RunChange>)>> {
         let (agg, touched, change) = TaskAggregate::create_assigned(task, worker)?;
         let install = prepare(agg, &touched, None, Vec::new())?;
         let task = install.agg.task.clone();
-        match self.applier.submit(install).await? {
+        let (applied_tx, applied_rx) = tokio::sync::oneshot::channel();
+        let durable = self.applier.enqueue(install, Some(applied_tx))?;
+        // Told before the flush, and only if the change was applied.
+        if applied_rx.await.is_ok() {
+            on_applied(&change);
+        }
+        let installed = durable.await.map_err(|_| Error::storage("store closed before the change was applied"))??;
+        match installed {
             Installed::Done => Ok(CreateOutcome::Created((change.task.clone(), Some(change)))),
             Installed::Existing(existing) => Ok(match logic::idempotent_repeat(*existing, &task)? {
                 CreateOutcome::Created(t) => CreateOutcome::Created((t, None)),

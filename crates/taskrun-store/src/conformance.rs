@@ -1206,10 +1206,16 @@ where
     let mut s = spec("echo");
     s.idempotency_key = Some("placed-once".into());
     let task = new_task(s.clone(), T0);
-    let out = store.create_task_assigned(task.clone(), &worker(1)).await.unwrap();
+    let seen = std::sync::Mutex::new(None);
+    let out = store
+        .create_task_assigned(task.clone(), &worker(1), Box::new(|c| *seen.lock().unwrap() = Some(c.clone())))
+        .await
+        .unwrap();
     let CreateOutcome::Created((created, Some(change))) = out else {
         panic!("expected a created, assigned task: {out:?}")
     };
+    // Told once applied, with the same change.
+    assert_eq!(seen.lock().unwrap().as_ref(), Some(&change));
     assert_eq!(created.id, task.id);
     assert_eq!(change.task, created);
     let run = &change.run;
@@ -1232,19 +1238,20 @@ where
     assert_eq!(store.get_task(&task.id).await.unwrap().status, TaskStatus::Completed);
 
     // The same key again: the stored Task, nothing assigned.
-    let again = store.create_task_assigned(new_task(s.clone(), at(3)), &worker(2)).await.unwrap();
+    let never = || -> crate::OnApplied<'static> { Box::new(|c| panic!("nothing was applied, yet told of {c:?}")) };
+    let again = store.create_task_assigned(new_task(s.clone(), at(3)), &worker(2), never()).await.unwrap();
     assert!(matches!(&again, CreateOutcome::Existing((t, None)) if t.id == task.id), "{again:?}");
     assert!(store.active_runs_of_worker(&worker(2)).await.unwrap().is_empty());
     let mut other = s.clone();
     other.priority = 7;
-    let err = store.create_task_assigned(new_task(other, at(3)), &worker(2)).await.unwrap_err();
+    let err = store.create_task_assigned(new_task(other, at(3)), &worker(2), never()).await.unwrap_err();
     assert!(matches!(err, Error::IdempotencyConflict { .. }), "{err}");
 
     // Fan-out Tasks are placed by the scheduler; nothing is written.
     let mut fan = spec("echo");
     fan.fan_out = 2;
     let fan = new_task(fan, T0);
-    let err = store.create_task_assigned(fan.clone(), &worker(1)).await.unwrap_err();
+    let err = store.create_task_assigned(fan.clone(), &worker(1), never()).await.unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
     assert!(store.get_task(&fan.id).await.unwrap_err().is_not_found());
 }

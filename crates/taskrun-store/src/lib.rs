@@ -202,6 +202,10 @@ pub struct StoredAgent {
     pub envelope: Vec<u8>,
 }
 
+/// Called once a change is applied, before it is durable; see
+/// [`TaskStore::create_task_assigned`].
+pub type OnApplied<'a> = Box<dyn FnOnce(&RunChange) + Send + 'a>;
+
 /// Tasks, created together with their first Runs.
 #[async_trait]
 pub trait TaskStore: Send + Sync {
@@ -219,10 +223,16 @@ pub trait TaskStore: Send + Sync {
     /// free. A fan-out Task is refused with [`Error::InvalidArgument`]. An
     /// idempotent repeat is [`CreateOutcome::Existing`] and assigns
     /// nothing; a new Task comes with its [`RunChange`].
+    ///
+    /// `on_applied` is called with that change as soon as it is applied —
+    /// visible to reads, perhaps not yet durable — so that the assignment
+    /// can be sent while the flush runs; the call itself answers once the
+    /// change is durable. (Not called for a repeat or a refusal.)
     async fn create_task_assigned(
         &self,
         task: Task,
         worker: &WorkerId,
+        on_applied: OnApplied<'_>,
     ) -> Result<CreateOutcome<(Task, Option<RunChange>)>>;
 
     async fn get_task(&self, id: &TaskId) -> Result<Task>;
