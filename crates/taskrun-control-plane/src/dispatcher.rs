@@ -2,7 +2,7 @@
 //! [`crate::scheduler`], takes each Run's lease in the store and sends the
 //! RunAssignment down the chosen Worker's stream.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use taskrun_store::Error as StoreError;
 use tracing::{debug, info, warn};
 
 use crate::placement::{Reservation, candidate};
-use crate::scheduler::timeout_reason;
+use crate::scheduler::{timeout_reason, unschedulable_reason};
 use crate::state::ControlPlane;
 
 /// How often the loop looks again without being woken (retry backoffs and
@@ -101,8 +101,15 @@ impl ControlPlane {
             pending_runs.push((run, task, manifest));
         }
         let reserved = self.reserve(&pending);
-        // New Tasks queue behind what could not be placed now.
-        self.waiting.store(pending.len() - reserved.len(), Ordering::Relaxed);
+        // New Tasks queue behind the Runs left waiting for a busy Worker. A
+        // Run that no connected Worker could take at all is not in line for
+        // any slot, so it does not hold newer Tasks back.
+        let placed: HashSet<usize> = reserved.iter().map(|(ri, _)| *ri).collect();
+        let now_slots = self.worker_slots();
+        let waiting = (0..pending.len())
+            .filter(|ri| !placed.contains(ri) && unschedulable_reason(&pending[*ri], &now_slots).is_none())
+            .count();
+        self.waiting.store(waiting, Ordering::Relaxed);
         let assigned = join_all(reserved.into_iter().map(|(ri, reservation)| {
             let (run, task, manifest) = &pending_runs[ri];
             async move { self.assign(reservation, run, task, manifest).await }

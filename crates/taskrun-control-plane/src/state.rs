@@ -62,9 +62,10 @@ pub struct ControlPlane {
     /// Placement's turn counter (see [`crate::scheduler::place`]); changed
     /// only with the sessions locked.
     pub(crate) turns: AtomicU64,
-    /// PENDING Runs that are due but that the scheduler's last pass could
-    /// not place. While there are any, new Tasks queue behind them instead
-    /// of being placed at creation.
+    /// Due PENDING Runs that the scheduler's last pass could not place
+    /// although a connected Worker suits them (all such were busy). While
+    /// there are any, new Tasks queue behind them instead of being placed
+    /// at creation.
     pub(crate) waiting: AtomicUsize,
     pub(crate) placed_at_creation: AtomicU64,
     pub(crate) placed_by_scheduler: AtomicU64,

@@ -8,7 +8,9 @@
 //!   instantiate from the InstancePre + `run` + teardown), trivial input;
 //! - the same trivial work as a native process spawned per Run
 //!   (`/bin/echo`), the usual alternative to a sandbox;
-//! - warm Runs on two threads at once.
+//! - warm Runs on two threads at once;
+//! - paired: short rounds of warm Runs and native spawns back to back, so
+//!   the ratio compares the two under the same machine conditions.
 //!
 //! Prints a Markdown table (copied into docs/benchmarks.md).
 
@@ -23,6 +25,10 @@ use taskrun_worker::{Outcome, Prepared, RunLimits, RunRequest, Sandbox, SandboxC
 
 const INPUT: &str = r#""hi""#;
 const BATCH: u32 = 2_000;
+/// Rounds of the paired measurement, and what each round times.
+const PAIRED_ROUNDS: usize = 40;
+const PAIRED_RUNS: usize = 500;
+const PAIRED_SPAWNS: usize = 10;
 
 fn sandbox(cache: &std::path::Path) -> anyhow::Result<Sandbox> {
     Ok(Sandbox::new(SandboxConfig { cache_dir: Some(cache.to_owned()), ..SandboxConfig::default() })?)
@@ -38,6 +44,15 @@ fn run_once(sandbox: &Sandbox, prepared: &Prepared) -> anyhow::Result<()> {
         Outcome::Completed(json) if json.as_str() == INPUT => Ok(()),
         other => bail!("echo run ended {other:?}"),
     }
+}
+
+/// One native process doing the same trivial work as the `echo` agent.
+fn spawn_once() -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let output = Command::new("/bin/echo").arg(INPUT).output()?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(output.status.success() && output.stdout.trim_ascii() == INPUT.as_bytes());
+    Ok(elapsed)
 }
 
 struct Stats {
@@ -159,12 +174,37 @@ fn main() -> anyhow::Result<()> {
     // A native process per Run.
     let mut spawns = Vec::new();
     for _ in 0..300 {
-        let started = Instant::now();
-        let output = Command::new("/bin/echo").arg(INPUT).output()?;
-        spawns.push(started.elapsed());
-        anyhow::ensure!(output.status.success() && output.stdout.trim_ascii() == INPUT.as_bytes());
+        spawns.push(spawn_once()?);
     }
     let native = Stats::new(spawns);
+
+    // Paired: short rounds of warm Runs and native spawns, one after the
+    // other, so both sides of the ratio see the same machine. On a shared
+    // (virtual) machine the speed of a core drifts over seconds, which moves
+    // a median taken minutes apart from the other one; the median of the
+    // per-round ratios does not depend on that drift.
+    let mut paired_runs = Vec::new();
+    let mut paired_spawns = Vec::new();
+    let mut round_ratios = Vec::new();
+    for _ in 0..PAIRED_ROUNDS {
+        let mut runs = Vec::with_capacity(PAIRED_RUNS);
+        for _ in 0..PAIRED_RUNS {
+            let started = Instant::now();
+            run_once(&sandbox, &prepared)?;
+            runs.push(started.elapsed());
+        }
+        let mut spawns = Vec::with_capacity(PAIRED_SPAWNS);
+        for _ in 0..PAIRED_SPAWNS {
+            spawns.push(spawn_once()?);
+        }
+        let (runs, spawns) = (Stats::new(runs), Stats::new(spawns));
+        round_ratios.push(spawns.median().as_secs_f64() / runs.median().as_secs_f64());
+        paired_runs.extend(runs.samples);
+        paired_spawns.extend(spawns.samples);
+    }
+    let (paired_runs, paired_spawns) = (Stats::new(paired_runs), Stats::new(paired_spawns));
+    round_ratios.sort_by(f64::total_cmp);
+    let round_ratio = |p: f64| round_ratios[((round_ratios.len() - 1) as f64 * p).round() as usize];
     // Like for like: each native spawn is timed on its own, so compare it
     // with warm Runs timed on their own; the batch mean (which carries the
     // occasional slow Run) is reported too.
@@ -208,9 +248,36 @@ fn main() -> anyhow::Result<()> {
         ms(native.pct(0.99)),
         ms(native.pct(0.0))
     );
+    println!(
+        "| paired: warm Run | {} | {} | {} | {PAIRED_ROUNDS} rounds of {PAIRED_RUNS} Runs, each round followed by its spawns |",
+        us(paired_runs.median()),
+        us(paired_runs.pct(0.99)),
+        us(paired_runs.pct(0.0))
+    );
+    println!(
+        "| paired: native process per Run | {} | {} | {} | {PAIRED_ROUNDS} rounds of {PAIRED_SPAWNS} spawns |",
+        ms(paired_spawns.median()),
+        ms(paired_spawns.pct(0.99)),
+        ms(paired_spawns.pct(0.0))
+    );
     println!();
     println!(
+        "warm Run deciles (one by one): p10 {} · p25 {} · p50 {} · p75 {} · p90 {}",
+        us(warm.pct(0.1)),
+        us(warm.pct(0.25)),
+        us(warm.median()),
+        us(warm.pct(0.75)),
+        us(warm.pct(0.9))
+    );
+    println!(
         "native spawn / warm Run: {ratio:.0}× (medians, each timed on its own); {batch_ratio:.0}× against the batch mean"
+    );
+    println!(
+        "paired: {:.0}× (medians of all paired samples); per-round ratio median {:.0}×, p10 {:.0}×, p90 {:.0}×",
+        paired_spawns.median().as_secs_f64() / paired_runs.median().as_secs_f64(),
+        round_ratio(0.5),
+        round_ratio(0.1),
+        round_ratio(0.9)
     );
     Ok(())
 }

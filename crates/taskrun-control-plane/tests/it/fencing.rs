@@ -267,3 +267,28 @@ async fn tasks_are_placed_at_creation_only_when_nothing_waits() {
     assert_eq!(stats().at_creation, 1, "{:?}", stats());
     assert_eq!(stats().by_scheduler, 2, "{:?}", stats());
 }
+
+/// A waiting Task that no connected Worker could take at all is not in
+/// line for any slot: it does not stop new Tasks being placed at creation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_no_worker_suits_does_not_hold_back_new_ones() {
+    let cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    let stats = || cluster.server.as_ref().expect("server").control_plane().placement_stats();
+    let mut worker = RawWorker::connect(&cluster, "no-gpu").await;
+
+    let mut gpu = spec("echo", r#""gpu""#);
+    gpu.worker_labels.insert("gpu".into(), "h100".into());
+    let stuck = cluster.create(gpu).await;
+    // Let a scheduling pass see it and leave it waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let a = cluster.create(spec("echo", r#""a""#)).await;
+    let first = worker.next_assignment().await;
+    assert_eq!(first.task_id, a);
+    assert_eq!(stats().at_creation, 1, "{:?}", stats());
+    worker.send(completed(&first, r#""a""#));
+    assert_eq!(status_of(&cluster.wait_terminal(&a, Duration::from_secs(5)).await), TaskStatus::Completed);
+    let got = cluster.tasks().await.get_task(pb::GetTaskRequest { task_id: stuck }).await.expect("get").into_inner();
+    assert_eq!(status_of(&got), TaskStatus::Pending);
+}
