@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::join_all;
-use taskrun_core::{AgentManifest, AgentRef, Run, Task, TaskId, WorkerState};
+use taskrun_core::{AgentManifest, AgentRef, Run, Task, TaskId, Timestamp, WorkerState};
 use taskrun_store::Error as StoreError;
+use taskrun_store::logic::start_deadline;
 use tracing::{debug, info, warn};
 
 use crate::placement::{Reservation, candidate};
@@ -49,8 +50,9 @@ impl ControlPlane {
 
     /// One pass. Returns how many Runs it assigned.
     pub(crate) async fn dispatch_once(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let slots = self.worker_slots();
         let now = self.clock.now();
+        self.fail_overdue(now).await?;
+        let slots = self.worker_slots();
         let free: usize = slots.iter().filter(|w| w.state == WorkerState::Connected).map(|w| w.free() as usize).sum();
         // Pending Runs come in queue order: read about as many as can be
         // placed (a few more, for Runs no free Worker suits). With no free
@@ -87,16 +89,6 @@ impl ControlPlane {
                 continue;
             };
             let candidate = candidate(run.id.clone(), run.lease, &task, &manifest);
-            if let Some(timeout_ms) = task.spec.limits.schedule_to_start_timeout_ms {
-                let waiting_since = if run.attempt <= 1 { task.created_at } else { run.not_before };
-                let waited = now.since(waiting_since);
-                if waited >= Duration::from_millis(timeout_ms) {
-                    let reason =
-                        timeout_reason(&candidate, &slots, u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
-                    self.fail_unstarted(&task.id, &reason).await;
-                    continue;
-                }
-            }
             pending.push(candidate);
             pending_runs.push((run, task, manifest));
         }
@@ -139,6 +131,33 @@ impl ControlPlane {
             self.worker_vanished(&worker).await;
         }
         true
+    }
+
+    /// Fails the Tasks whose Runs waited past their schedule-to-start
+    /// timeout, wherever they are in the queue, saying why no Worker took
+    /// them.
+    async fn fail_overdue(&self, now: Timestamp) -> Result<(), StoreError> {
+        let overdue = self.store.overdue_runs(now, MAX_PER_PASS).await?;
+        if overdue.is_empty() {
+            return Ok(());
+        }
+        let slots = self.worker_slots();
+        for run in overdue {
+            let task = self.store.get_task(&run.task_id).await?;
+            let timeout = task.spec.limits.schedule_to_start_timeout_ms.unwrap_or(0);
+            let late = start_deadline(&task, &run).map_or(Duration::ZERO, |d| now.since(d));
+            let waited_ms = timeout.saturating_add(u64::try_from(late.as_millis()).unwrap_or(u64::MAX));
+            let reason = match self.resolve_agent(&task.spec).await {
+                Ok(agent) => {
+                    timeout_reason(&candidate(run.id.clone(), run.lease, &task, &agent.manifest), &slots, waited_ms)
+                }
+                Err(status) => {
+                    format!("not started within its schedule-to-start timeout ({waited_ms} ms): {}", status.message())
+                }
+            };
+            self.fail_unstarted(&task.id, &reason).await;
+        }
+        Ok(())
     }
 
     /// A Task that no Worker started in time fails with `reason`.

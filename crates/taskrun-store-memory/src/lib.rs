@@ -199,6 +199,17 @@ impl RunStore for MemoryStore {
         Ok(ready.into_iter().take(limit).map(|(_, r)| r.clone()).collect())
     }
 
+    async fn overdue_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
+        let inner = self.lock();
+        let mut overdue: Vec<(Timestamp, &Run)> = inner
+            .runs()
+            .filter(|(_, r)| r.status == taskrun_core::RunStatus::Pending)
+            .filter_map(|(agg, r)| logic::start_deadline(&agg.task, r).filter(|d| *d <= now).map(|d| (d, r)))
+            .collect();
+        overdue.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        Ok(overdue.into_iter().take(limit).map(|(_, r)| r.clone()).collect())
+    }
+
     async fn active_runs_of_worker(&self, worker: &WorkerId) -> Result<Vec<Run>> {
         let inner = self.lock();
         Ok(inner

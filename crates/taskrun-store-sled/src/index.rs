@@ -1,4 +1,5 @@
-//! The scheduling indexes: PENDING Runs by priority, active Runs by Worker.
+//! The scheduling indexes: PENDING Runs by priority and by schedule-to-start
+//! deadline, active Runs by Worker.
 //!
 //! They live in memory. They follow from the Runs of the Tasks that have
 //! not ended, which the durable `open_tasks` set names, so opening the store
@@ -7,7 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use taskrun_core::{Run, RunId, RunStatus, Timestamp, WorkerId};
+use taskrun_core::{Run, RunId, RunStatus, Task, Timestamp, WorkerId};
+use taskrun_store::logic;
 
 /// A Run as the indexes see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,16 +19,19 @@ pub(crate) struct Entry {
     pub worker: Option<WorkerId>,
     pub not_before: Timestamp,
     pub priority: i32,
+    /// When the Run is overdue if still PENDING (schedule-to-start).
+    pub start_deadline: Option<Timestamp>,
 }
 
 impl Entry {
-    pub(crate) fn of(run: &Run, priority: i32) -> Entry {
+    pub(crate) fn of(run: &Run, task: &Task) -> Entry {
         Entry {
             id: run.id.clone(),
             status: run.status,
             worker: run.worker_id.clone(),
             not_before: run.not_before,
-            priority,
+            priority: task.spec.priority,
+            start_deadline: logic::start_deadline(task, run),
         }
     }
 }
@@ -46,6 +51,8 @@ fn order(priority: i32) -> u32 {
 #[derive(Debug, Default)]
 pub(crate) struct Indexes {
     pending: BTreeMap<(u32, RunId), Timestamp>,
+    /// PENDING Runs with a schedule-to-start deadline, by deadline.
+    deadlines: BTreeSet<(Timestamp, RunId)>,
     by_worker: HashMap<WorkerId, BTreeSet<RunId>>,
 }
 
@@ -60,6 +67,9 @@ impl Indexes {
     pub(crate) fn insert(&mut self, e: &Entry) {
         if e.status == RunStatus::Pending {
             self.pending.insert((order(e.priority), e.id.clone()), e.not_before);
+            if let Some(d) = e.start_deadline {
+                self.deadlines.insert((d, e.id.clone()));
+            }
         }
         if e.status.is_active()
             && let Some(w) = &e.worker
@@ -71,6 +81,9 @@ impl Indexes {
     fn remove(&mut self, e: &Entry) {
         if e.status == RunStatus::Pending {
             self.pending.remove(&(order(e.priority), e.id.clone()));
+            if let Some(d) = e.start_deadline {
+                self.deadlines.remove(&(d, e.id.clone()));
+            }
         }
         if e.status.is_active()
             && let Some(w) = &e.worker
@@ -91,6 +104,11 @@ impl Indexes {
             .take(limit)
             .map(|((_, id), _)| id.clone())
             .collect()
+    }
+
+    /// Up to `limit` PENDING Runs overdue at `now`, earliest deadline first.
+    pub(crate) fn overdue(&self, now: Timestamp, limit: usize) -> Vec<RunId> {
+        self.deadlines.iter().take_while(|(d, _)| *d <= now).take(limit).map(|(_, id)| id.clone()).collect()
     }
 
     pub(crate) fn of_worker(&self, worker: &WorkerId) -> Vec<RunId> {

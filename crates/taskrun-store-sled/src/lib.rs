@@ -271,7 +271,6 @@ fn prepare(agg: TaskAggregate, touched: &Touched, expected: Option<u64>, output_
         None => Some(records::encode_head(&agg.task)?),
         Some(_) => None,
     };
-    let priority = agg.task.spec.priority;
     let mut new_runs = Vec::new();
     let mut changes = Vec::with_capacity(touched.runs.len());
     for t in &touched.runs {
@@ -280,8 +279,8 @@ fn prepare(agg: TaskAggregate, touched: &Touched, expected: Option<u64>, output_
             new_runs.push(run.id.clone());
         }
         changes.push(index::Change {
-            before: t.before.as_ref().map(|b| index::Entry::of(b, priority)),
-            after: index::Entry::of(run, priority),
+            before: t.before.as_ref().map(|b| index::Entry::of(b, &agg.task)),
+            after: index::Entry::of(run, &agg.task),
         });
     }
     Ok(Install { task: id, expected, agg: Arc::new(agg), state, head, events, new_runs, output_keys, changes })
@@ -306,7 +305,7 @@ fn load_open_tasks(trees: &Trees) -> Result<Memory> {
         match load() {
             Ok(agg) => {
                 for record in &agg.runs {
-                    memory.indexes.insert(&index::Entry::of(&record.run, agg.task.spec.priority));
+                    memory.indexes.insert(&index::Entry::of(&record.run, &agg.task));
                 }
                 if memory.len() < CACHE_CAP {
                     memory.load(agg);
@@ -454,6 +453,19 @@ impl RunStore for SledStore {
         for id in ids {
             let run = self.load_run(&id)?;
             // Assigned since the index was read: not pending any more.
+            if run.status == RunStatus::Pending {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn overdue_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
+        let ids = self.memory().indexes.overdue(now, limit);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let run = self.load_run(&id)?;
+            // Placed since the index was read: not waiting any more.
             if run.status == RunStatus::Pending {
                 out.push(run);
             }

@@ -61,6 +61,7 @@ macro_rules! conformance_tests {
             finish_with_output_stores_output_and_end_together,
             events_since_resumes_from_a_cursor,
             pending_runs_by_priority_and_not_before,
+            overdue_runs_are_found_anywhere_in_the_queue,
             workers_upsert_get_list_and_state,
             agents_and_blobs_by_digest,
             agent_version_and_digest_conflicts,
@@ -1407,6 +1408,36 @@ fn worker_record(n: u32, slots: u32, now: Timestamp) -> Worker {
         first_seen: now,
         last_seen: now,
     }
+}
+
+pub async fn overdue_runs_are_found_anywhere_in_the_queue<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    // Ahead in the queue: higher priority, no timeout.
+    for _ in 0..5 {
+        let mut s = spec("echo");
+        s.priority = 10;
+        create(&*store, s).await;
+    }
+    let mut s = spec("echo");
+    s.limits.schedule_to_start_timeout_ms = Some(1000);
+    let (task, runs) = create(&*store, s).await;
+    assert!(!store.pending_runs(T0, 2).await.unwrap().iter().any(|r| r.task_id == task.id));
+    assert!(store.overdue_runs(at(999), 10).await.unwrap().is_empty());
+    assert_eq!(store.overdue_runs(at(1000), 10).await.unwrap(), runs);
+    assert_eq!(store.overdue_runs(at(5000), 10).await.unwrap(), runs);
+
+    // A retry is overdue its timeout after it became due.
+    let lease = run_it(&*store, &runs[0], &worker(1), at(10)).await;
+    assert!(store.overdue_runs(at(5000), 10).await.unwrap().is_empty(), "a running Run is not overdue");
+    let change = store.finish_run(&runs[0].id, lease, failed("boom"), at(20)).await.unwrap();
+    let retry = change.retry.expect("a retry");
+    assert_eq!(retry.not_before, at(1020));
+    assert!(store.overdue_runs(at(2019), 10).await.unwrap().is_empty());
+    assert_eq!(store.overdue_runs(at(2020), 10).await.unwrap(), vec![retry]);
 }
 
 pub async fn workers_upsert_get_list_and_state<F, Fut>(make: F)

@@ -264,6 +264,11 @@ pub trait RunStore: Send + Sync {
     /// priority first, then oldest first.
     async fn pending_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>>;
 
+    /// Up to `limit` PENDING Runs whose schedule-to-start deadline
+    /// ([`logic::start_deadline`]) is at or before `now`, earliest first —
+    /// wherever they are in the queue.
+    async fn overdue_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>>;
+
     /// The ASSIGNED and RUNNING Runs of `worker`.
     async fn active_runs_of_worker(&self, worker: &WorkerId) -> Result<Vec<Run>>;
 

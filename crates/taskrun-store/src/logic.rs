@@ -466,6 +466,15 @@ pub enum OutputStep {
     OverLimit { limit_bytes: u64 },
 }
 
+/// When a PENDING Run of `task` is overdue: its schedule-to-start timeout
+/// counted from the Task's creation (first attempt) or from when the retry
+/// became due. None without a timeout.
+pub fn start_deadline(task: &Task, run: &Run) -> Option<Timestamp> {
+    let timeout = task.spec.limits.schedule_to_start_timeout_ms?;
+    let since = if run.attempt <= 1 { task.created_at } else { run.not_before };
+    Some(since.saturating_add(std::time::Duration::from_millis(timeout)))
+}
+
 /// Whether any chunk of the Run may be stored; when not, no (run, seq)
 /// needs looking up before a chunk is appended.
 pub fn may_hold_output(run: &RunRecord) -> bool {

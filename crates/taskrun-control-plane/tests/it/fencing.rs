@@ -292,3 +292,40 @@ async fn a_task_no_worker_suits_does_not_hold_back_new_ones() {
     let got = cluster.tasks().await.get_task(pb::GetTaskRequest { task_id: stuck }).await.expect("get").into_inner();
     assert_eq!(status_of(&got), TaskStatus::Pending);
 }
+
+/// A Task deep in a backlog still fails at its schedule-to-start timeout:
+/// timeouts are found by deadline, not by reading the queue from its head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_deep_in_the_queue_fails_at_its_schedule_to_start_timeout() {
+    let cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    let mut worker = RawWorker::connect(&cluster, "busy").await;
+    // Keep the Worker alive (connected and busy) throughout.
+    let tx = worker.tx.clone();
+    let heartbeats = tokio::spawn(async move {
+        loop {
+            let beat = pb::WorkerHeartbeat { free_slots: 0, ..Default::default() };
+            if tx.send(pb::RunClientMessage { kind: Some(Up::Heartbeat(beat)) }).is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let first = cluster.create(spec("echo", "0")).await;
+    assert_eq!(worker.next_assignment().await.task_id, first);
+    // The only slot stays taken; 40 Tasks queue ahead of the one with a
+    // timeout (a scheduling pass reads about free slots + 16 Runs).
+    for i in 1..=40 {
+        let mut s = spec("echo", &i.to_string());
+        s.priority = 5;
+        cluster.create(s).await;
+    }
+    let mut late = spec("echo", "\"late\"");
+    late.limits = Some(pb::TaskLimits { schedule_to_start_timeout_ms: Some(300), ..Default::default() });
+    let late = cluster.create(late).await;
+    let got = cluster.wait_terminal(&late, Duration::from_secs(10)).await;
+    assert_eq!(status_of(&got), TaskStatus::Failed);
+    let error = got.task.and_then(|t| t.error).unwrap_or_default();
+    assert!(error.contains("schedule-to-start") && error.contains("busy"), "{error}");
+    heartbeats.abort();
+}
