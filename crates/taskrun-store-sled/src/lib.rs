@@ -216,6 +216,19 @@ impl SledStore {
         id_from("run_task", &bytes)
     }
 
+    /// The Runs an index named that are still PENDING (one may have been
+    /// assigned since the index was read).
+    fn still_pending(&self, ids: Vec<RunId>) -> Result<Vec<Run>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let run = self.load_run(&id)?;
+            if run.status == RunStatus::Pending {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
     fn load_run(&self, id: &RunId) -> Result<Run> {
         let task = self.task_of_run(id)?;
         let agg = self.aggregate(&task)?;
@@ -449,28 +462,12 @@ impl RunStore for SledStore {
 
     async fn pending_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
         let ids = self.memory().indexes.pending(now, limit);
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let run = self.load_run(&id)?;
-            // Assigned since the index was read: not pending any more.
-            if run.status == RunStatus::Pending {
-                out.push(run);
-            }
-        }
-        Ok(out)
+        self.still_pending(ids)
     }
 
     async fn overdue_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
         let ids = self.memory().indexes.overdue(now, limit);
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let run = self.load_run(&id)?;
-            // Placed since the index was read: not waiting any more.
-            if run.status == RunStatus::Pending {
-                out.push(run);
-            }
-        }
-        Ok(out)
+        self.still_pending(ids)
     }
 
     async fn active_runs_of_worker(&self, worker: &WorkerId) -> Result<Vec<Run>> {
