@@ -124,10 +124,7 @@ impl TaskStore for MemoryStore {
             && let Some(existing) = inner.idempotency.get(key)
         {
             let existing = inner.aggregate(existing)?.task.clone();
-            return Ok(match logic::idempotent_repeat(existing, &task)? {
-                CreateOutcome::Created(t) => CreateOutcome::Created((t, None)),
-                CreateOutcome::Existing(t) => CreateOutcome::Existing((t, None)),
-            });
+            return Ok(logic::idempotent_repeat(existing, &task)?.map(|t| (t, None)));
         }
         if inner.tasks.contains_key(&task.id) {
             return Err(Error::AlreadyExists { kind: "task", id: task.id.to_string() });

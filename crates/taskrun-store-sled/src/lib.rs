@@ -394,10 +394,7 @@ impl TaskStore for SledStore {
         let installed = durable.await.map_err(|_| Error::storage("store closed before the change was applied"))??;
         match installed {
             Installed::Done => Ok(CreateOutcome::Created((change.task.clone(), Some(change)))),
-            Installed::Existing(existing) => Ok(match logic::idempotent_repeat(*existing, &task)? {
-                CreateOutcome::Created(t) => CreateOutcome::Created((t, None)),
-                CreateOutcome::Existing(t) => CreateOutcome::Existing((t, None)),
-            }),
+            Installed::Existing(existing) => Ok(logic::idempotent_repeat(*existing, &task)?.map(|t| (t, None))),
             Installed::Conflict => Err(Error::storage("a new task met a conflict")),
         }
     }

@@ -72,6 +72,14 @@ impl<T> CreateOutcome<T> {
             CreateOutcome::Created(t) | CreateOutcome::Existing(t) => t,
         }
     }
+
+    /// The same outcome about `f` of the value.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> CreateOutcome<U> {
+        match self {
+            CreateOutcome::Created(t) => CreateOutcome::Created(f(t)),
+            CreateOutcome::Existing(t) => CreateOutcome::Existing(f(t)),
+        }
+    }
 }
 
 /// Which Tasks [`TaskStore::list_tasks`] returns. Every field that is set
