@@ -1,7 +1,7 @@
 //! Following a Task: `task watch` and `task create --watch`.
 //!
 //! Output chunks go to stdout raw, as they arrive; status changes go to
-//! stderr as `[RUNNING] run run_… attempt 1 on worker …`. A stream that
+//! stderr as `[RUNNING] run task_….0.1 attempt 1 on worker …`. A stream that
 //! drops is opened again after the last cursor seen, with backoff, a bounded
 //! number of times in a row. When the Task ends, its result JSON goes to
 //! stdout (or its error to stderr) and the exit code tells how it ended.

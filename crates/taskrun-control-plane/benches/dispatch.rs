@@ -25,6 +25,10 @@ use taskrun_core::TaskId;
 use taskrun_testkit::{Cluster, spec};
 use taskrun_worker::Worker;
 
+// The allocator the control plane and Worker binaries use.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const WORKERS: usize = 4;
 const SLOTS: u32 = 64;
 

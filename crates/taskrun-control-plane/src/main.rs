@@ -9,6 +9,11 @@ use taskrun_control_plane::config::StoreKind;
 use taskrun_control_plane::{Config, Server};
 use tracing::info;
 
+/// mimalloc: fewer cycles in malloc/free than glibc under many small,
+/// short-lived allocations across threads (measured in docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The TaskRun control plane: keeps Tasks and places their Runs on Workers.
 ///
 /// Settings come from the TOML file given with --config, then from the

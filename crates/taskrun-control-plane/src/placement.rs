@@ -118,7 +118,7 @@ impl ControlPlane {
         if !self.sessions().values().any(|s| s.state == WorkerState::Connected) {
             return None;
         }
-        let pending = [candidate(RunId::generate(), 0, task, manifest)];
+        let pending = [candidate(RunId::of(&task.id, 0, 1), 0, task, manifest)];
         self.reserve(&pending).pop().map(|(_, r)| r)
     }
 

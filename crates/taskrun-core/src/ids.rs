@@ -32,7 +32,7 @@ pub(crate) fn check_token(field: &'static str, s: &str, max: usize) -> Result<()
 }
 
 macro_rules! opaque_id {
-    ($(#[$doc:meta])* $name:ident, $field:literal, $prefix:literal) => {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -40,12 +40,7 @@ macro_rules! opaque_id {
 
         impl $name {
             /// The longest id accepted, in bytes.
-            pub const MAX_LEN: usize = 128;
-
-            /// A new unique id, ordered by creation time.
-            pub fn generate() -> $name {
-                $name(format!(concat!($prefix, "_{}"), uuid::Uuid::now_v7().simple()))
-            }
+            pub const MAX_LEN: usize = $max;
 
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -89,17 +84,58 @@ macro_rules! opaque_id {
 }
 
 opaque_id!(
-    /// Identifies a Task.
-    TaskId, "task_id", "task"
+    /// Identifies a Task. Short enough that a Run's id, which embeds it,
+    /// fits [`RunId::MAX_LEN`].
+    TaskId, "task_id", 96
 );
 opaque_id!(
-    /// Identifies a Run (one attempt of a Task on one Worker).
-    RunId, "run_id", "run"
+    /// Identifies a Run (one attempt of a Task on one Worker): its Task's
+    /// id, shard and attempt, as `task_0192….0.1` (see [`RunId::of`]).
+    RunId, "run_id", 128
 );
 opaque_id!(
     /// Identifies a Worker. Under mTLS it comes from the Worker's certificate.
-    WorkerId, "worker_id", "worker"
+    WorkerId, "worker_id", 128
 );
+
+impl TaskId {
+    /// A new unique id, ordered by creation time.
+    pub fn generate() -> TaskId {
+        TaskId(format!("task_{}", uuid::Uuid::now_v7().simple()))
+    }
+}
+
+impl RunId {
+    /// The id of attempt `attempt` of shard `shard` of Task `task`. Unique
+    /// as long as Task ids are, and it names its Task: a store finds the
+    /// Task of a Run without an index ([`RunId::task_id`]).
+    pub fn of(task: &TaskId, shard: u32, attempt: u32) -> RunId {
+        // At most 96 + 1 + 10 + 1 + 10 bytes, of characters a TaskId may hold.
+        RunId(format!("{task}.{shard}.{attempt}"))
+    }
+
+    /// The Task, shard and attempt this id was made from by [`RunId::of`];
+    /// None for an id that was not.
+    pub fn parts(&self) -> Option<(TaskId, u32, u32)> {
+        let mut it = self.0.rsplitn(3, '.');
+        let attempt = it.next()?;
+        let shard = it.next()?;
+        let task = it.next()?;
+        let number = |s: &str| -> Option<u32> {
+            // Canonical decimal only, so one Run has one id.
+            if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        };
+        Some((task.parse().ok()?, number(shard)?, number(attempt)?))
+    }
+
+    /// The Task this Run belongs to, if the id was made by [`RunId::of`].
+    pub fn task_id(&self) -> Option<TaskId> {
+        self.parts().map(|(task, _, _)| task)
+    }
+}
 
 /// An agent's name: 1 to 64 bytes of lowercase letters, digits and `-`,
 /// starting with a letter and not ending with `-`.

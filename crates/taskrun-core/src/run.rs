@@ -32,10 +32,10 @@ pub struct Run {
 }
 
 impl Run {
-    /// A new PENDING Run, lease 0.
-    pub fn new(id: RunId, task_id: TaskId, shard: u32, attempt: u32, now: Timestamp, not_before: Timestamp) -> Run {
+    /// A new PENDING Run, lease 0, with the id [`RunId::of`] gives it.
+    pub fn new(task_id: TaskId, shard: u32, attempt: u32, now: Timestamp, not_before: Timestamp) -> Run {
         Run {
-            id,
+            id: RunId::of(&task_id, shard, attempt),
             task_id,
             shard,
             attempt,

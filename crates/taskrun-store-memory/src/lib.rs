@@ -2,7 +2,7 @@
 //! the process. One mutex guards everything, so every change is atomic; the
 //! state-change logic is [`taskrun_store::logic`], shared with every backend.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -29,7 +29,6 @@ struct Inner {
     run_task: HashMap<RunId, TaskId>,
     idempotency: HashMap<String, TaskId>,
     events: HashMap<TaskId, Vec<TaskEvent>>,
-    output_seen: HashSet<(RunId, u64)>,
     workers: BTreeMap<WorkerId, Worker>,
     agents: BTreeMap<(AgentName, AgentVersion), StoredAgent>,
     digests: HashMap<AgentDigest, (AgentName, AgentVersion)>,
@@ -192,7 +191,7 @@ impl RunStore for MemoryStore {
             .filter(|(_, r)| r.status == taskrun_core::RunStatus::Pending && r.not_before <= now)
             .map(|(agg, r)| (agg.task.spec.priority, r))
             .collect();
-        ready.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        ready.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.not_before.cmp(&b.1.not_before)).then_with(|| a.1.id.cmp(&b.1.id)));
         Ok(ready.into_iter().take(limit).map(|(_, r)| r.clone()).collect())
     }
 
@@ -244,18 +243,8 @@ impl RunStore for MemoryStore {
     ) -> Result<RunChange> {
         let mut inner = self.lock();
         let task = inner.task_of_run(id)?;
-        let seen = &inner.output_seen;
         let mut agg = inner.aggregate(&task)?.clone();
-        let (touched, change, seqs) = agg.finish_with_output(
-            id,
-            lease,
-            output,
-            |seq| seen.contains(&(id.clone(), seq)),
-            &self.config,
-            outcome,
-            now,
-        )?;
-        inner.output_seen.extend(seqs.into_iter().map(|seq| (id.clone(), seq)));
+        let (touched, change) = agg.finish_with_output(id, lease, output, &self.config, outcome, now)?;
         inner.store(agg, touched);
         Ok(change)
     }
@@ -293,11 +282,9 @@ impl EventStore for MemoryStore {
     ) -> Result<AppendOutcome> {
         let mut inner = self.lock();
         let task = inner.task_of_run(run)?;
-        let already_stored = inner.output_seen.contains(&(run.clone(), seq));
         let mut agg = inner.aggregate(&task)?.clone();
         let i = agg.run_index(run)?;
-        let step =
-            logic::append_output(&mut agg.meta, &mut agg.runs[i], lease, seq, data, already_stored, &self.config, now)?;
+        let step = logic::append_output(&mut agg.meta, &mut agg.runs[i], lease, seq, data, &self.config, now)?;
         match step {
             OutputStep::Duplicate => Ok(AppendOutcome::Duplicate),
             OutputStep::OverLimit { limit_bytes } => {
@@ -305,7 +292,6 @@ impl EventStore for MemoryStore {
                 Err(Error::OutputLimit { run_id: run.clone(), limit_bytes })
             }
             OutputStep::Append(event) => {
-                inner.output_seen.insert((run.clone(), seq));
                 inner.store(agg, Touched { events: vec![event.clone()], ..Touched::default() });
                 Ok(AppendOutcome::Appended(event))
             }

@@ -16,8 +16,8 @@
 //! once its change is flushed.
 //!
 //! In memory ([`Memory`]): the aggregates of Tasks that have not ended (a
-//! bounded cache: a Task that is not there is read from sled), the run→task
-//! map of those Tasks, and the scheduling indexes. Only the applier changes
+//! bounded cache: a Task that is not there is read from sled) and the
+//! scheduling indexes. Only the applier changes
 //! a cached aggregate, and only to what it just committed; versions come
 //! from one counter that never repeats, so a snapshot taken before an
 //! eviction can never pass for one taken after a reload.
@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use taskrun_core::{RunId, Task, TaskId};
+use taskrun_core::{Task, TaskEvent, TaskId};
 use taskrun_store::logic::TaskAggregate;
 use taskrun_store::{Error, Result};
 use tokio::sync::oneshot;
@@ -42,25 +42,26 @@ const MAX_BATCH: usize = 1024;
 /// Most Task aggregates kept in memory.
 pub(crate) const CACHE_CAP: usize = 100_000;
 
-/// A cached aggregate and the version it has.
-#[derive(Debug)]
-struct Cached {
-    agg: Arc<TaskAggregate>,
-    version: u64,
+/// A Task as memory holds it: its aggregate, its events tail (as in its
+/// state record) and the version they have.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub agg: Arc<TaskAggregate>,
+    pub tail: Arc<Vec<TaskEvent>>,
+    pub version: u64,
 }
 
 /// What the store keeps in memory; see the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct Memory {
     pub indexes: Indexes,
-    tasks: HashMap<TaskId, Cached>,
-    runs: HashMap<RunId, TaskId>,
+    tasks: HashMap<TaskId, Snapshot>,
     next_version: u64,
 }
 
 impl Memory {
-    pub(crate) fn snapshot(&self, task: &TaskId) -> Option<(Arc<TaskAggregate>, u64)> {
-        self.tasks.get(task).map(|c| (c.agg.clone(), c.version))
+    pub(crate) fn snapshot(&self, task: &TaskId) -> Option<Snapshot> {
+        self.tasks.get(task).cloned()
     }
 
     /// Aggregates cached.
@@ -68,41 +69,30 @@ impl Memory {
         self.tasks.len()
     }
 
-    pub(crate) fn task_of_run(&self, run: &RunId) -> Option<TaskId> {
-        self.runs.get(run).cloned()
-    }
-
-    /// Caches `agg`, read from sled, under a new version. Only call it when
+    /// Caches a Task read from sled under a new version. Only call it when
     /// the Task is not cached, and with what sled holds now.
-    pub(crate) fn load(&mut self, agg: TaskAggregate) -> (Arc<TaskAggregate>, u64) {
-        let agg = Arc::new(agg);
-        let version = self.put(agg.clone());
-        (agg, version)
+    pub(crate) fn load(&mut self, agg: TaskAggregate, tail: Vec<TaskEvent>) -> Snapshot {
+        self.put(Arc::new(agg), Arc::new(tail))
     }
 
-    fn put(&mut self, agg: Arc<TaskAggregate>) -> u64 {
+    fn put(&mut self, agg: Arc<TaskAggregate>, tail: Arc<Vec<TaskEvent>>) -> Snapshot {
         self.next_version += 1;
-        for record in &agg.runs {
-            self.runs.insert(record.run.id.clone(), agg.task.id.clone());
-        }
-        self.tasks.insert(agg.task.id.clone(), Cached { agg, version: self.next_version });
-        self.next_version
+        let snapshot = Snapshot { agg, tail, version: self.next_version };
+        self.tasks.insert(snapshot.agg.task.id.clone(), snapshot.clone());
+        snapshot
     }
 
     fn forget(&mut self, task: &TaskId) {
-        if let Some(cached) = self.tasks.remove(task) {
-            for record in &cached.agg.runs {
-                self.runs.remove(&record.run.id);
-            }
-        }
+        self.tasks.remove(task);
     }
 
-    /// After a commit: the Task is now `agg`. Ended Tasks leave the cache.
-    fn install(&mut self, agg: &Arc<TaskAggregate>) {
+    /// After a commit: the Task is now `agg` with `tail`. Ended Tasks
+    /// leave the cache.
+    fn install(&mut self, agg: &Arc<TaskAggregate>, tail: &Arc<Vec<TaskEvent>>) {
         if agg.task.status.is_terminal() {
             self.forget(&agg.task.id);
         } else {
-            self.put(agg.clone());
+            self.put(agg.clone(), tail.clone());
         }
     }
 
@@ -126,15 +116,13 @@ pub(crate) struct Install {
     pub expected: Option<u64>,
     /// The aggregate after the change.
     pub agg: Arc<TaskAggregate>,
+    /// The events tail after the change (in `state`).
+    pub tail: Arc<Vec<TaskEvent>>,
     pub state: Vec<u8>,
-    /// A new Task's `tasks` record.
+    /// A new Task's head record.
     pub head: Option<Vec<u8>>,
-    /// The events record: (key, value).
+    /// An events record, if the tail was moved into one: (key, value).
     pub events: Option<(Vec<u8>, Vec<u8>)>,
-    /// Runs the change created (for `run_task`).
-    pub new_runs: Vec<RunId>,
-    /// An output chunk's (run, seq) key.
-    pub output_keys: Vec<Vec<u8>>,
     pub changes: Vec<index::Change>,
 }
 
@@ -173,7 +161,7 @@ fn read_task(tasks: &sled::Tree, id: &TaskId) -> Result<Task> {
     let head: TaskHead = records::decode("task", id.as_str().as_bytes(), &get(records::head_key(id), "task")?)?;
     let state: TaskState =
         records::decode("task_state", id.as_str().as_bytes(), &get(records::state_key(id), "task_state")?)?;
-    Ok(records::join(head, state).task)
+    Ok(records::join(head, state).0.task)
 }
 
 impl Submission {
@@ -215,12 +203,6 @@ impl Submission {
         if let Some((k, v)) = &i.events {
             w.insert(k.as_slice(), v.as_slice());
         }
-        for run in &i.new_runs {
-            w.insert(records::run_key(run), i.task.as_str().as_bytes());
-        }
-        for k in &i.output_keys {
-            w.insert(k.as_slice(), &[] as &[u8]);
-        }
         if i.agg.task.status.is_terminal() {
             w.remove(records::open_key(&i.task));
         }
@@ -231,7 +213,7 @@ impl Submission {
     /// After the batch committed: memory follows what was written.
     fn commit(&mut self, memory: &mut Memory) {
         if let Some(Ok(Installed::Done)) = &self.outcome {
-            memory.install(&self.install.agg);
+            memory.install(&self.install.agg, &self.install.tail);
             for change in &self.install.changes {
                 memory.indexes.apply(change);
             }
@@ -381,7 +363,7 @@ fn run(shared: &Shared, t: &Trees) {
                 .filter(|j| j.install.expected.is_some())
                 .filter_map(|j| {
                     let task = &j.install.task;
-                    memory.tasks.get(task).map(|c| (task.clone(), c.version))
+                    memory.tasks.get(task).map(|s| (task.clone(), s.version))
                 })
                 .collect()
         };

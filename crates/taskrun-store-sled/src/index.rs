@@ -6,7 +6,7 @@
 //! rebuilds them from that set; keeping them on disk would cost two more
 //! writes per Run transition.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use taskrun_core::{Run, RunId, RunStatus, Task, Timestamp, WorkerId};
 use taskrun_store::logic;
@@ -43,14 +43,14 @@ pub(crate) struct Change {
     pub after: Entry,
 }
 
-/// Higher priority first, then run id (creation order).
+/// Higher priority first (then earliest due, then run id).
 fn order(priority: i32) -> u32 {
     !((priority as u32) ^ 0x8000_0000)
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Indexes {
-    pending: BTreeMap<(u32, RunId), Timestamp>,
+    pending: BTreeSet<(u32, Timestamp, RunId)>,
     /// PENDING Runs with a schedule-to-start deadline, by deadline.
     deadlines: BTreeSet<(Timestamp, RunId)>,
     by_worker: HashMap<WorkerId, BTreeSet<RunId>>,
@@ -66,7 +66,7 @@ impl Indexes {
 
     pub(crate) fn insert(&mut self, e: &Entry) {
         if e.status == RunStatus::Pending {
-            self.pending.insert((order(e.priority), e.id.clone()), e.not_before);
+            self.pending.insert((order(e.priority), e.not_before, e.id.clone()));
             if let Some(d) = e.start_deadline {
                 self.deadlines.insert((d, e.id.clone()));
             }
@@ -80,7 +80,7 @@ impl Indexes {
 
     fn remove(&mut self, e: &Entry) {
         if e.status == RunStatus::Pending {
-            self.pending.remove(&(order(e.priority), e.id.clone()));
+            self.pending.remove(&(order(e.priority), e.not_before, e.id.clone()));
             if let Some(d) = e.start_deadline {
                 self.deadlines.remove(&(d, e.id.clone()));
             }
@@ -100,9 +100,9 @@ impl Indexes {
     pub(crate) fn pending(&self, now: Timestamp, limit: usize) -> Vec<RunId> {
         self.pending
             .iter()
-            .filter(|(_, not_before)| **not_before <= now)
+            .filter(|(_, not_before, _)| *not_before <= now)
             .take(limit)
-            .map(|((_, id), _)| id.clone())
+            .map(|(_, _, id)| id.clone())
             .collect()
     }
 

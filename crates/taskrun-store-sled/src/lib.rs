@@ -7,11 +7,9 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `tasks` | `h` task id | the Task's id, spec, creation time: written once |
-//! | `tasks` | `s` task id | status, result, error, event counter and every Run ([`RunRecord`](taskrun_store::logic::RunRecord)) |
-//! | `tasks` | `r` run id | the id of the Run's Task |
-//! | `tasks` | `e` task id, 0, first seq (u64 BE) | the TaskEvents of one change, in order |
+//! | `tasks` | `s` task id | status, result, error, event counter, every Run ([`RunRecord`](taskrun_store::logic::RunRecord), with the seqs of its stored output) and the latest TaskEvents (the tail) |
+//! | `tasks` | `e` task id, 0, first seq (u64 BE) | TaskEvents moved out of the tail, in order |
 //! | `tasks` | `i` idempotency key | task id |
-//! | `tasks` | `o` run id, 0, chunk seq (u64 BE) | empty: the (run, seq) de-dup set |
 //! | `tasks` | `p` task id | empty: the Tasks that have not ended |
 //! | `workers` | worker id | [`Worker`] |
 //! | `agents` | name, 0, major, minor, patch (u32 BE) | [`AgentManifest`] |
@@ -19,9 +17,12 @@
 //! | `blobs` | digest | component bytes |
 //! | `envelopes` | digest | signed envelope bytes |
 //!
-//! The layout keeps a Run transition to two or three small writes: the
-//! Task's state record (the Task's Runs live in it) and one events record,
-//! plus the `p` record when the Task ends. The scheduling indexes (PENDING
+//! The layout keeps a change to one write, the Task's state record (the
+//! Task's Runs and latest events live in it), plus the `p` record when the
+//! Task ends, plus an events record each time the events in the state
+//! record pass 2 KiB. A Task with little output is three writes when it
+//! is created and two when it ends. A Run's id names its Task
+//! ([`RunId::task_id`]), so no index maps one to the other. The scheduling indexes (PENDING
 //! Runs by priority, active Runs by Worker) are kept in memory and rebuilt
 //! at open from the `p` records, with the aggregates of open Tasks.
 //!
@@ -61,7 +62,7 @@ use taskrun_store::{
     RunChange, RunStore, StoreConfig, StoredAgent, TaskFilter, TaskStore, WorkerStore, encode_page_token,
 };
 
-use crate::apply::{Applier, CACHE_CAP, Install, Installed, Memory};
+use crate::apply::{Applier, CACHE_CAP, Install, Installed, Memory, Snapshot};
 use crate::catalog::Catalog;
 use crate::records::{TaskHead, TaskState, decode, encode, event_key, id_from};
 use crate::trees::{Trees, storage};
@@ -169,14 +170,14 @@ impl SledStore {
         }
     }
 
-    /// The Task's aggregate as sled holds it.
-    fn stored_aggregate(&self, id: &TaskId) -> Result<TaskAggregate> {
+    /// The Task's aggregate and events tail as sled holds them.
+    fn stored(&self, id: &TaskId) -> Result<(TaskAggregate, Vec<TaskEvent>)> {
         let head: TaskHead =
             self.get(&self.trees.tasks, "task", &records::head_key(id))?.ok_or_else(|| Error::not_found("task", id))?;
         self.with_state(head)
     }
 
-    fn with_state(&self, head: TaskHead) -> Result<TaskAggregate> {
+    fn with_state(&self, head: TaskHead) -> Result<(TaskAggregate, Vec<TaskEvent>)> {
         let state: TaskState = self
             .get(&self.trees.tasks, "task_state", &records::state_key(&head.id))?
             .ok_or_else(|| Error::corrupt("task_state", head.id.as_str(), "missing"))?;
@@ -185,35 +186,26 @@ impl SledStore {
 
     /// The Task's aggregate, from memory if it is there.
     fn aggregate(&self, id: &TaskId) -> Result<Arc<TaskAggregate>> {
-        if let Some((agg, _)) = self.memory().snapshot(id) {
-            return Ok(agg);
+        if let Some(snapshot) = self.memory().snapshot(id) {
+            return Ok(snapshot.agg);
         }
-        self.stored_aggregate(id).map(Arc::new)
+        self.stored(id).map(|(agg, _)| Arc::new(agg))
     }
 
-    /// The Task's aggregate and its version, cached if it was not.
-    fn snapshot(&self, id: &TaskId) -> Result<(Arc<TaskAggregate>, u64)> {
+    /// The Task as memory holds it, cached if it was not.
+    fn snapshot(&self, id: &TaskId) -> Result<Snapshot> {
         let mut memory = self.memory();
         if let Some(snapshot) = memory.snapshot(id) {
             return Ok(snapshot);
         }
         // Read while holding the lock: the applier changes only cached
         // Tasks, so what sled holds now is the Task's latest state.
-        let agg = self.stored_aggregate(id)?;
-        Ok(memory.load(agg))
+        let (agg, tail) = self.stored(id)?;
+        Ok(memory.load(agg, tail))
     }
 
     fn task_of_run(&self, run: &RunId) -> Result<TaskId> {
-        if let Some(task) = self.memory().task_of_run(run) {
-            return Ok(task);
-        }
-        let bytes = self
-            .trees
-            .tasks
-            .get(records::run_key(run))
-            .map_err(storage)?
-            .ok_or_else(|| Error::not_found("run", run))?;
-        id_from("run_task", &bytes)
+        run.task_id().ok_or_else(|| Error::not_found("run", run))
     }
 
     /// The Runs an index named that are still PENDING (one may have been
@@ -247,8 +239,8 @@ impl SledStore {
         R: Send,
     {
         for _ in 0..MAX_ATTEMPTS {
-            let (snapshot, version) = self.snapshot(task)?;
-            let mut agg = TaskAggregate::clone(&snapshot);
+            let snapshot = self.snapshot(task)?;
+            let mut agg = TaskAggregate::clone(&snapshot.agg);
             let (touched, value) = f(&mut agg)?;
             if touched == Touched::default() {
                 // Nothing to write; what the answer rests on is on disk
@@ -256,7 +248,7 @@ impl SledStore {
                 self.committer.durable().await?;
                 return Ok(value);
             }
-            match self.applier.submit(prepare(agg, &touched, Some(version), Vec::new())?).await? {
+            match self.applier.submit(prepare(agg, &snapshot.tail, &touched, Some(snapshot.version))?).await? {
                 Installed::Done => return Ok(value),
                 Installed::Conflict => continue,
                 Installed::Existing(_) => {
@@ -268,35 +260,34 @@ impl SledStore {
     }
 }
 
-/// The records a change writes.
-fn prepare(agg: TaskAggregate, touched: &Touched, expected: Option<u64>, output_keys: Vec<Vec<u8>>) -> Result<Install> {
+/// The records a change to a Task whose events tail was `tail` writes.
+fn prepare(agg: TaskAggregate, tail: &[TaskEvent], touched: &Touched, expected: Option<u64>) -> Result<Install> {
     let id = agg.task.id.clone();
-    let state = records::encode_state(&agg)?;
-    let events = match touched.events.first() {
-        Some(first) => {
-            let key = event_key(&id, first.seq);
-            let value = encode("event", &key, &touched.events)?;
-            Some((key, value))
+    let mut tail = tail.to_vec();
+    tail.extend(touched.events.iter().cloned());
+    let mut events = None;
+    if let Some(first) = tail.first() {
+        let key = event_key(&id, first.seq);
+        let value = encode("event", &key, &tail)?;
+        if value.len() > records::TAIL_BYTES {
+            events = Some((key, value));
+            tail.clear();
         }
-        None => None,
-    };
+    }
+    let state = records::encode_state(&agg, &tail)?;
     let head = match expected {
         None => Some(records::encode_head(&agg.task)?),
         Some(_) => None,
     };
-    let mut new_runs = Vec::new();
     let mut changes = Vec::with_capacity(touched.runs.len());
     for t in &touched.runs {
         let run = &agg.runs[t.index].run;
-        if t.before.is_none() {
-            new_runs.push(run.id.clone());
-        }
         changes.push(index::Change {
             before: t.before.as_ref().map(|b| index::Entry::of(b, &agg.task)),
             after: index::Entry::of(run, &agg.task),
         });
     }
-    Ok(Install { task: id, expected, agg: Arc::new(agg), state, head, events, new_runs, output_keys, changes })
+    Ok(Install { task: id, expected, agg: Arc::new(agg), tail: Arc::new(tail), state, head, events, changes })
 }
 
 /// What memory holds at open: the Tasks that have not ended (up to the
@@ -307,7 +298,7 @@ fn load_open_tasks(trees: &Trees) -> Result<Memory> {
     let mut memory = Memory::default();
     for entry in trees.tasks.scan_prefix([records::OPEN]) {
         let (key, _) = entry.map_err(storage)?;
-        let load = || -> Result<TaskAggregate> {
+        let load = || -> Result<(TaskAggregate, Vec<TaskEvent>)> {
             let id: TaskId = id_from("open", &key[1..])?;
             let missing = |what| Error::corrupt(what, id.as_str(), "missing");
             let (head_key, state_key) = (records::head_key(&id), records::state_key(&id));
@@ -316,12 +307,12 @@ fn load_open_tasks(trees: &Trees) -> Result<Memory> {
             Ok(records::join(decode("task", &head_key, &head)?, decode("task_state", &state_key, &state)?))
         };
         match load() {
-            Ok(agg) => {
+            Ok((agg, tail)) => {
                 for record in &agg.runs {
                     memory.indexes.insert(&index::Entry::of(&record.run, &agg.task));
                 }
                 if memory.len() < CACHE_CAP {
-                    memory.load(agg);
+                    memory.load(agg, tail);
                 }
             }
             Err(e @ Error::Corrupt { .. }) => {
@@ -365,7 +356,7 @@ fn tx_get<T: serde::de::DeserializeOwned>(
 impl TaskStore for SledStore {
     async fn create_task(&self, task: Task) -> Result<CreateOutcome<Task>> {
         let (agg, touched) = TaskAggregate::create(task)?;
-        let install = prepare(agg, &touched, None, Vec::new())?;
+        let install = prepare(agg, &[], &touched, None)?;
         let task = install.agg.task.clone();
         // A repeat is answered after the flush too: the Task it found may
         // not have been on disk yet.
@@ -383,7 +374,7 @@ impl TaskStore for SledStore {
         on_applied: OnApplied<'_>,
     ) -> Result<CreateOutcome<(Task, Option<RunChange>)>> {
         let (agg, touched, change) = TaskAggregate::create_assigned(task, worker)?;
-        let install = prepare(agg, &touched, None, Vec::new())?;
+        let install = prepare(agg, &[], &touched, None)?;
         let task = install.agg.task.clone();
         let (applied_tx, applied_rx) = tokio::sync::oneshot::channel();
         let durable = self.applier.enqueue(install, Some(applied_tx))?;
@@ -419,7 +410,7 @@ impl TaskStore for SledStore {
             if filter.agent.as_ref().is_some_and(|a| a != &head.spec.agent.name) {
                 continue;
             }
-            let task = self.with_state(head)?.task;
+            let task = self.with_state(head)?.0.task;
             if !filter.matches(&task) {
                 continue;
             }
@@ -504,35 +495,8 @@ impl RunStore for SledStore {
         now: Timestamp,
     ) -> Result<RunChange> {
         let task = self.task_of_run(id)?;
-        for _ in 0..MAX_ATTEMPTS {
-            let (snapshot, version) = self.snapshot(&task)?;
-            let mut agg = TaskAggregate::clone(&snapshot);
-            // Read after the snapshot: a chunk in the snapshot is in sled.
-            let mut stored = Vec::new();
-            if logic::may_hold_output(&agg.runs[agg.run_index(id)?]) {
-                for (seq, _) in &output {
-                    if self.trees.tasks.contains_key(records::output_key(id, *seq)).map_err(storage)? {
-                        stored.push(*seq);
-                    }
-                }
-            }
-            let (touched, change, seqs) = agg.finish_with_output(
-                id,
-                lease,
-                output.clone(),
-                |seq| stored.contains(&seq),
-                &self.config,
-                outcome.clone(),
-                now,
-            )?;
-            let keys = seqs.iter().map(|seq| records::output_key(id, *seq)).collect();
-            match self.applier.submit(prepare(agg, &touched, Some(version), keys)?).await? {
-                Installed::Done => return Ok(change),
-                Installed::Conflict => continue,
-                Installed::Existing(_) => return Err(Error::storage("a finished run was taken for a new task")),
-            }
-        }
-        Err(Error::storage(format!("task {task}: gave up after {MAX_ATTEMPTS} conflicting changes")))
+        self.change(&task, |agg| agg.finish_with_output(id, lease, output.clone(), &self.config, outcome.clone(), now))
+            .await
     }
 
     async fn fail_runs_of_worker(&self, worker: &WorkerId, reason: &str, now: Timestamp) -> Result<Vec<RunChange>> {
@@ -565,25 +529,14 @@ impl EventStore for SledStore {
         now: Timestamp,
     ) -> Result<AppendOutcome> {
         let task = self.task_of_run(run)?;
-        let seen = records::output_key(run, seq);
         for _ in 0..MAX_ATTEMPTS {
-            let (snapshot, version) = self.snapshot(&task)?;
-            let mut agg = TaskAggregate::clone(&snapshot);
+            let snapshot = self.snapshot(&task)?;
+            let (tail, version) = (&snapshot.tail, Some(snapshot.version));
+            let mut agg = TaskAggregate::clone(&snapshot.agg);
             let i = agg.run_index(run)?;
-            // Read after the snapshot: a chunk in the snapshot is in sled.
-            let already_stored =
-                logic::may_hold_output(&agg.runs[i]) && self.trees.tasks.contains_key(&seen).map_err(storage)?;
             let before = agg.runs[i].run.clone();
-            let step = logic::append_output(
-                &mut agg.meta,
-                &mut agg.runs[i],
-                lease,
-                seq,
-                data.clone(),
-                already_stored,
-                &self.config,
-                now,
-            )?;
+            let step =
+                logic::append_output(&mut agg.meta, &mut agg.runs[i], lease, seq, data.clone(), &self.config, now)?;
             let mut touched =
                 Touched { task: false, runs: vec![TouchedRun { index: i, before: Some(before) }], events: Vec::new() };
             let (install, answer) = match step {
@@ -592,12 +545,12 @@ impl EventStore for SledStore {
                     return Ok(AppendOutcome::Duplicate);
                 }
                 OutputStep::OverLimit { limit_bytes } => (
-                    prepare(agg, &touched, Some(version), Vec::new())?,
+                    prepare(agg, tail, &touched, version)?,
                     Err(Error::OutputLimit { run_id: run.clone(), limit_bytes }),
                 ),
                 OutputStep::Append(event) => {
                     touched.events.push(event.clone());
-                    (prepare(agg, &touched, Some(version), vec![seen.clone()])?, Ok(AppendOutcome::Appended(event)))
+                    (prepare(agg, tail, &touched, version)?, Ok(AppendOutcome::Appended(event)))
                 }
             };
             match self.applier.submit(install).await? {
@@ -613,13 +566,22 @@ impl EventStore for SledStore {
 
     async fn events_since(&self, task: &TaskId, after_seq: u64, limit: usize) -> Result<Vec<TaskEvent>> {
         let limit = if limit == 0 { 1000 } else { limit };
-        if !self.trees.tasks.contains_key(records::head_key(task)).map_err(storage)? {
-            return Err(Error::not_found("task", task));
-        }
+        // The tail first, then the events records before it. A change that
+        // moves the tail into a record meanwhile writes that record at the
+        // tail's first seq: it is left out, not read twice.
+        let cached = self.memory().snapshot(task).map(|s| s.tail);
+        let tail = match cached {
+            Some(tail) => tail,
+            None => Arc::new(self.stored(task)?.1),
+        };
         let Some(first) = after_seq.checked_add(1) else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
+        let records_end = match tail.first() {
+            Some(e) => Bound::Excluded(event_key(task, e.seq)),
+            None => Bound::Included(event_key(task, u64::MAX)),
+        };
         let take = |key: &[u8], value: &[u8], out: &mut Vec<TaskEvent>| -> Result<bool> {
             let events: Vec<TaskEvent> = decode("event", key, value)?;
             for e in events {
@@ -632,22 +594,23 @@ impl EventStore for SledStore {
             }
             Ok(true)
         };
-        // The record holding `first` starts at or before it…
-        let start = event_key(task, first);
-        if let Some(entry) = self.trees.tasks.range(event_key(task, 0)..=start.clone()).next_back() {
-            let (key, value) = entry.map_err(storage)?;
-            take(&key, &value, &mut out)?;
-        }
-        // …and the records after it follow.
-        for entry in self.trees.tasks.range::<&[u8], _>((
-            Bound::Excluded(start.as_slice()),
-            Bound::Included(event_key(task, u64::MAX).as_slice()),
-        )) {
-            let (key, value) = entry.map_err(storage)?;
-            if !take(&key, &value, &mut out)? {
-                break;
+        if tail.first().is_none_or(|e| first < e.seq) {
+            // The record holding `first` starts at or before it…
+            let start = event_key(task, first);
+            if let Some(entry) = self.trees.tasks.range(event_key(task, 0)..=start.clone()).next_back() {
+                let (key, value) = entry.map_err(storage)?;
+                take(&key, &value, &mut out)?;
+            }
+            // …and the records after it follow, up to the tail.
+            for entry in self.trees.tasks.range((Bound::Excluded(start), records_end)) {
+                let (key, value) = entry.map_err(storage)?;
+                if !take(&key, &value, &mut out)? {
+                    break;
+                }
             }
         }
+        let room = limit - out.len();
+        out.extend(tail.iter().filter(|e| e.seq > after_seq).take(room).cloned());
         Ok(out)
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use taskrun_core::{AgentName, AgentVersion, Json, RunId, Task, TaskId, TaskSpec, TaskStatus, Timestamp};
+use taskrun_core::{AgentName, AgentVersion, Json, Task, TaskEvent, TaskId, TaskSpec, TaskStatus, Timestamp};
 use taskrun_store::logic::{RunRecord, TaskAggregate, TaskMeta};
 use taskrun_store::{Error, Result};
 
@@ -15,8 +15,8 @@ pub(crate) struct TaskHead {
     pub created_at: Timestamp,
 }
 
-/// What changes about a Task (`task_state` tree): one small record written
-/// by every change to the Task, its Runs or its events.
+/// What changes about a Task: one small record written by every change to
+/// the Task, its Runs or its events.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct TaskState {
     pub status: TaskStatus,
@@ -25,7 +25,17 @@ pub(crate) struct TaskState {
     pub error: Option<String>,
     pub meta: TaskMeta,
     pub runs: Vec<RunRecord>,
+    /// The Task's latest TaskEvents, not (yet) in an events record; see
+    /// [`TAIL_BYTES`].
+    pub tail: Vec<TaskEvent>,
 }
+
+/// The most bytes of TaskEvents the state record carries. A change whose
+/// events would take the tail past this writes the tail and its own events
+/// as one events record instead, and empties the tail. A Task with little
+/// output so never writes an events record: each change is one write
+/// fewer, which is most of what a small Task costs.
+pub(crate) const TAIL_BYTES: usize = 2048;
 
 /// [`TaskState`] borrowed from an aggregate, for writing.
 #[derive(Serialize)]
@@ -36,6 +46,7 @@ struct TaskStateRef<'a> {
     error: &'a Option<String>,
     meta: &'a TaskMeta,
     runs: &'a [RunRecord],
+    tail: &'a [TaskEvent],
 }
 
 #[derive(Serialize)]
@@ -53,7 +64,7 @@ pub(crate) fn encode_head(task: &Task) -> Result<Vec<u8>> {
     )
 }
 
-pub(crate) fn encode_state(agg: &TaskAggregate) -> Result<Vec<u8>> {
+pub(crate) fn encode_state(agg: &TaskAggregate, tail: &[TaskEvent]) -> Result<Vec<u8>> {
     encode(
         "task_state",
         agg.task.id.as_str().as_bytes(),
@@ -64,12 +75,14 @@ pub(crate) fn encode_state(agg: &TaskAggregate) -> Result<Vec<u8>> {
             error: &agg.task.error,
             meta: &agg.meta,
             runs: &agg.runs,
+            tail,
         },
     )
 }
 
-pub(crate) fn join(head: TaskHead, state: TaskState) -> TaskAggregate {
-    TaskAggregate {
+/// The Task's aggregate and its events tail.
+pub(crate) fn join(head: TaskHead, state: TaskState) -> (TaskAggregate, Vec<TaskEvent>) {
+    let agg = TaskAggregate {
         task: Task {
             id: head.id,
             spec: head.spec,
@@ -81,7 +94,8 @@ pub(crate) fn join(head: TaskHead, state: TaskState) -> TaskAggregate {
         },
         meta: state.meta,
         runs: state.runs,
-    }
+    };
+    (agg, state.tail)
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, key: &[u8], bytes: &[u8]) -> Result<T> {
@@ -110,14 +124,10 @@ pub(crate) fn joined(a: &[u8], b: &[u8]) -> Vec<u8> {
 pub(crate) const HEAD: u8 = b'h';
 /// The Task's state: status, result, error, event counter, Runs.
 pub(crate) const STATE: u8 = b's';
-/// Run id → task id.
-pub(crate) const RUN: u8 = b'r';
-/// The TaskEvents of one change.
+/// TaskEvents moved out of the state record's tail, in order.
 pub(crate) const EVENTS: u8 = b'e';
 /// Idempotency key → task id.
 pub(crate) const IDEMPOTENCY: u8 = b'i';
-/// The (run, seq) of a stored output chunk.
-pub(crate) const OUTPUT: u8 = b'o';
 /// The Tasks that have not ended.
 pub(crate) const OPEN: u8 = b'p';
 
@@ -140,10 +150,6 @@ pub(crate) fn open_key(task: &TaskId) -> Vec<u8> {
     tagged(OPEN, task.as_str().as_bytes())
 }
 
-pub(crate) fn run_key(run: &RunId) -> Vec<u8> {
-    tagged(RUN, run.as_str().as_bytes())
-}
-
 pub(crate) fn idempotency_key(key: &str) -> Vec<u8> {
     tagged(IDEMPOTENCY, key.as_bytes())
 }
@@ -151,10 +157,6 @@ pub(crate) fn idempotency_key(key: &str) -> Vec<u8> {
 /// The key of the events record whose first event has `seq`.
 pub(crate) fn event_key(task: &TaskId, seq: u64) -> Vec<u8> {
     tagged(EVENTS, &joined(task.as_str().as_bytes(), &seq.to_be_bytes()))
-}
-
-pub(crate) fn output_key(run: &RunId, seq: u64) -> Vec<u8> {
-    tagged(OUTPUT, &joined(run.as_str().as_bytes(), &seq.to_be_bytes()))
 }
 
 pub(crate) fn agent_key(name: &AgentName, version: AgentVersion) -> Vec<u8> {

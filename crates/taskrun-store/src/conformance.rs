@@ -57,6 +57,7 @@ macro_rules! conformance_tests {
             concurrent_finishes_of_one_run_exactly_one_wins,
             output_is_deduplicated_and_ordered,
             output_is_capped_per_run,
+            output_with_too_many_gaps_is_refused,
             create_assigned_places_the_run_in_the_same_step,
             finish_with_output_stores_output_and_end_together,
             events_since_resumes_from_a_cursor,
@@ -292,7 +293,7 @@ where
     assert!(store.get_task(&missing).await.unwrap_err().is_not_found());
     assert!(store.list_runs(&missing).await.unwrap_err().is_not_found());
     assert!(store.events_since(&missing, 0, 10).await.unwrap_err().is_not_found());
-    let missing_run = taskrun_core::RunId::generate();
+    let missing_run = taskrun_core::RunId::of(&TaskId::generate(), 0, 1);
     assert!(store.get_run(&missing_run).await.unwrap_err().is_not_found());
     assert!(store.assign_run(&missing_run, &worker(1), 0, T0).await.unwrap_err().is_not_found());
 }
@@ -1155,6 +1156,36 @@ where
     assert_invariants(&*store, &task.id).await;
 }
 
+/// The store remembers which chunks it holds as ranges of seqs; a Worker
+/// that leaves gap after gap is refused before the Run's record grows.
+pub async fn output_with_too_many_gaps_is_refused<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let (task, runs) = create(&*store, spec("echo")).await;
+    let run = &runs[0];
+    let lease = run_it(&*store, run, &worker(1), T0).await;
+    let max = crate::logic::SeqSet::MAX_RANGES as u64;
+    // Seqs 1, 3, 5, …: one range each.
+    for n in 0..max {
+        store.append_output(&run.id, lease, 2 * n + 1, "x".into(), T0).await.unwrap();
+    }
+    let stored = output_of(&all_events(&*store, &task.id).await).len();
+    let err = store.append_output(&run.id, lease, 2 * max + 1, "x".into(), T0).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { field: "seq", .. }), "{err}");
+    assert_eq!(output_of(&all_events(&*store, &task.id).await).len(), stored, "nothing stored");
+    // Filling a gap, or extending the last range, is still taken; so is a
+    // retransmission as a duplicate.
+    store.append_output(&run.id, lease, 2, "y".into(), T0).await.unwrap();
+    store.append_output(&run.id, lease, 2 * max, "y".into(), T0).await.unwrap();
+    assert_eq!(store.append_output(&run.id, lease, 3, "x".into(), T0).await.unwrap(), AppendOutcome::Duplicate);
+    store.append_output(&run.id, lease, 2 * max + 3, "z".into(), T0).await.unwrap();
+    assert_eq!(output_of(&all_events(&*store, &task.id).await).len(), stored + 3);
+    assert_invariants(&*store, &task.id).await;
+}
+
 pub async fn output_is_capped_per_run<F, Fut>(make: F)
 where
     F: Fn(StoreConfig) -> Fut,
@@ -1327,11 +1358,29 @@ where
     let (other, other_runs) = create(&*store, spec("echo")).await;
     let lease = run_it(&*store, &runs[0], &worker(1), T0).await;
     let other_lease = run_it(&*store, &other_runs[0], &worker(2), T0).await;
+    // Chunks of many sizes, one of them large: a backend may keep events in
+    // records of any grouping, and a cursor must work across all of them.
+    let chunk = |seq: u64| {
+        let pad = if seq == 15 { 5000 } else { (seq as usize * 37) % 300 };
+        format!("chunk {seq} {}", "x".repeat(pad))
+    };
+    // Every cursor, while the Task runs and after it ended.
+    let check_every_cursor = |store: Arc<dyn Store>, task: TaskId| async move {
+        let all = all_events(&*store, &task).await;
+        for cursor in 0..=all.len() {
+            let page = store.events_since(&task, cursor as u64, 5).await.unwrap();
+            assert_eq!(page, all[cursor..(cursor + 5).min(all.len())], "after {cursor}");
+        }
+    };
     for seq in 1..=30 {
-        store.append_output(&runs[0].id, lease, seq, format!("chunk {seq}"), at(seq as i64)).await.unwrap();
+        store.append_output(&runs[0].id, lease, seq, chunk(seq), at(seq as i64)).await.unwrap();
         store.append_output(&other_runs[0].id, other_lease, seq, "other".into(), T0).await.unwrap();
+        if seq % 10 == 0 {
+            check_every_cursor(store.clone(), task.id.clone()).await;
+        }
     }
     store.finish_run(&runs[0].id, lease, completed("1"), at(40)).await.unwrap();
+    check_every_cursor(store.clone(), task.id.clone()).await;
 
     let mut seen = Vec::new();
     let mut cursor = 0;
@@ -1346,7 +1395,7 @@ where
     assert_eq!(seqs, (1..=seen.len() as u64).collect::<Vec<_>>());
     assert!(seen.iter().all(|e| e.task_id == task.id));
     let chunks: Vec<String> = output_of(&seen).into_iter().map(|o| o.2).collect();
-    let expected: Vec<String> = (1..=30).map(|n| format!("chunk {n}")).collect();
+    let expected: Vec<String> = (1..=30).map(chunk).collect();
     assert_eq!(chunks, expected);
     assert!(matches!(seen.last().unwrap().kind, TaskEventKind::Status { task_status: TaskStatus::Completed, .. }));
     assert!(store.events_since(&task.id, cursor, 7).await.unwrap().is_empty());

@@ -269,7 +269,9 @@ pub trait RunStore: Send + Sync {
     async fn list_runs(&self, task: &TaskId) -> Result<Vec<Run>>;
 
     /// Up to `limit` PENDING Runs whose `not_before` has come, higher Task
-    /// priority first, then oldest first.
+    /// priority first, then the longest due first (a first attempt is due
+    /// from its Task's creation, a retry from the end of its backoff), then
+    /// by id.
     async fn pending_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>>;
 
     /// Up to `limit` PENDING Runs whose schedule-to-start deadline

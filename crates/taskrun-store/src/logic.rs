@@ -20,8 +20,6 @@ use crate::{CancelOutcome, CreateOutcome, Error, Result, RunChange, StoreConfig}
 pub struct TaskMeta {
     /// The `seq` the Task's next TaskEvent gets (events count from 1).
     pub next_event_seq: u64,
-    /// Every Run of the Task, in creation order.
-    pub run_ids: Vec<RunId>,
     /// The Task's own cap on one Run's output (`limits.output_limit_bytes`).
     pub output_limit_bytes: Option<u64>,
 }
@@ -34,11 +32,63 @@ pub struct RunRecord {
     pub output_bytes: u64,
     /// Set once a chunk was refused for the cap: no later chunk is stored.
     pub output_closed: bool,
+    /// The seqs of the chunks stored: the (run, seq) de-duplication set.
+    pub output_seqs: SeqSet,
 }
 
 impl RunRecord {
     pub fn new(run: Run) -> RunRecord {
-        RunRecord { run, output_bytes: 0, output_closed: false }
+        RunRecord { run, output_bytes: 0, output_closed: false, output_seqs: SeqSet::default() }
+    }
+}
+
+/// A set of output chunk seqs, as sorted, disjoint, non-adjacent inclusive
+/// ranges. A Worker numbers a Run's chunks 1, 2, 3, …, so the set is one
+/// range unless chunks were lost or empty (an empty chunk is not stored);
+/// a few bytes in the Run's record however much output it has.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqSet(Vec<(u64, u64)>);
+
+impl SeqSet {
+    /// The most ranges a set holds. A Run whose chunks would leave more
+    /// gaps than this has its chunk refused: its record stays small.
+    pub const MAX_RANGES: usize = 256;
+
+    pub fn contains(&self, seq: u64) -> bool {
+        // The first range that does not end before `seq`.
+        let i = self.0.partition_point(|&(_, end)| end < seq);
+        self.0.get(i).is_some_and(|&(start, _)| start <= seq)
+    }
+
+    /// Whether `seq` can be added without passing [`SeqSet::MAX_RANGES`].
+    pub fn has_room_for(&self, seq: u64) -> bool {
+        let mut copy = self.clone();
+        copy.insert(seq);
+        copy.0.len() <= SeqSet::MAX_RANGES
+    }
+
+    pub fn insert(&mut self, seq: u64) {
+        let i = self.0.partition_point(|&(_, end)| end.saturating_add(1) < seq);
+        match self.0.get(i).copied() {
+            Some((start, end)) if start <= seq && seq <= end => {}
+            Some((start, end)) if end.saturating_add(1) == seq => {
+                // Joins the range it follows, and perhaps the next one.
+                match self.0.get(i + 1).copied() {
+                    Some((next_start, next_end)) if seq.checked_add(1) == Some(next_start) => {
+                        self.0[i] = (start, next_end);
+                        self.0.remove(i + 1);
+                    }
+                    _ => self.0[i] = (start, seq),
+                }
+            }
+            Some((start, end)) if seq.checked_add(1) == Some(start) => self.0[i] = (seq, end),
+            _ => self.0.insert(i, (seq, seq)),
+        }
+    }
+
+    /// How many ranges the set holds.
+    pub fn ranges(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -47,7 +97,7 @@ impl RunRecord {
 pub struct TaskAggregate {
     pub task: Task,
     pub meta: TaskMeta,
-    /// In the order of `meta.run_ids`.
+    /// In creation order.
     pub runs: Vec<RunRecord>,
 }
 
@@ -86,7 +136,6 @@ impl Change<'_> {
     }
 
     fn add_run(&mut self, run: Run) -> usize {
-        self.agg.meta.run_ids.push(run.id.clone());
         self.agg.runs.push(RunRecord::new(run));
         let index = self.agg.runs.len() - 1;
         self.touched.runs.push(TouchedRun { index, before: None });
@@ -135,7 +184,7 @@ impl Change<'_> {
         {
             let attempt = run.attempt + 1;
             let not_before = self.now.saturating_add(retry_policy.backoff(attempt));
-            let next = Run::new(RunId::generate(), run.task_id.clone(), run.shard, attempt, self.now, not_before);
+            let next = Run::new(run.task_id.clone(), run.shard, attempt, self.now, not_before);
             retry = Some(self.add_run(next));
             status = derive(self.agg);
         }
@@ -230,13 +279,9 @@ impl TaskAggregate {
         task.spec.validate(usize::MAX).map_err(|e| Error::invalid("task.spec", e.to_string()))?;
         let now = task.created_at;
         let runs: Vec<RunRecord> = (0..task.spec.fan_out.max(1))
-            .map(|shard| RunRecord::new(Run::new(RunId::generate(), task.id.clone(), shard, 1, now, now)))
+            .map(|shard| RunRecord::new(Run::new(task.id.clone(), shard, 1, now, now)))
             .collect();
-        let meta = TaskMeta {
-            next_event_seq: 1,
-            run_ids: runs.iter().map(|r| r.run.id.clone()).collect(),
-            output_limit_bytes: task.spec.limits.output_limit_bytes,
-        };
+        let meta = TaskMeta { next_event_seq: 1, output_limit_bytes: task.spec.limits.output_limit_bytes };
         let n = runs.len();
         let mut agg = TaskAggregate { task, meta, runs };
         let mut change = Change {
@@ -340,32 +385,25 @@ impl TaskAggregate {
     }
 
     /// Stores the Run's trailing output (chunks as [`append_output`] takes
-    /// them: a (run, seq) `stored` already is skipped, and nothing from the
+    /// them: a (run, seq) stored already is skipped, and nothing from the
     /// chunk that passes the cap on) and ends the Run, as one change; see
-    /// [`crate::RunStore::finish_run_with_output`]. Also returns the seqs
-    /// of the chunks stored, for the backend's (run, seq) keys.
-    #[allow(clippy::too_many_arguments)]
+    /// [`crate::RunStore::finish_run_with_output`].
     pub fn finish_with_output(
         &mut self,
         id: &RunId,
         lease: u64,
         output: Vec<(u64, String)>,
-        stored: impl Fn(u64) -> bool,
         config: &StoreConfig,
         outcome: RunOutcome,
         now: Timestamp,
-    ) -> Result<(Touched, RunChange, Vec<u64>)> {
+    ) -> Result<(Touched, RunChange)> {
         let i = self.run_index(id)?;
         check_lease(&self.runs[i].run, lease)?;
         let mut events = Vec::new();
-        let mut seqs = Vec::new();
         for (seq, data) in output {
             let run = &mut self.runs[i];
-            match append_output(&mut self.meta, run, lease, seq, data, stored(seq), config, now)? {
-                OutputStep::Append(event) => {
-                    events.push(event);
-                    seqs.push(seq);
-                }
+            match append_output(&mut self.meta, run, lease, seq, data, config, now)? {
+                OutputStep::Append(event) => events.push(event),
                 OutputStep::Duplicate => {}
                 OutputStep::OverLimit { .. } => break,
             }
@@ -374,7 +412,7 @@ impl TaskAggregate {
         events.append(&mut touched.events);
         touched.events = events;
         change.events.clone_from(&touched.events);
-        Ok((touched, change, seqs))
+        Ok((touched, change))
     }
 
     /// Fails the Run of a lost Worker, bumping its lease first so the Worker
@@ -457,7 +495,8 @@ impl TaskAggregate {
 /// What to do with an output chunk; see [`append_output`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputStep {
-    /// Store the Run record, the meta, this event and the (run, seq) key.
+    /// Store the Run record (its seq set has the chunk's seq now), the meta
+    /// and this event.
     Append(TaskEvent),
     /// A chunk with this (run, seq) is stored: change nothing.
     Duplicate,
@@ -475,28 +514,19 @@ pub fn start_deadline(task: &Task, run: &Run) -> Option<Timestamp> {
     Some(since.saturating_add(std::time::Duration::from_millis(timeout)))
 }
 
-/// Whether any chunk of the Run may be stored; when not, no (run, seq)
-/// needs looking up before a chunk is appended.
-pub fn may_hold_output(run: &RunRecord) -> bool {
-    run.output_bytes > 0
-}
-
 /// The cap on one Run's output.
 pub fn output_cap(meta: &TaskMeta, config: &StoreConfig) -> u64 {
     meta.output_limit_bytes.unwrap_or(u64::MAX).min(config.max_output_bytes_per_run)
 }
 
 /// Decides about an output chunk of `run`, updating `meta` and `run` when
-/// it is to be stored. `already_stored` tells whether (run, seq) is stored.
-/// `Err` changes nothing.
-#[allow(clippy::too_many_arguments)]
+/// it is to be stored. `Err` changes nothing.
 pub fn append_output(
     meta: &mut TaskMeta,
     run: &mut RunRecord,
     lease: u64,
     seq: u64,
     data: String,
-    already_stored: bool,
     config: &StoreConfig,
     now: Timestamp,
 ) -> Result<OutputStep> {
@@ -504,14 +534,22 @@ pub fn append_output(
         return Err(Error::invalid("seq", "output chunks are numbered from 1"));
     }
     check_lease(&run.run, lease)?;
-    // An empty chunk carries nothing: it is not stored. So a Run with no
-    // output bytes stored has no chunk stored, and a backend can skip
-    // looking for (run, seq) — see [`may_hold_output`].
-    if already_stored || data.is_empty() {
+    // An empty chunk carries nothing: it is not stored.
+    if run.output_seqs.contains(seq) || data.is_empty() {
         return Ok(OutputStep::Duplicate);
     }
     if !run.run.status.is_active() {
         return Err(Error::precondition("run", &run.run.id, format!("is {}, it takes no more output", run.run.status)));
+    }
+    if !run.output_seqs.has_room_for(seq) {
+        return Err(Error::invalid(
+            "seq",
+            format!(
+                "chunk {seq} of run {} would leave more than {} gaps in its output; number chunks 1, 2, 3, …",
+                run.run.id,
+                SeqSet::MAX_RANGES
+            ),
+        ));
     }
     let limit_bytes = output_cap(meta, config);
     let len = data.len() as u64;
@@ -520,6 +558,7 @@ pub fn append_output(
         return Ok(OutputStep::OverLimit { limit_bytes });
     }
     run.output_bytes += len;
+    run.output_seqs.insert(seq);
     let event = TaskEvent {
         task_id: run.run.task_id.clone(),
         seq: meta.next_event_seq,
@@ -586,4 +625,51 @@ pub fn decide_put_agent<'a>(
         });
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeqSet;
+
+    fn check(seqs: &[u64], expect: &[(u64, u64)]) {
+        let mut set = SeqSet::default();
+        for &seq in seqs {
+            set.insert(seq);
+            assert!(set.contains(seq), "{seqs:?}: {seq} inserted");
+        }
+        assert_eq!(set.0, expect, "{seqs:?}");
+        for seq in 0..=seqs.iter().copied().max().unwrap_or(0) + 2 {
+            assert_eq!(set.contains(seq), seqs.contains(&seq), "{seqs:?}: contains({seq})");
+        }
+    }
+
+    #[test]
+    fn seq_sets_keep_disjoint_ranges() {
+        check(&[], &[]);
+        check(&[1, 2, 3], &[(1, 3)]);
+        check(&[3, 2, 1], &[(1, 3)]);
+        check(&[1, 3], &[(1, 1), (3, 3)]);
+        check(&[1, 3, 2], &[(1, 3)]);
+        check(&[5, 1, 3, 2, 4], &[(1, 5)]);
+        check(&[7, 1, 4, 1, 7], &[(1, 1), (4, 4), (7, 7)]);
+        check(&[10, 20, 15, 11, 19, 12], &[(10, 12), (15, 15), (19, 20)]);
+        let mut max = SeqSet::default();
+        max.insert(u64::MAX);
+        max.insert(u64::MAX - 1);
+        assert_eq!(max.0, [(u64::MAX - 1, u64::MAX)]);
+    }
+
+    #[test]
+    fn seq_sets_are_capped_in_ranges() {
+        let mut set = SeqSet::default();
+        for n in 0..SeqSet::MAX_RANGES as u64 {
+            set.insert(2 * n + 1);
+        }
+        assert_eq!(set.ranges(), SeqSet::MAX_RANGES);
+        let next_gap = 2 * SeqSet::MAX_RANGES as u64 + 1;
+        assert!(!set.has_room_for(next_gap));
+        assert!(set.has_room_for(2), "closing a gap");
+        assert!(set.has_room_for(next_gap - 1), "extending the last range");
+        assert!(set.has_room_for(1), "already there");
+    }
 }

@@ -7,6 +7,11 @@ use clap::Parser;
 use taskrun_worker::{Worker, WorkerConfig};
 use tracing::info;
 
+/// mimalloc: fewer cycles in malloc/free than glibc under many small,
+/// short-lived allocations across threads (measured in docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A TaskRun Worker: holds a stream to the control plane, runs the Runs it
 /// is given in a wasmtime sandbox, streams their output back.
 ///

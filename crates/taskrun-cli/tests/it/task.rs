@@ -255,7 +255,11 @@ async fn watching_a_cancelled_task_exits_with_code_2() {
     assert!(out.stdout.is_empty(), "no result for a cancelled Task: {}", out.stdout);
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.first().copied(), Some(format!("[PENDING] task {id}: task created with 1 run(s)").as_str()));
-    assert!(lines.iter().any(|l| l.starts_with("[CANCELLED] run run_") && l.contains("attempt 1")), "{}", out.stderr);
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!("[CANCELLED] run {id}.0.1 ")) && l.contains("attempt 1")),
+        "{}",
+        out.stderr
+    );
     assert!(lines.contains(&format!("[CANCELLED] task {id}: not needed").as_str()), "{}", out.stderr);
     assert_eq!(lines.last().copied(), Some(format!("task {id} was cancelled: not needed").as_str()));
 

@@ -38,7 +38,7 @@ async fn a_task_on_a_real_worker_streams_its_output_then_prints_its_result() {
     assert!(out.stderr.contains("attempt 1 on worker worker-e2e"), "{}", out.stderr);
     // A quick Run goes from ASSIGNED straight to COMPLETED.
     assert!(
-        out.stderr.lines().any(|l| l.starts_with("[COMPLETED] run run_") && l.contains("on worker worker-e2e")),
+        out.stderr.lines().any(|l| l.starts_with("[COMPLETED] run task_") && l.contains("on worker worker-e2e")),
         "{}",
         out.stderr
     );

@@ -34,7 +34,27 @@ fn generated_ids_are_valid_unique_and_ordered() {
     assert_ne!(a, b);
     assert!(a < b, "uuid v7 ids sort by creation: {a} {b}");
     assert_eq!(a.as_str().parse::<TaskId>().unwrap(), a);
-    assert!(RunId::generate().as_str().starts_with("run_"));
+}
+
+#[test]
+fn run_ids_name_their_task_shard_and_attempt() {
+    let task = TaskId::generate();
+    let run = RunId::of(&task, 3, 12);
+    assert_eq!(run.as_str(), format!("{task}.3.12"));
+    assert_eq!(run.parts(), Some((task.clone(), 3, 12)));
+    assert_eq!(run.as_str().parse::<RunId>().unwrap(), run);
+    // The longest Task id still makes a valid Run id.
+    let long: TaskId = "t".repeat(TaskId::MAX_LEN).parse().unwrap();
+    let run = RunId::of(&long, u32::MAX, u32::MAX);
+    assert_eq!(run.as_str().parse::<RunId>().unwrap().task_id(), Some(long));
+    // Ids not made by `RunId::of` name no Task.
+    for id in ["run_0192", "task_1.0", "task_1.00.1", "task_1.0.x", "task_1.0.4294967296", ".0.1", "task_1.-1.1"] {
+        let run: RunId = match id.parse() {
+            Ok(run) => run,
+            Err(_) => continue,
+        };
+        assert_eq!(run.parts(), None, "{id}");
+    }
 }
 
 #[test]

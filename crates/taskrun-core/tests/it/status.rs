@@ -1,5 +1,5 @@
 use taskrun_core::{
-    RetryPolicy, Run, RunId, RunOutcome, RunStatus, TaskId, TaskStatus, Timestamp, WorkerId, derive_task_status,
+    RetryPolicy, Run, RunOutcome, RunStatus, TaskId, TaskStatus, Timestamp, WorkerId, derive_task_status,
 };
 
 /// Every (from, to) pair for TaskStatus: the legal ones succeed, every other
@@ -77,7 +77,7 @@ fn status_parse_rejects_unknown() {
 }
 
 fn run(shard: u32, attempt: u32, status: RunStatus) -> Run {
-    let mut r = Run::new(RunId::generate(), "task_1".parse().unwrap(), shard, attempt, Timestamp(0), Timestamp(0));
+    let mut r = Run::new("task_1".parse().unwrap(), shard, attempt, Timestamp(0), Timestamp(0));
     let w: WorkerId = "w1".parse().unwrap();
     let now = Timestamp(1);
     match status {
@@ -142,7 +142,7 @@ fn task_status_follows_runs() {
 
 #[test]
 fn lease_fences_stale_assignments() {
-    let mut r = Run::new(RunId::generate(), TaskId::generate(), 0, 1, Timestamp(0), Timestamp(0));
+    let mut r = Run::new(TaskId::generate(), 0, 1, Timestamp(0), Timestamp(0));
     let w: WorkerId = "w1".parse().unwrap();
     assert_eq!(r.assign(w.clone(), 0, Timestamp(5)), Ok(1));
     // A second assignment with the old lease is refused, and changes nothing.

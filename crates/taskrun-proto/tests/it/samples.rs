@@ -143,8 +143,8 @@ pub fn tasks() -> Vec<Task> {
 }
 
 pub fn runs() -> Vec<Run> {
-    let new = Run::new("run_a".parse().unwrap(), "task_0001".parse().unwrap(), 0, 1, T0, T0);
-    let mut completed = Run::new("run_b".parse().unwrap(), "task-2".parse().unwrap(), 63, 2, T0, at(1_000));
+    let new = Run::new("task_0001".parse().unwrap(), 0, 1, T0, T0);
+    let mut completed = Run::new("task-2".parse().unwrap(), 63, 2, T0, at(1_000));
     completed.assign("worker-7".parse().unwrap(), 0, at(1_001)).unwrap();
     completed.start(at(1_002)).unwrap();
     completed.finish(RunOutcome::Completed { result: Json::parse("result", "[1,2,3]").unwrap() }, at(1_003)).unwrap();

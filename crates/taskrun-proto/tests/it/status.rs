@@ -23,7 +23,7 @@ fn invalid_message_is_invalid_argument() {
 
 #[test]
 fn core_errors() {
-    let mut run = Run::new("run-1".parse().unwrap(), "task-1".parse().unwrap(), 0, 1, Timestamp(0), Timestamp(0));
+    let mut run = Run::new("task-1".parse().unwrap(), 0, 1, Timestamp(0), Timestamp(0));
     let stale = run.check_lease(3).unwrap_err();
     let transition = run.start(Timestamp(1)).unwrap_err();
     let invalid = "Bad Name".parse::<taskrun_core::AgentName>().unwrap_err();
@@ -36,7 +36,7 @@ fn core_errors() {
         .collect();
     expect![[r#"
         [
-            "FailedPrecondition: invalid lease \"3\": stale: run run-1 holds lease 0",
+            "FailedPrecondition: invalid lease \"3\": stale: run task-1.0.1 holds lease 0",
             "FailedPrecondition: illegal run transition PENDING -> RUNNING",
             "InvalidArgument: invalid agent_name \"Bad Name\": must start with a lowercase letter",
         ]
