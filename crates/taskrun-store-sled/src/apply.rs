@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 
 use crate::commit::CommitHandle;
 use crate::index::{self, Indexes};
-use crate::records::{self, TaskHead, TaskState};
+use crate::records;
 use crate::trees::{Trees, storage};
 
 /// Most changes in one batch.
@@ -155,13 +155,10 @@ struct Batch {
 }
 
 fn read_task(tasks: &sled::Tree, id: &TaskId) -> Result<Task> {
-    let get = |key: Vec<u8>, what| -> Result<sled::IVec> {
-        tasks.get(&key).map_err(storage)?.ok_or_else(|| Error::corrupt(what, id.as_str(), "missing"))
-    };
-    let head: TaskHead = records::decode("task", id.as_str().as_bytes(), &get(records::head_key(id), "task")?)?;
-    let state: TaskState =
-        records::decode("task_state", id.as_str().as_bytes(), &get(records::state_key(id), "task_state")?)?;
-    Ok(records::join(head, state).0.task)
+    match records::load_task(tasks, id)? {
+        Some((agg, _)) => Ok(agg.task),
+        None => Err(Error::corrupt("task", id.as_str(), "missing")),
+    }
 }
 
 impl Submission {
@@ -193,18 +190,18 @@ impl Submission {
         let w = &mut batch.writes;
         if let Some(head) = &i.head {
             w.insert(records::head_key(&i.task), head.as_slice());
-            w.insert(records::open_key(&i.task), &[] as &[u8]);
             if let Some(k) = &i.agg.task.spec.idempotency_key {
                 w.insert(records::idempotency_key(k), i.task.as_str().as_bytes());
                 batch.keys.insert(k.clone(), i.agg.task.clone());
             }
         }
-        w.insert(records::state_key(&i.task), i.state.as_slice());
+        let open = !i.agg.task.status.is_terminal();
+        w.insert(records::state_key(&i.task, open), i.state.as_slice());
+        if !open {
+            w.remove(records::state_key(&i.task, true));
+        }
         if let Some((k, v)) = &i.events {
             w.insert(k.as_slice(), v.as_slice());
-        }
-        if i.agg.task.status.is_terminal() {
-            w.remove(records::open_key(&i.task));
         }
         batch.changed.insert(i.task.clone());
         Ok(Installed::Done)
@@ -243,6 +240,10 @@ fn lock(memory: &Mutex<Memory>) -> MutexGuard<'_, Memory> {
 struct Queue {
     submissions: Vec<Submission>,
     shutdown: bool,
+    /// The applier waits for the queue to fill: a submission must wake it.
+    /// Otherwise it takes the queue when its batch is done, and a wake-up
+    /// (a futex syscall per submission) would be wasted.
+    idle: bool,
 }
 
 struct Shared {
@@ -311,14 +312,17 @@ impl Applier {
         applied: Option<oneshot::Sender<()>>,
     ) -> Result<oneshot::Receiver<Result<Installed>>> {
         let (reply, rx) = oneshot::channel();
-        {
+        let wake = {
             let mut queue = self.shared.lock();
             if queue.shutdown {
                 return Err(Error::storage("store is closed"));
             }
             queue.submissions.push(Submission { install, outcome: None, reply, applied });
+            std::mem::take(&mut queue.idle)
+        };
+        if wake {
+            self.shared.wake.notify_one();
         }
-        self.shared.wake.notify_one();
         Ok(rx)
     }
 
@@ -344,8 +348,10 @@ fn run(shared: &Shared, t: &Trees) {
         let mut submissions: Vec<Submission> = {
             let mut queue = shared.lock();
             while queue.submissions.is_empty() && !queue.shutdown {
+                queue.idle = true;
                 queue = shared.wake.wait(queue).unwrap_or_else(PoisonError::into_inner);
             }
+            queue.idle = false;
             if queue.submissions.is_empty() {
                 return;
             }

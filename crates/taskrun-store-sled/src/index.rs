@@ -2,7 +2,7 @@
 //! deadline, active Runs by Worker.
 //!
 //! They live in memory. They follow from the Runs of the Tasks that have
-//! not ended, which the durable `open_tasks` set names, so opening the store
+//! not ended, whose state records are the durable `p` prefix, so opening the store
 //! rebuilds them from that set; keeping them on disk would cost two more
 //! writes per Run transition.
 

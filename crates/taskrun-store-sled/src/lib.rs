@@ -7,10 +7,10 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `tasks` | `h` task id | the Task's id, spec, creation time: written once |
-//! | `tasks` | `s` task id | status, result, error, event counter, every Run ([`RunRecord`](taskrun_store::logic::RunRecord), with the seqs of its stored output) and the latest TaskEvents (the tail) |
+//! | `tasks` | `p` task id | a Task that has not ended: status, result, error, event counter, every Run ([`RunRecord`](taskrun_store::logic::RunRecord), with the seqs of its stored output) and the latest TaskEvents (the tail) |
+//! | `tasks` | `s` task id | the same, once the Task ended (the change that ends a Task moves the record) |
 //! | `tasks` | `e` task id, 0, first seq (u64 BE) | TaskEvents moved out of the tail, in order |
 //! | `tasks` | `i` idempotency key | task id |
-//! | `tasks` | `p` task id | empty: the Tasks that have not ended |
 //! | `workers` | worker id | [`Worker`] |
 //! | `agents` | name, 0, major, minor, patch (u32 BE) | [`AgentManifest`] |
 //! | `agent_digests` | digest (32 bytes) | `agents` key |
@@ -18,13 +18,13 @@
 //! | `envelopes` | digest | signed envelope bytes |
 //!
 //! The layout keeps a change to one write, the Task's state record (the
-//! Task's Runs and latest events live in it), plus the `p` record when the
-//! Task ends, plus an events record each time the events in the state
-//! record pass 2 KiB. A Task with little output is three writes when it
-//! is created and two when it ends. A Run's id names its Task
+//! Task's Runs and latest events live in it; when the Task ends the record
+//! moves from `p` to `s`, one more write), plus an events record each time
+//! the events in the state record pass 2 KiB. A Task with little output is
+//! two writes when it is created and two when it ends. A Run's id names its Task
 //! ([`RunId::task_id`]), so no index maps one to the other. The scheduling indexes (PENDING
 //! Runs by priority, active Runs by Worker) are kept in memory and rebuilt
-//! at open from the `p` records, with the aggregates of open Tasks.
+//! at open from the `p` records (the open Tasks), with their aggregates.
 //!
 //! Writes (see `apply.rs`): a caller prepares its change from an in-memory
 //! snapshot of the Task; one applier thread checks that the Task did not
@@ -64,7 +64,7 @@ use taskrun_store::{
 
 use crate::apply::{Applier, CACHE_CAP, Install, Installed, Memory, Snapshot};
 use crate::catalog::Catalog;
-use crate::records::{TaskHead, TaskState, decode, encode, event_key, id_from};
+use crate::records::{TaskHead, decode, encode, event_key, id_from};
 use crate::trees::{Trees, storage};
 
 /// How often a change is prepared again when other changes to its Task keep
@@ -172,16 +172,7 @@ impl SledStore {
 
     /// The Task's aggregate and events tail as sled holds them.
     fn stored(&self, id: &TaskId) -> Result<(TaskAggregate, Vec<TaskEvent>)> {
-        let head: TaskHead =
-            self.get(&self.trees.tasks, "task", &records::head_key(id))?.ok_or_else(|| Error::not_found("task", id))?;
-        self.with_state(head)
-    }
-
-    fn with_state(&self, head: TaskHead) -> Result<(TaskAggregate, Vec<TaskEvent>)> {
-        let state: TaskState = self
-            .get(&self.trees.tasks, "task_state", &records::state_key(&head.id))?
-            .ok_or_else(|| Error::corrupt("task_state", head.id.as_str(), "missing"))?;
-        Ok(records::join(head, state))
+        records::load_task(&self.trees.tasks, id)?.ok_or_else(|| Error::not_found("task", id))
     }
 
     /// The Task's aggregate, from memory if it is there.
@@ -297,14 +288,16 @@ fn prepare(agg: TaskAggregate, tail: &[TaskEvent], touched: &Touched, expected: 
 fn load_open_tasks(trees: &Trees) -> Result<Memory> {
     let mut memory = Memory::default();
     for entry in trees.tasks.scan_prefix([records::OPEN]) {
-        let (key, _) = entry.map_err(storage)?;
+        let (key, state) = entry.map_err(storage)?;
         let load = || -> Result<(TaskAggregate, Vec<TaskEvent>)> {
-            let id: TaskId = id_from("open", &key[1..])?;
-            let missing = |what| Error::corrupt(what, id.as_str(), "missing");
-            let (head_key, state_key) = (records::head_key(&id), records::state_key(&id));
-            let head = trees.tasks.get(&head_key).map_err(storage)?.ok_or_else(|| missing("task"))?;
-            let state = trees.tasks.get(&state_key).map_err(storage)?.ok_or_else(|| missing("task_state"))?;
-            Ok(records::join(decode("task", &head_key, &head)?, decode("task_state", &state_key, &state)?))
+            let id: TaskId = id_from("task_state", &key[1..])?;
+            let head_key = records::head_key(&id);
+            let head = trees
+                .tasks
+                .get(&head_key)
+                .map_err(storage)?
+                .ok_or_else(|| Error::corrupt("task", id.as_str(), "missing"))?;
+            Ok(records::join(decode("task", &head_key, &head)?, decode("task_state", &key, &state)?))
         };
         match load() {
             Ok((agg, tail)) => {
@@ -410,7 +403,7 @@ impl TaskStore for SledStore {
             if filter.agent.as_ref().is_some_and(|a| a != &head.spec.agent.name) {
                 continue;
             }
-            let task = self.with_state(head)?.0.task;
+            let task = records::with_state(&self.trees.tasks, head)?.0.task;
             if !filter.matches(&task) {
                 continue;
             }

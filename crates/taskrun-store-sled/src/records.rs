@@ -6,6 +6,8 @@ use taskrun_core::{AgentName, AgentVersion, Json, Task, TaskEvent, TaskId, TaskS
 use taskrun_store::logic::{RunRecord, TaskAggregate, TaskMeta};
 use taskrun_store::{Error, Result};
 
+use crate::trees::storage;
+
 /// What never changes about a Task (`tasks` tree). The input may be large,
 /// so it is written once.
 #[derive(Debug, Serialize, Deserialize)]
@@ -122,13 +124,16 @@ pub(crate) fn joined(a: &[u8], b: &[u8]) -> Vec<u8> {
 
 /// The Task's id, spec and creation time: written once.
 pub(crate) const HEAD: u8 = b'h';
-/// The Task's state: status, result, error, event counter, Runs.
+/// The state of a Task that ended: status, result, error, event counter,
+/// Runs, events tail.
 pub(crate) const STATE: u8 = b's';
 /// TaskEvents moved out of the state record's tail, in order.
 pub(crate) const EVENTS: u8 = b'e';
 /// Idempotency key → task id.
 pub(crate) const IDEMPOTENCY: u8 = b'i';
-/// The Tasks that have not ended.
+/// The state of a Task that has not ended. A Task's state record moves
+/// from `p` to `s` in the change that ends it, so the open Tasks are a
+/// prefix scan away and cost no record of their own.
 pub(crate) const OPEN: u8 = b'p';
 
 pub(crate) fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {
@@ -142,12 +147,32 @@ pub(crate) fn head_key(task: &TaskId) -> Vec<u8> {
     tagged(HEAD, task.as_str().as_bytes())
 }
 
-pub(crate) fn state_key(task: &TaskId) -> Vec<u8> {
-    tagged(STATE, task.as_str().as_bytes())
+/// The key of the Task's state record while it is open, or once it ended.
+pub(crate) fn state_key(task: &TaskId, open: bool) -> Vec<u8> {
+    tagged(if open { OPEN } else { STATE }, task.as_str().as_bytes())
 }
 
-pub(crate) fn open_key(task: &TaskId) -> Vec<u8> {
-    tagged(OPEN, task.as_str().as_bytes())
+/// The Task's aggregate and events tail as `tasks` holds them; None if
+/// there is no such Task.
+pub(crate) fn load_task(tasks: &sled::Tree, id: &TaskId) -> Result<Option<(TaskAggregate, Vec<TaskEvent>)>> {
+    let head_key = head_key(id);
+    let Some(head) = tasks.get(&head_key).map_err(storage)? else {
+        return Ok(None);
+    };
+    with_state(tasks, decode("task", &head_key, &head)?).map(Some)
+}
+
+/// The Task of `head`, with its state record read from `tasks`.
+pub(crate) fn with_state(tasks: &sled::Tree, head: TaskHead) -> Result<(TaskAggregate, Vec<TaskEvent>)> {
+    // The open key first: a Task's state only ever moves from it to the
+    // ended key, in one atomic batch, so if it is missing the other is there.
+    for open in [true, false] {
+        let key = state_key(&head.id, open);
+        if let Some(state) = tasks.get(&key).map_err(storage)? {
+            return Ok(join(head, decode("task_state", &key, &state)?));
+        }
+    }
+    Err(Error::corrupt("task_state", head.id.as_str(), "missing"))
 }
 
 pub(crate) fn idempotency_key(key: &str) -> Vec<u8> {

@@ -111,10 +111,11 @@ async fn corrupt_records_are_errors_not_panics() {
     };
     {
         let db = sled::open(dir.path()).unwrap();
-        // The `tasks` tree: `h` + id is a Task's head, `s` + id its state.
+        // The `tasks` tree: `h` + id is a Task's head, `p` + id the state
+        // of a Task that has not ended.
         let tasks = db.open_tree("tasks").unwrap();
         tasks.insert([b"h", t1.as_str().as_bytes()].concat(), &b"{not json"[..]).unwrap();
-        tasks.insert([b"s", t2.as_str().as_bytes()].concat(), &b"[]"[..]).unwrap();
+        tasks.insert([b"p", t2.as_str().as_bytes()].concat(), &b"[]"[..]).unwrap();
         db.flush().unwrap();
     }
     // The store opens; the two Tasks are left out of scheduling.
