@@ -349,6 +349,11 @@ impl ControlPlane {
                     (pb::RunAckOutcome::Rejected, reason)
                 }
             }
+            // A report that can never be stored (e.g. trailing output whose
+            // seqs leave too many gaps): resending it would not help.
+            Err(StoreError::InvalidArgument { field, reason }) => {
+                (pb::RunAckOutcome::Rejected, format!("invalid {field}: {reason}"))
+            }
             Err(e) => return Err(store_status(e)),
         };
         if status.is_terminal() || outcome != pb::RunAckOutcome::Accepted {

@@ -331,6 +331,9 @@ pub trait EventStore: Send + Sync {
     /// the chunk that would pass the cap is refused with
     /// [`Error::OutputLimit`], and so is every later chunk of that Run, so
     /// the stored output is always a gap-free prefix of what was produced.
+    /// Chunks may arrive out of order, but the seqs stored must not leave
+    /// more than [`logic::SeqSet::MAX_RANGES`] separate runs of seqs: a
+    /// chunk that would is refused with [`Error::InvalidArgument`].
     async fn append_output(
         &self,
         run: &RunId,

@@ -234,6 +234,31 @@ async fn trailing_output_is_stored_with_the_end_of_the_run() {
     assert!(kinds[last_output + 1..].iter().any(|k| k == "run status"), "{kinds:?}");
 }
 
+/// A Worker whose trailing output leaves gap after gap (seqs 1, 3, 5, …) is
+/// told its report is rejected, once, instead of being left to resend it
+/// forever; nothing of it is stored and the Task has not ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailing_output_with_too_many_gaps_is_rejected() {
+    let cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    let task_id = cluster.create(spec("echo", "{}")).await;
+    let mut worker = RawWorker::connect(&cluster, "gaps").await;
+    let assignment = worker.next_assignment().await;
+    let Up::Status(mut update) = completed(&assignment, r#""done""#) else { unreachable!("completed() is a status") };
+    update.trailing_output = (0..300).map(|n| pb::RunOutputPiece { seq: 2 * n + 1, data: "x".into() }).collect();
+    update.last_output_seq = 599;
+    worker.send(Up::Status(update));
+    let ack = worker.next_ack().await;
+    assert_eq!(ack.outcome, i32::from(pb::RunAckOutcome::Rejected), "{ack:?}");
+    assert!(ack.reason.contains("gaps"), "{ack:?}");
+    let got = cluster.tasks().await.get_task(pb::GetTaskRequest { task_id: task_id.clone() }).await.expect("get");
+    let got = got.into_inner();
+    assert!(!status_of(&got).is_terminal(), "{got:?}");
+    let store = cluster.server.as_ref().expect("server").control_plane().store().clone();
+    let events = store.events_since(&task_id.parse().expect("id"), 0, 0).await.expect("events");
+    assert!(events.iter().all(|e| !matches!(e.kind, taskrun_core::TaskEventKind::Output(_))), "{events:?}");
+}
+
 /// A Task created while a Worker has a free slot is placed in the write
 /// that creates it; one created while every slot is taken waits in the
 /// queue, and the queue is served in order before newer Tasks.
