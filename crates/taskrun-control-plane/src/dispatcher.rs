@@ -88,7 +88,7 @@ impl ControlPlane {
                 debug!(task_id = %task.id, agent = %task.spec.agent, "agent not resolvable; run waits");
                 continue;
             };
-            let candidate = candidate(run.id.clone(), run.lease, &task, &manifest);
+            let candidate = candidate(run.id.clone(), run.lease, run.not_before, &task, &manifest);
             pending.push(candidate);
             pending_runs.push((run, task, manifest));
         }
@@ -148,9 +148,11 @@ impl ControlPlane {
             let late = start_deadline(&task, &run).map_or(Duration::ZERO, |d| now.since(d));
             let waited_ms = timeout.saturating_add(u64::try_from(late.as_millis()).unwrap_or(u64::MAX));
             let reason = match self.resolve_agent(&task.spec).await {
-                Ok(agent) => {
-                    timeout_reason(&candidate(run.id.clone(), run.lease, &task, &agent.manifest), &slots, waited_ms)
-                }
+                Ok(agent) => timeout_reason(
+                    &candidate(run.id.clone(), run.lease, run.not_before, &task, &agent.manifest),
+                    &slots,
+                    waited_ms,
+                ),
                 Err(status) => {
                     format!("not started within its schedule-to-start timeout ({waited_ms} ms): {}", status.message())
                 }

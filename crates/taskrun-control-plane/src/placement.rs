@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use taskrun_core::{AgentManifest, Run, RunId, Task, WorkerId, WorkerState};
+use taskrun_core::{AgentManifest, Run, RunId, Task, Timestamp, WorkerId, WorkerState};
 use taskrun_proto::pb;
 use tracing::{info, warn};
 
@@ -62,13 +62,19 @@ fn slots_of(sessions: &HashMap<WorkerId, Session>) -> Vec<WorkerSlot> {
 }
 
 /// What placement needs to know of a Run of `task`.
-pub(crate) fn candidate(run_id: RunId, lease: u64, task: &Task, manifest: &AgentManifest) -> PendingRun {
+pub(crate) fn candidate(
+    run_id: RunId,
+    lease: u64,
+    due_at: Timestamp,
+    task: &Task,
+    manifest: &AgentManifest,
+) -> PendingRun {
     PendingRun {
         run_id,
         task_id: task.id.clone(),
         lease,
         priority: task.spec.priority,
-        task_created_at: task.created_at,
+        due_at,
         agent: task.spec.agent.name.clone(),
         digest: manifest.digest,
         worker_labels: task.spec.worker_labels.clone(),
@@ -118,7 +124,7 @@ impl ControlPlane {
         if !self.sessions().values().any(|s| s.state == WorkerState::Connected) {
             return None;
         }
-        let pending = [candidate(RunId::of(&task.id, 0, 1), 0, task, manifest)];
+        let pending = [candidate(RunId::of(&task.id, 0, 1), 0, task.created_at, task, manifest)];
         self.reserve(&pending).pop().map(|(_, r)| r)
     }
 

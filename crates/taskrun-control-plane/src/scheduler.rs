@@ -3,7 +3,8 @@
 //!
 //! Rules, in order:
 //! 1. Runs are considered highest priority first, FIFO within a priority
-//!    (by the Task's creation time, then the Run's id).
+//!    (by when the Run became due — its Task's creation, or the end of a
+//!    retry's backoff — then the Task's id, then the Run's id).
 //! 2. A Worker is eligible for a Run when it is connected (not draining,
 //!    lost or revoked), has a free slot, accepts the agent, carries every
 //!    label the Task requires with the same value, and offers a ModelBackend
@@ -27,7 +28,9 @@ pub struct PendingRun {
     pub task_id: TaskId,
     pub lease: u64,
     pub priority: i32,
-    pub task_created_at: Timestamp,
+    /// When the Run became due: its Task's creation for a first attempt,
+    /// the end of its backoff for a retry. FIFO within a priority is by it.
+    pub due_at: Timestamp,
     pub agent: AgentName,
     /// The digest the Task's agent reference resolved to.
     pub digest: AgentDigest,
@@ -87,7 +90,7 @@ pub enum Refusal {
 pub fn queue_order(a: &PendingRun, b: &PendingRun) -> Ordering {
     b.priority
         .cmp(&a.priority)
-        .then(a.task_created_at.cmp(&b.task_created_at))
+        .then(a.due_at.cmp(&b.due_at))
         .then_with(|| a.task_id.cmp(&b.task_id))
         .then_with(|| a.run_id.cmp(&b.run_id))
 }

@@ -14,7 +14,7 @@ fn run(n: u64, priority: i32, created: i64) -> PendingRun {
         task_id: format!("task_{n:04}").parse::<TaskId>().unwrap(),
         lease: 0,
         priority,
-        task_created_at: Timestamp(created),
+        due_at: Timestamp(created),
         agent: "echo".parse().unwrap(),
         digest: AgentDigest::of(b"echo"),
         worker_labels: Labels::new(),
@@ -61,6 +61,18 @@ fn higher_priority_first_then_fifo() {
     let got: Vec<String> = placed(&pending, &mut workers).into_iter().map(|(r, _)| r).collect();
     // Only three slots: priority 5 (FIFO: 4 then 2), then the oldest priority 0.
     assert_eq!(got, ["run_0004", "run_0002", "run_0003"]);
+}
+
+#[test]
+fn a_retry_queues_from_when_its_backoff_ended() {
+    // Task 1 was created first, but its retry (run 3) became due at 50,
+    // after Task 2's first attempt (due at 20): Task 2 goes first.
+    let mut retry = run(3, 0, 50);
+    retry.task_id = "task_0001".parse().unwrap();
+    let pending = vec![retry, run(2, 0, 20)];
+    let mut workers = vec![worker("w1", 1)];
+    let got: Vec<String> = placed(&pending, &mut workers).into_iter().map(|(r, _)| r).collect();
+    assert_eq!(got, ["run_0002"]);
 }
 
 #[test]
