@@ -60,11 +60,15 @@ impl SeqSet {
         self.0.get(i).is_some_and(|&(start, _)| start <= seq)
     }
 
-    /// Whether `seq` can be added without passing [`SeqSet::MAX_RANGES`].
+    /// Whether `seq` can be added without passing [`SeqSet::MAX_RANGES`]:
+    /// only a seq that neither is in the set nor touches a range in it
+    /// adds a range.
     pub fn has_room_for(&self, seq: u64) -> bool {
-        let mut copy = self.clone();
-        copy.insert(seq);
-        copy.0.len() <= SeqSet::MAX_RANGES
+        let touches = |s: Option<u64>| s.is_some_and(|s| self.contains(s));
+        self.0.len() < SeqSet::MAX_RANGES
+            || touches(Some(seq))
+            || touches(seq.checked_sub(1))
+            || touches(seq.checked_add(1))
     }
 
     pub fn insert(&mut self, seq: u64) {
