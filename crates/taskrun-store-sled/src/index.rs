@@ -2,9 +2,9 @@
 //! deadline, active Runs by Worker.
 //!
 //! They live in memory. They follow from the Runs of the Tasks that have
-//! not ended, whose state records are the durable `p` prefix, so opening the store
-//! rebuilds them from that set; keeping them on disk would cost two more
-//! writes per Run transition.
+//! not ended, whose state records make up the durable `p` prefix, so
+//! opening the store rebuilds them from it; keeping them on disk would cost
+//! two more writes per Run transition.
 
 use std::collections::{BTreeSet, HashMap};
 

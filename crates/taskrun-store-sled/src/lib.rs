@@ -21,10 +21,11 @@
 //! Task's Runs and latest events live in it; when the Task ends the record
 //! moves from `p` to `s`, one more write), plus an events record each time
 //! the events in the state record pass 2 KiB. A Task with little output is
-//! two writes when it is created and two when it ends. A Run's id names its Task
-//! ([`RunId::task_id`]), so no index maps one to the other. The scheduling indexes (PENDING
-//! Runs by priority, active Runs by Worker) are kept in memory and rebuilt
-//! at open from the `p` records (the open Tasks), with their aggregates.
+//! two writes when it is created and two when it ends. A Run's id names its
+//! Task ([`RunId::task_id`]), so no index maps one to the other. The
+//! scheduling indexes (PENDING Runs by priority, active Runs by Worker) are
+//! kept in memory and rebuilt at open from the `p` records (the open
+//! Tasks), with their aggregates.
 //!
 //! Writes (see `apply.rs`): a caller prepares its change from an in-memory
 //! snapshot of the Task; one applier thread checks that the Task did not
