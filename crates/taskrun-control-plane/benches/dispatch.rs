@@ -155,10 +155,14 @@ async fn bench() {
     assert!(wait_finished(&workers, base + total, Duration::from_secs(120)).await, "latency run did not finish");
     let starts = starts.lock().expect("starts").clone();
     let arrivals = arrivals.lock().expect("arrivals").clone();
-    let mut latencies: Vec<Duration> = starts
+    let mut measured: Vec<(Duration, Duration)> = starts
         .iter()
-        .filter_map(|(id, sent)| arrivals.get(id).map(|got| got.saturating_duration_since(*sent)))
+        .filter_map(|(id, sent)| {
+            arrivals.get(id).map(|got| (got.saturating_duration_since(*sent), sent.saturating_duration_since(t0)))
+        })
         .collect();
+    measured.sort();
+    let mut latencies: Vec<Duration> = measured.iter().map(|(latency, _)| *latency).collect();
     latencies.sort();
     println!(
         "latency at {rate} tasks/s offered ({total} tasks over {offered:.2?}): dispatch p50 {:.2?}, p90 {:.2?}, p99 {:.2?}, max {:.2?} ({} measured)",
@@ -168,6 +172,10 @@ async fn bench() {
         percentile(&latencies, 1.0),
         latencies.len()
     );
+    // Where the slowest ones were sent, to tell a stall from a spread.
+    let slowest: Vec<String> =
+        measured.iter().rev().take(3).map(|(latency, at)| format!("{latency:.2?} (sent at +{at:.0?})")).collect();
+    println!("slowest dispatches: {}", slowest.join(", "));
     if let Some(server) = &cluster.server {
         let placed = server.control_plane().placement_stats();
         println!(
