@@ -118,15 +118,22 @@ async fn a_stale_workers_completion_is_refused_and_changes_nothing() {
     drop(stale);
 }
 
+/// A cluster on sled with `echo` published, one echo Task, and a raw
+/// Worker named `name` holding its assignment.
+async fn assigned(name: &str) -> (Cluster, String, RawWorker, pb::RunAssignment) {
+    let cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    let task_id = cluster.create(spec("echo", "{}")).await;
+    let mut worker = RawWorker::connect(&cluster, name).await;
+    let assignment = worker.next_assignment().await;
+    (cluster, task_id, worker, assignment)
+}
+
 /// The genuine holder of a lease completes the Run; a resend of the same
 /// terminal report (its ack was lost) is a harmless duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminal_reports_are_acked_and_resends_are_duplicates() {
-    let cluster = Cluster::start(StoreKind::Sled).await;
-    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
-    let task_id = cluster.create(spec("echo", "{}")).await;
-    let mut worker = RawWorker::connect(&cluster, "honest").await;
-    let assignment = worker.next_assignment().await;
+    let (cluster, task_id, mut worker, assignment) = assigned("honest").await;
     worker.send(Up::Output(pb::RunOutputChunk {
         run_id: assignment.run_id.clone(),
         lease: 1,
@@ -182,11 +189,7 @@ async fn terminal_reports_are_acked_and_resends_are_duplicates() {
 /// the Run's end, in order after the chunks sent on their own, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trailing_output_is_stored_with_the_end_of_the_run() {
-    let cluster = Cluster::start(StoreKind::Sled).await;
-    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
-    let task_id = cluster.create(spec("echo", "{}")).await;
-    let mut worker = RawWorker::connect(&cluster, "trailing").await;
-    let assignment = worker.next_assignment().await;
+    let (cluster, task_id, mut worker, assignment) = assigned("trailing").await;
     worker.send(Up::Output(pb::RunOutputChunk {
         run_id: assignment.run_id.clone(),
         lease: 1,
@@ -239,11 +242,7 @@ async fn trailing_output_is_stored_with_the_end_of_the_run() {
 /// forever; nothing of it is stored and the Task has not ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trailing_output_with_too_many_gaps_is_rejected() {
-    let cluster = Cluster::start(StoreKind::Sled).await;
-    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
-    let task_id = cluster.create(spec("echo", "{}")).await;
-    let mut worker = RawWorker::connect(&cluster, "gaps").await;
-    let assignment = worker.next_assignment().await;
+    let (cluster, task_id, mut worker, assignment) = assigned("gaps").await;
     let Up::Status(mut update) = completed(&assignment, r#""done""#) else { unreachable!("completed() is a status") };
     update.trailing_output = (0..300).map(|n| pb::RunOutputPiece { seq: 2 * n + 1, data: "x".into() }).collect();
     update.last_output_seq = 599;
