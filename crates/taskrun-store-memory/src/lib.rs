@@ -1,6 +1,7 @@
 //! An in-memory TaskRun store, for tests and development. Nothing survives
 //! the process. One mutex guards everything, so every change is atomic; the
-//! state-change logic is [`taskrun_store::logic`], shared with every backend.
+//! state-change logic is [`taskrun_store::logic`] and the scheduling indexes
+//! are [`taskrun_store::index`], both shared with every backend.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -10,6 +11,7 @@ use taskrun_core::{
     AgentDigest, AgentManifest, AgentName, AgentVersion, Run, RunId, RunOutcome, Task, TaskEvent, TaskId, Timestamp,
     Worker, WorkerId, WorkerState,
 };
+use taskrun_store::index::{self, Indexes};
 use taskrun_store::logic::{self, OutputStep, TaskAggregate, Touched};
 use taskrun_store::{
     AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, OnApplied, Page, PageRequest, Result,
@@ -26,7 +28,8 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Inner {
     tasks: BTreeMap<TaskId, TaskAggregate>,
-    run_task: HashMap<RunId, TaskId>,
+    /// PENDING Runs, overdue Runs and active Runs by Worker.
+    indexes: Indexes,
     idempotency: HashMap<String, TaskId>,
     events: HashMap<TaskId, Vec<TaskEvent>>,
     workers: BTreeMap<WorkerId, Worker>,
@@ -57,7 +60,7 @@ impl Inner {
     }
 
     fn task_of_run(&self, run: &RunId) -> Result<TaskId> {
-        self.run_task.get(run).cloned().ok_or_else(|| Error::not_found("run", run))
+        run.task_id().ok_or_else(|| Error::not_found("run", run))
     }
 
     fn run(&self, id: &RunId) -> Result<&Run> {
@@ -75,18 +78,17 @@ impl Inner {
     }
 
     fn store(&mut self, agg: TaskAggregate, touched: Touched) {
-        for t in &touched.runs {
-            if t.before.is_none() {
-                let run = &agg.runs[t.index].run;
-                self.run_task.insert(run.id.clone(), run.task_id.clone());
-            }
+        for change in index::changes(&agg, &touched) {
+            self.indexes.apply(&change);
         }
         self.events.entry(agg.task.id.clone()).or_default().extend(touched.events);
         self.tasks.insert(agg.task.id.clone(), agg);
     }
 
-    fn runs(&self) -> impl Iterator<Item = (&TaskAggregate, &Run)> {
-        self.tasks.values().flat_map(|agg| agg.runs.iter().map(move |r| (agg, &r.run)))
+    /// The Runs the indexes named (they follow every change made under the
+    /// lock, so each still is what the index says).
+    fn runs_named(&self, ids: Vec<RunId>) -> Result<Vec<Run>> {
+        ids.iter().map(|id| self.run(id).cloned()).collect()
     }
 }
 
@@ -186,33 +188,17 @@ impl RunStore for MemoryStore {
 
     async fn pending_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
         let inner = self.lock();
-        let mut ready: Vec<(i32, &Run)> = inner
-            .runs()
-            .filter(|(_, r)| r.status == taskrun_core::RunStatus::Pending && r.not_before <= now)
-            .map(|(agg, r)| (agg.task.spec.priority, r))
-            .collect();
-        ready.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.not_before.cmp(&b.1.not_before)).then_with(|| a.1.id.cmp(&b.1.id)));
-        Ok(ready.into_iter().take(limit).map(|(_, r)| r.clone()).collect())
+        inner.runs_named(inner.indexes.pending(now, limit))
     }
 
     async fn overdue_runs(&self, now: Timestamp, limit: usize) -> Result<Vec<Run>> {
         let inner = self.lock();
-        let mut overdue: Vec<(Timestamp, &Run)> = inner
-            .runs()
-            .filter(|(_, r)| r.status == taskrun_core::RunStatus::Pending)
-            .filter_map(|(agg, r)| logic::start_deadline(&agg.task, r).filter(|d| *d <= now).map(|d| (d, r)))
-            .collect();
-        overdue.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
-        Ok(overdue.into_iter().take(limit).map(|(_, r)| r.clone()).collect())
+        inner.runs_named(inner.indexes.overdue(now, limit))
     }
 
     async fn active_runs_of_worker(&self, worker: &WorkerId) -> Result<Vec<Run>> {
         let inner = self.lock();
-        Ok(inner
-            .runs()
-            .filter(|(_, r)| r.status.is_active() && r.worker_id.as_ref() == Some(worker))
-            .map(|(_, r)| r.clone())
-            .collect())
+        inner.runs_named(inner.indexes.of_worker(worker))
     }
 
     async fn assign_run(
@@ -251,13 +237,10 @@ impl RunStore for MemoryStore {
 
     async fn fail_runs_of_worker(&self, worker: &WorkerId, reason: &str, now: Timestamp) -> Result<Vec<RunChange>> {
         let mut inner = self.lock();
-        let lost: Vec<(TaskId, RunId)> = inner
-            .runs()
-            .filter(|(_, r)| r.status.is_active() && r.worker_id.as_ref() == Some(worker))
-            .map(|(_, r)| (r.task_id.clone(), r.id.clone()))
-            .collect();
+        let lost = inner.indexes.of_worker(worker);
         let mut changes = Vec::new();
-        for (task, run) in lost {
+        for run in lost {
+            let task = inner.task_of_run(&run)?;
             let change = inner.change(&task, |agg| {
                 Ok(match agg.fail_lost_run(&run, worker, reason, now)? {
                     Some((touched, change)) => (touched, Some(change)),

@@ -28,12 +28,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use taskrun_core::{Task, TaskEvent, TaskId};
+use taskrun_store::index::{self, Indexes};
 use taskrun_store::logic::TaskAggregate;
 use taskrun_store::{Error, Result};
 use tokio::sync::oneshot;
 
 use crate::commit::CommitHandle;
-use crate::index::{self, Indexes};
 use crate::records;
 use crate::trees::{Trees, storage};
 

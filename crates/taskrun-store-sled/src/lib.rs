@@ -42,7 +42,6 @@
 mod apply;
 mod catalog;
 mod commit;
-mod index;
 mod records;
 mod trees;
 
@@ -57,6 +56,7 @@ use taskrun_core::{
     AgentDigest, AgentManifest, AgentName, AgentVersion, Run, RunId, RunOutcome, RunStatus, Task, TaskEvent, TaskId,
     Timestamp, Worker, WorkerId, WorkerState,
 };
+use taskrun_store::index;
 use taskrun_store::logic::{self, OutputStep, TaskAggregate, Touched, TouchedRun};
 use taskrun_store::{
     AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, OnApplied, Page, PageRequest, Result,
@@ -271,14 +271,7 @@ fn prepare(agg: TaskAggregate, tail: &[TaskEvent], touched: &Touched, expected: 
         None => Some(records::encode_head(&agg.task)?),
         Some(_) => None,
     };
-    let mut changes = Vec::with_capacity(touched.runs.len());
-    for t in &touched.runs {
-        let run = &agg.runs[t.index].run;
-        changes.push(index::Change {
-            before: t.before.as_ref().map(|b| index::Entry::of(b, &agg.task)),
-            after: index::Entry::of(run, &agg.task),
-        });
-    }
+    let changes = index::changes(&agg, touched);
     Ok(Install { task: id, expected, agg: Arc::new(agg), tail: Arc::new(tail), state, head, events, changes })
 }
 

@@ -13,6 +13,7 @@
 //! error changed nothing.
 
 mod error;
+pub mod index;
 pub mod logic;
 
 #[cfg(feature = "conformance")]

@@ -1,19 +1,21 @@
 //! The scheduling indexes: PENDING Runs by priority and by schedule-to-start
 //! deadline, active Runs by Worker.
 //!
-//! They live in memory. They follow from the Runs of the Tasks that have
-//! not ended, whose state records make up the durable `p` prefix, so
-//! opening the store rebuilds them from it; keeping them on disk would cost
-//! two more writes per Run transition.
+//! Every backend keeps them in memory, so the scheduler's questions cost
+//! O(answer), not O(Tasks ever created). They follow from the Runs of the
+//! Tasks that have not ended, so a durable backend rebuilds them when it
+//! opens (the sled store from its open Tasks' state records) instead of
+//! writing them: on disk they would cost two more writes per Run change.
 
 use std::collections::{BTreeSet, HashMap};
 
 use taskrun_core::{Run, RunId, RunStatus, Task, Timestamp, WorkerId};
-use taskrun_store::logic;
+
+use crate::logic::{TaskAggregate, Touched};
 
 /// A Run as the indexes see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Entry {
+pub struct Entry {
     pub id: RunId,
     pub status: RunStatus,
     pub worker: Option<WorkerId>,
@@ -24,23 +26,35 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    pub(crate) fn of(run: &Run, task: &Task) -> Entry {
+    pub fn of(run: &Run, task: &Task) -> Entry {
         Entry {
             id: run.id.clone(),
             status: run.status,
             worker: run.worker_id.clone(),
             not_before: run.not_before,
             priority: task.spec.priority,
-            start_deadline: logic::start_deadline(task, run),
+            start_deadline: crate::logic::start_deadline(task, run),
         }
     }
 }
 
 /// One Run's change: what it was (None if new) and what it is.
 #[derive(Debug, Clone)]
-pub(crate) struct Change {
+pub struct Change {
     pub before: Option<Entry>,
     pub after: Entry,
+}
+
+/// The index changes of `touched`, a change made to `agg`.
+pub fn changes(agg: &TaskAggregate, touched: &Touched) -> Vec<Change> {
+    touched
+        .runs
+        .iter()
+        .map(|t| Change {
+            before: t.before.as_ref().map(|b| Entry::of(b, &agg.task)),
+            after: Entry::of(&agg.runs[t.index].run, &agg.task),
+        })
+        .collect()
 }
 
 /// Higher priority first (then earliest due, then run id).
@@ -49,7 +63,7 @@ fn order(priority: i32) -> u32 {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Indexes {
+pub struct Indexes {
     pending: BTreeSet<(u32, Timestamp, RunId)>,
     /// PENDING Runs with a schedule-to-start deadline, by deadline.
     deadlines: BTreeSet<(Timestamp, RunId)>,
@@ -57,14 +71,14 @@ pub(crate) struct Indexes {
 }
 
 impl Indexes {
-    pub(crate) fn apply(&mut self, change: &Change) {
+    pub fn apply(&mut self, change: &Change) {
         if let Some(b) = &change.before {
             self.remove(b);
         }
         self.insert(&change.after);
     }
 
-    pub(crate) fn insert(&mut self, e: &Entry) {
+    pub fn insert(&mut self, e: &Entry) {
         if e.status == RunStatus::Pending {
             self.pending.insert((order(e.priority), e.not_before, e.id.clone()));
             if let Some(d) = e.start_deadline {
@@ -97,7 +111,7 @@ impl Indexes {
     }
 
     /// Up to `limit` PENDING Runs due at `now`, in scheduling order.
-    pub(crate) fn pending(&self, now: Timestamp, limit: usize) -> Vec<RunId> {
+    pub fn pending(&self, now: Timestamp, limit: usize) -> Vec<RunId> {
         self.pending
             .iter()
             .filter(|(_, not_before, _)| *not_before <= now)
@@ -107,11 +121,11 @@ impl Indexes {
     }
 
     /// Up to `limit` PENDING Runs overdue at `now`, earliest deadline first.
-    pub(crate) fn overdue(&self, now: Timestamp, limit: usize) -> Vec<RunId> {
+    pub fn overdue(&self, now: Timestamp, limit: usize) -> Vec<RunId> {
         self.deadlines.iter().take_while(|(d, _)| *d <= now).take(limit).map(|(_, id)| id.clone()).collect()
     }
 
-    pub(crate) fn of_worker(&self, worker: &WorkerId) -> Vec<RunId> {
+    pub fn of_worker(&self, worker: &WorkerId) -> Vec<RunId> {
         self.by_worker.get(worker).map(|set| set.iter().cloned().collect()).unwrap_or_default()
     }
 }
