@@ -208,7 +208,8 @@ fn visit(dir: &Path, f: &mut dyn FnMut(&Path) -> Result<()>) -> Result<()> {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if path.is_dir() {
-            if name != "target" && !name.starts_with('.') {
+            // `vendor`: third-party code we carry (see Cargo.toml), not ours.
+            if name != "target" && name != "vendor" && !name.starts_with('.') {
                 visit(&path, f)?;
             }
         } else {
