@@ -68,8 +68,8 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        // TaskRun patch: one job wakes one idle thread (it was
-        // `notify_all`, which woke every idle thread for every job).
+        // TaskRun patch: a queued closure wakes one idle thread (it was
+        // `notify_all`, which woke every idle thread for each one).
         self.cv.notify_one();
 
         len

@@ -349,7 +349,9 @@ impl TransactionalTree {
     }
 
     fn unstage(&self) {
-        unimplemented!()
+        // TaskRun patch: was `unimplemented!()`. Nothing calls this:
+        // `TransactionalTrees::stage` never fails and `validate` is always
+        // true here, and a tree that staged nothing has nothing to undo.
     }
 
     const fn validate(&self) -> bool {
