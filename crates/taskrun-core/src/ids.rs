@@ -34,9 +34,15 @@ pub(crate) fn check_token(field: &'static str, s: &str, max: usize) -> Result<()
 macro_rules! opaque_id {
     ($(#[$doc:meta])* $name:ident, $field:literal, $max:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(String);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             /// The longest id accepted, in bytes.
@@ -139,9 +145,15 @@ impl RunId {
 
 /// An agent's name: 1 to 64 bytes of lowercase letters, digits and `-`,
 /// starting with a letter and not ending with `-`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct AgentName(String);
+
+impl Serialize for AgentName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 impl AgentName {
     pub const MAX_LEN: usize = 64;
@@ -256,9 +268,17 @@ impl fmt::Display for AgentVersion {
 
 /// The SHA-256 digest of an agent component's bytes, written
 /// `sha256:<64 lowercase hex digits>`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct AgentDigest([u8; 32]);
+
+/// Written as its `Display` form.
+impl Serialize for AgentDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let text = self.text();
+        s.serialize_str(std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?)
+    }
+}
 
 impl AgentDigest {
     pub const PREFIX: &'static str = "sha256:";
@@ -280,6 +300,19 @@ impl AgentDigest {
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// The `Display` form as ASCII bytes, without allocating.
+    fn text(&self) -> [u8; 71] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 71];
+        let (prefix, digits) = out.split_at_mut(Self::PREFIX.len());
+        prefix.copy_from_slice(Self::PREFIX.as_bytes());
+        for (pair, byte) in digits.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        out
+    }
 }
 
 impl fmt::Debug for AgentDigest {
@@ -290,7 +323,7 @@ impl fmt::Debug for AgentDigest {
 
 impl fmt::Display for AgentDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", Self::PREFIX, hex::encode(self.0))
+        f.write_str(std::str::from_utf8(&self.text()).map_err(|_| fmt::Error)?)
     }
 }
 

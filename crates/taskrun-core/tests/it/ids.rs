@@ -129,6 +129,14 @@ fn ids_round_trip_through_serde() {
     assert_eq!(serde_json::from_str::<TaskId>(&json).unwrap(), id);
     assert!(serde_json::from_str::<TaskId>("\"bad id\"").is_err());
     assert!(serde_json::from_str::<AgentDigest>("\"sha256:zz\"").is_err());
+    // Each is written as its text form, and read back.
+    let digest = AgentDigest::of(b"hello");
+    assert_eq!(serde_json::to_string(&digest).unwrap(), format!("\"{digest}\""));
+    assert_eq!(serde_json::from_str::<AgentDigest>(&format!("\"{digest}\"")).unwrap(), digest);
+    let worker: WorkerId = "worker-1".parse().unwrap();
+    assert_eq!(serde_json::to_string(&worker).unwrap(), "\"worker-1\"");
+    let name: AgentName = "echo".parse().unwrap();
+    assert_eq!(serde_json::to_string(&name).unwrap(), "\"echo\"");
     assert_eq!(serde_json::to_string(&Modality::Image).unwrap(), "\"image\"");
     assert_eq!("audio".parse::<Modality>().unwrap(), Modality::Audio);
 }
