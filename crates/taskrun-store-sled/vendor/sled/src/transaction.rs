@@ -349,7 +349,7 @@ impl TransactionalTree {
     }
 
     fn unstage(&self) {
-        // TaskRun patch: was `unimplemented!()`. Nothing calls this:
+        // TaskRun patch: was an `unimplemented` panic. Nothing calls this:
         // `TransactionalTrees::stage` never fails and `validate` is always
         // true here, and a tree that staged nothing has nothing to undo.
     }
