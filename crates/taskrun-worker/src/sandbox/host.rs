@@ -71,8 +71,9 @@ pub(crate) struct ModelState {
     pub(crate) calls: u32,
 }
 
-/// A `completion-stream` resource: the provider's token stream.
-pub struct CompletionStreamHandle(Box<dyn TokenStream>);
+/// A `completion-stream` resource: the provider's token stream (away
+/// while a `next` call waits for it on a blocking thread).
+pub struct CompletionStreamHandle(Option<Box<dyn TokenStream>>);
 
 impl std::fmt::Debug for CompletionStreamHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,6 +133,19 @@ impl RunState {
     }
 }
 
+/// Runs a provider's blocking call on tokio's blocking pool: the Run
+/// itself executes on the Worker's runtime threads, which must not wait
+/// for the network. The call still watches its Run's cancellation and
+/// deadline ([`CallContext`]).
+async fn off_runtime<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, model::ModelError> + Send + 'static,
+) -> Result<T, model::ModelError> {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => result,
+        Err(e) => Err(model::ModelError::Provider(format!("the model call's thread failed: {e}"))),
+    }
+}
+
 fn to_model_request(request: wit::CompletionRequest) -> model::CompletionRequest {
     model::CompletionRequest {
         messages: request
@@ -186,53 +200,82 @@ impl wit::Host for RunState {
             .collect())
     }
 
-    fn complete(
+    async fn complete(
         &mut self,
         request: wit::CompletionRequest,
     ) -> wasmtime::Result<Result<wit::Completion, wit::ModelError>> {
         let backend = request.backend.clone();
-        let result = self.begin_model_call(backend.as_deref()).and_then(|(provider, ctx)| {
-            let started = Instant::now();
-            let result = provider.complete(&to_model_request(request), &ctx);
-            tracing::debug!(
-                backend = %provider.info().name,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                ok = result.is_ok(),
-                "model complete"
-            );
-            result.map(|c| wit::Completion {
-                text: c.text,
-                backend: provider.info().name.clone(),
-                finish_reason: c.finish_reason,
-            })
-        });
+        let result = match self.begin_model_call(backend.as_deref()) {
+            Ok((provider, ctx)) => {
+                let request = to_model_request(request);
+                off_runtime(move || {
+                    let started = Instant::now();
+                    let result = provider.complete(&request, &ctx);
+                    tracing::debug!(
+                        backend = %provider.info().name,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        ok = result.is_ok(),
+                        "model complete"
+                    );
+                    result.map(|c| wit::Completion {
+                        text: c.text,
+                        backend: provider.info().name.clone(),
+                        finish_reason: c.finish_reason,
+                    })
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
         self.model_result(result)
     }
 
-    fn stream_complete(
+    async fn stream_complete(
         &mut self,
         request: wit::CompletionRequest,
     ) -> wasmtime::Result<Result<Resource<CompletionStreamHandle>, wit::ModelError>> {
         let backend = request.backend.clone();
-        let stream = self.begin_model_call(backend.as_deref()).and_then(|(provider, ctx)| {
-            tracing::debug!(backend = %provider.info().name, "model stream");
-            provider.stream(&to_model_request(request), &ctx)
-        });
+        let stream = match self.begin_model_call(backend.as_deref()) {
+            Ok((provider, ctx)) => {
+                let request = to_model_request(request);
+                off_runtime(move || {
+                    tracing::debug!(backend = %provider.info().name, "model stream");
+                    provider.stream(&request, &ctx)
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
         match self.model_result(stream)? {
-            Ok(stream) => Ok(Ok(self.table.push(CompletionStreamHandle(stream))?)),
+            Ok(stream) => Ok(Ok(self.table.push(CompletionStreamHandle(Some(stream)))?)),
             Err(e) => Ok(Err(e)),
         }
     }
 }
 
 impl wit::HostCompletionStream for RunState {
-    fn next(
+    async fn next(
         &mut self,
         stream: Resource<CompletionStreamHandle>,
     ) -> wasmtime::Result<Result<Option<String>, wit::ModelError>> {
         let ctx = self.call_context();
-        let stream = self.table.get_mut(&stream)?;
-        let token = stream.0.next_token(&ctx);
+        // The stream goes to the blocking thread and comes back with the
+        // token. The guest makes one call at a time, so it is always here.
+        let Some(mut tokens) = self.table.get_mut(&stream)?.0.take() else {
+            return Ok(Err(wit::ModelError::Provider("the stream was lost by an earlier call".into())));
+        };
+        let token = off_runtime(move || {
+            let token = tokens.next_token(&ctx);
+            Ok((tokens, token))
+        })
+        .await;
+        let token = match token {
+            Ok((tokens, token)) => {
+                self.table.get_mut(&stream)?.0 = Some(tokens);
+                token
+            }
+            Err(e) => Err(e),
+        };
         self.model_result(token)
     }
 

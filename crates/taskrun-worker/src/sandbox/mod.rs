@@ -9,11 +9,15 @@
 //!   [`Prepared`] agent: from memory, else from the disk cache, else by
 //!   compiling (once per digest and engine). A component that imports
 //!   anything the Worker does not provide is refused here, before it runs.
-//! - [`Sandbox::run`] runs one Run in a fresh store under its
+//! - [`Sandbox::run_async`] runs one Run in a fresh store under its
 //!   [`RunLimits`], streaming emitted output to the request's
 //!   [`OutputSink`], and returns a [`RunReport`] whose [`Outcome`] says how
-//!   it ended. It blocks; [`Sandbox::run_async`] runs it on tokio's
-//!   blocking pool. Runs on different threads proceed concurrently.
+//!   it ended. The agent executes on the calling task (on a wasmtime fiber)
+//!   and yields to the runtime at every epoch tick, so a Run costs no
+//!   thread hand-off and a busy agent cannot hold a runtime thread for
+//!   longer than a tick. Model calls, the only host calls that wait, run on
+//!   tokio's blocking pool. [`Sandbox::run`] is the same for callers outside
+//!   any runtime: it blocks its thread.
 //!
 //! Agents see WASI 0.2 with no preopened directories, no network (TCP,
 //! UDP and name lookups denied), no environment variables or arguments
@@ -37,6 +41,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use taskrun_core::{AgentDigest, Json, RunId};
+use tracing::Instrument;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig, Store,
@@ -323,6 +328,10 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Table bytes reset in place (see `keep_resident_bytes`).
 const TABLE_KEEP_RESIDENT: usize = 64 * 1024;
 const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Fiber stack a Run's host calls may use beyond its wasm stack.
+const HOST_STACK_BYTES: usize = 1 << 20;
+/// wasmtime's default fiber stack, the least a Run gets.
+const MIN_FIBER_STACK_BYTES: usize = 2 << 20;
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Sandbox> {
@@ -348,15 +357,19 @@ impl Sandbox {
             .max_memory_size(config.max_memory_bytes)
             .linear_memory_keep_resident(config.keep_resident_bytes)
             .table_keep_resident(config.keep_resident_bytes.min(TABLE_KEEP_RESIDENT))
-            .pagemap_scan(Enabled::Auto);
+            .pagemap_scan(Enabled::Auto)
+            .total_stacks(runs);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack)
+            // A Run executes on a fiber of this size: its wasm stack plus
+            // room for the host calls it makes.
+            .async_stack_size(config.max_wasm_stack.saturating_add(HOST_STACK_BYTES).max(MIN_FIBER_STACK_BYTES))
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(|e| engine_error("creating the engine", e))?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| engine_error("linking WASI", e))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| engine_error("linking WASI", e))?;
         clock::shadow_timers(&mut linker).map_err(|e| engine_error("linking timers", e))?;
         Agent::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |state| state)
             .map_err(|e| engine_error("linking the agent world", e))?;
@@ -529,15 +542,48 @@ impl Sandbox {
         AgentPre::new(instance_pre).map_err(|e| Error::NotAnAgent { digest: *digest, message: format!("{e:#}") })
     }
 
-    /// Runs `request` against `prepared` on this thread, until it ends one
-    /// way or another. `Err` only when the Worker could not start the Run
-    /// (e.g. every instance slot is taken); the agent's own failures are
-    /// [`Outcome`]s.
+    /// Runs `request` against `prepared` until it ends one way or another,
+    /// blocking this thread: for callers outside any async runtime (tests,
+    /// tools, benchmarks). Async code calls [`run_async`](Sandbox::run_async);
+    /// from inside a runtime this refuses with [`Error::RunThread`].
     pub fn run(&self, prepared: &Prepared, request: RunRequest) -> Result<RunReport> {
-        let started = Instant::now();
+        thread_local! {
+            static RUNTIME: std::cell::OnceCell<tokio::runtime::Runtime> = const { std::cell::OnceCell::new() };
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::RunThread("Sandbox::run blocks its thread: from async code, use run_async".into()));
+        }
+        RUNTIME.with(|cell| {
+            let runtime = match cell.get() {
+                Some(runtime) => runtime,
+                None => {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .map_err(|e| Error::RunThread(format!("starting a runtime for the Run: {e}")))?;
+                    cell.get_or_init(|| runtime)
+                }
+            };
+            runtime.block_on(self.execute(prepared, request))
+        })
+    }
+
+    /// Runs `request` against `prepared` on the calling task, until it ends
+    /// one way or another. `Err` only when the Worker could not start the
+    /// Run (e.g. every instance slot is taken); the agent's own failures
+    /// are [`Outcome`]s. Dropping the future stops the Run.
+    pub async fn run_async(&self, prepared: Prepared, request: RunRequest) -> Result<RunReport> {
+        self.execute(&prepared, request).await
+    }
+
+    async fn execute(&self, prepared: &Prepared, request: RunRequest) -> Result<RunReport> {
         let run_id = request.run_id.as_ref().map(|id| id.to_string());
         let span = tracing::debug_span!("run", run_id = run_id.as_deref(), digest = %prepared.digest());
-        let _entered = span.enter();
+        self.execute_in_span(prepared, request).instrument(span).await
+    }
+
+    async fn execute_in_span(&self, prepared: &Prepared, request: RunRequest) -> Result<RunReport> {
+        let started = Instant::now();
         self.0.counters.runs.fetch_add(1, Ordering::Relaxed);
 
         let config = &self.0.config;
@@ -589,18 +635,20 @@ impl Sandbox {
             if Instant::now() >= state.deadline {
                 return Err(wasmtime::Error::new(Stop::Deadline));
             }
-            Ok(UpdateDeadline::Continue(1))
+            // Let the runtime's other tasks (other Runs, the session with
+            // the control plane) in, then carry on.
+            Ok(UpdateDeadline::Yield(1))
         });
 
         let outcome = if store.data().cancel.is_cancelled() {
             Outcome::Cancelled
         } else {
-            match prepared.0.pre.instantiate(&mut store) {
+            match prepared.0.pre.instantiate_async(&mut store).await {
                 Err(e) if e.is::<PoolConcurrencyLimitError>() => {
                     return Err(Error::Capacity(format!("{e:#}")));
                 }
                 Err(e) => Outcome::from_error(&e, store.data()),
-                Ok(agent) => match agent.call_run(&mut store, &request.input) {
+                Ok(agent) => match agent.call_run(&mut store, &request.input).await {
                     Ok(Ok(output)) => match Json::parse("result", output) {
                         Ok(result) => Outcome::Completed(result),
                         Err(e) => Outcome::Failed(format!("agent returned {e}")),
@@ -627,14 +675,6 @@ impl Sandbox {
             "run finished"
         );
         Ok(RunReport { outcome, logs: logs.lock().finish(), stats, limits })
-    }
-
-    /// [`run`](Sandbox::run) on tokio's blocking pool.
-    pub async fn run_async(&self, prepared: Prepared, request: RunRequest) -> Result<RunReport> {
-        let sandbox = self.clone();
-        tokio::task::spawn_blocking(move || sandbox.run(&prepared, request))
-            .await
-            .map_err(|e| Error::RunThread(e.to_string()))?
     }
 }
 

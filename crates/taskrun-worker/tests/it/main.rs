@@ -7,6 +7,7 @@ mod cancel;
 mod examples;
 mod hostile;
 mod model;
+mod runtime;
 mod support;
 
 /// Every agent under `agents/` has a test named after it (crate name in
