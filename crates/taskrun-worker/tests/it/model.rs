@@ -672,3 +672,37 @@ fn no_key_means_no_authorization_header() {
     assert_eq!(completion.text, "local");
     assert!(!server.seen()[0].headers.contains_key("authorization"));
 }
+
+#[test]
+fn a_run_waiting_on_its_model_leaves_its_runtime_responsive() {
+    // The model pauses 400 ms between two tokens. The Run and a ticker
+    // share one thread: the wait must not hold it.
+    let pause = Duration::from_millis(400);
+    let server = Server::start(vec![Reply::Sse(vec![
+        (Duration::ZERO, delta("Hel")),
+        (pause, delta("lo")),
+        (Duration::ZERO, format!("data: {}\n\n", json!({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}))),
+        (Duration::ZERO, "data: [DONE]\n\n".into()),
+    ])]);
+    let chat = prepare(CHAT);
+    let request = RunRequest::new(r#"{"prompt":"x"}"#).limits(limits()).backends(openai_backends(&server, ""));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let (outcome, ticks) = runtime.block_on(async {
+        let run = sandbox().run_async(chat, request);
+        let mut ticks = 0u32;
+        let counting = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks += 1;
+            }
+        };
+        let outcome = tokio::select! {
+            report = run => report.expect("run").outcome,
+            () = counting => unreachable!("the ticker never ends"),
+        };
+        (outcome, ticks)
+    });
+    assert_eq!(completed_json(&outcome)["text"], "Hello");
+    // Blocked in the model call, the thread would tick ~0 times in 400 ms.
+    assert!(ticks >= 15, "the runtime ticked {ticks} times while the Run waited on its model");
+}
