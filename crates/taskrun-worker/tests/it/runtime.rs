@@ -80,3 +80,22 @@ fn the_blocking_entry_point_refuses_inside_a_runtime() {
     assert_eq!(report.outcome, completed(r#""hi""#));
     assert_eq!(sandbox.metrics().runs, 1);
 }
+
+#[test]
+fn dropping_a_run_stops_the_agent_and_frees_its_slot() {
+    // One slot: a second Run can start only once the first is torn down.
+    let sandbox = Sandbox::new(SandboxConfig { max_concurrent_runs: 1, ..SandboxConfig::default() }).expect("sandbox");
+    let busy = prepare_in(&sandbox, agents::HOSTILE_BUSY_LOOP);
+    let echo = prepare_in(&sandbox, agents::ECHO);
+    let runtime = one_thread();
+    let dropped = runtime.block_on(async {
+        let run = sandbox.run_async(busy, RunRequest::new("{}").limits(limits()));
+        tokio::time::timeout(Duration::from_millis(50), run).await.is_err()
+    });
+    assert!(dropped, "the busy Run should still have been going after 50 ms");
+    let report = runtime
+        .block_on(sandbox.run_async(echo, RunRequest::new(r#""next""#).limits(limits())))
+        .expect("the slot is free again");
+    assert_eq!(report.outcome, completed(r#""next""#));
+    assert_eq!(sandbox.metrics().runs, 2);
+}
