@@ -687,21 +687,8 @@ fn a_run_waiting_on_its_model_leaves_its_runtime_responsive() {
     let chat = prepare(CHAT);
     let request = RunRequest::new(r#"{"prompt":"x"}"#).limits(limits()).backends(openai_backends(&server, ""));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
-    let (outcome, ticks) = runtime.block_on(async {
-        let run = sandbox().run_async(chat, request);
-        let mut ticks = 0u32;
-        let counting = async {
-            loop {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                ticks += 1;
-            }
-        };
-        let outcome = tokio::select! {
-            report = run => report.expect("run").outcome,
-            () = counting => unreachable!("the ticker never ends"),
-        };
-        (outcome, ticks)
-    });
+    let (report, ticks) = runtime.block_on(ticks_while(sandbox().run_async(chat, request)));
+    let outcome = report.expect("run").outcome;
     assert_eq!(completed_json(&outcome)["text"], "Hello");
     // Blocked in the model call, the thread would tick ~0 times in 400 ms.
     assert!(ticks >= 15, "the runtime ticked {ticks} times while the Run waited on its model");

@@ -17,21 +17,10 @@ fn one_thread() -> tokio::runtime::Runtime {
 fn a_busy_agent_leaves_its_runtime_responsive() {
     let deadline = Duration::from_millis(500);
     let busy = prepare(agents::HOSTILE_BUSY_LOOP);
-    let (outcome, ticks) = one_thread().block_on(async {
-        let run = sandbox().run_async(busy, RunRequest::new("{}").limits(RunLimits { deadline, ..limits() }));
-        let mut ticks = 0u32;
-        let counting = async {
-            loop {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                ticks += 1;
-            }
-        };
-        let outcome = tokio::select! {
-            report = run => report.expect("run").outcome,
-            () = counting => unreachable!("the ticker never ends"),
-        };
-        (outcome, ticks)
-    });
+    let (report, ticks) = one_thread().block_on(ticks_while(
+        sandbox().run_async(busy, RunRequest::new("{}").limits(RunLimits { deadline, ..limits() })),
+    ));
+    let outcome = report.expect("run").outcome;
     assert_eq!(outcome, Outcome::TimedOut);
     // Held by the agent, the only thread would have ticked 0 times in the
     // 500 ms; yielding at every 5 ms epoch tick, it ticks ~30 times.

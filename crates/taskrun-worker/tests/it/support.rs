@@ -84,3 +84,21 @@ pub fn contained(path: &str, request: taskrun_worker::RunRequest) -> (taskrun_wo
         run.join().expect("hostile run thread")
     })
 }
+
+/// Awaits `run` while a ticker on the same runtime counts 10 ms sleeps:
+/// how many ticks got through shows whether `run` let the runtime's other
+/// tasks in. Returns `run`'s output and the ticks.
+pub async fn ticks_while<F: Future>(run: F) -> (F::Output, u32) {
+    let mut ticks = 0u32;
+    let counting = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            ticks += 1;
+        }
+    };
+    let output = tokio::select! {
+        output = run => output,
+        () = counting => unreachable!("the ticker never ends"),
+    };
+    (output, ticks)
+}
