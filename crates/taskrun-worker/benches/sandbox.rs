@@ -4,8 +4,12 @@
 //! the `echo` agent:
 //! - compile: `prepare` with an empty cache (Cranelift);
 //! - cached load: `prepare` in a fresh Sandbox on a warm disk cache;
-//! - warm Run: `run` of a prepared agent (new store + WASI context +
-//!   instantiate from the InstancePre + `run` + teardown), trivial input;
+//! - warm Run: a Run of a prepared agent (new store + WASI context +
+//!   instantiate from the InstancePre + `run` + teardown), trivial input,
+//!   through `Sandbox::run_async` on a one-thread tokio runtime: the way
+//!   the Worker runs them (one task of its runtime per Run). The blocking
+//!   entry point `Sandbox::run`, which adds a `block_on` per Run, is
+//!   timed too;
 //! - the same trivial work as a native process spawned per Run
 //!   (`/bin/echo`), the usual alternative to a sandbox;
 //! - warm Runs on two threads at once;
@@ -38,12 +42,48 @@ fn limits() -> RunLimits {
     RunLimits { deadline: Duration::from_secs(10), ..RunLimits::default() }
 }
 
-fn run_once(sandbox: &Sandbox, prepared: &Prepared) -> anyhow::Result<()> {
-    let report = sandbox.run(prepared, RunRequest::new(INPUT).limits(limits()))?;
-    match report.outcome {
+/// One warm Run, as the Worker runs it.
+async fn run_once(sandbox: &Sandbox, prepared: &Prepared) -> anyhow::Result<()> {
+    let report = sandbox.run_async(prepared.clone(), RunRequest::new(INPUT).limits(limits())).await?;
+    check(report.outcome)
+}
+
+/// One warm Run through the blocking entry point (callers outside a
+/// runtime).
+fn run_blocking(sandbox: &Sandbox, prepared: &Prepared) -> anyhow::Result<()> {
+    check(sandbox.run(prepared, RunRequest::new(INPUT).limits(limits()))?.outcome)
+}
+
+fn check(outcome: Outcome) -> anyhow::Result<()> {
+    match outcome {
         Outcome::Completed(json) if json.as_str() == INPUT => Ok(()),
         other => bail!("echo run ended {other:?}"),
     }
+}
+
+/// A one-thread runtime, like each thread of the Worker's.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_time().build()?)
+}
+
+/// The mean of `n` warm Runs in a row.
+async fn batch(sandbox: &Sandbox, prepared: &Prepared, n: u32) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    for _ in 0..n {
+        run_once(sandbox, prepared).await?;
+    }
+    Ok(started.elapsed() / n.max(1))
+}
+
+/// `n` warm Runs, each timed on its own.
+async fn timed(sandbox: &Sandbox, prepared: &Prepared, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        run_once(sandbox, prepared).await?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
 }
 
 /// One native process doing the same trivial work as the `echo` agent.
@@ -91,11 +131,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = std::env::var("SANDBOX_BENCH_PROFILE").ok().and_then(|n| n.parse::<u32>().ok()) {
         let sandbox = Sandbox::new(SandboxConfig::default())?;
         let prepared = sandbox.prepare(&digest, &bytes)?;
-        let started = Instant::now();
-        for _ in 0..n {
-            run_once(&sandbox, &prepared)?;
-        }
-        println!("{n} warm Runs: {} each", us(started.elapsed() / n.max(1)));
+        let each = runtime()?.block_on(batch(&sandbox, &prepared, n))?;
+        println!("{n} warm Runs: {} each", us(each));
         return Ok(());
     }
 
@@ -127,29 +164,31 @@ fn main() -> anyhow::Result<()> {
     // Warm Runs.
     let sandbox = sandbox(dir.path())?;
     let prepared = sandbox.prepare(&digest, &bytes)?;
-    for _ in 0..1000 {
-        run_once(&sandbox, &prepared)?;
-    }
-    let mut runs = Vec::with_capacity(20_000);
-    for _ in 0..20_000 {
-        let started = Instant::now();
-        run_once(&sandbox, &prepared)?;
-        runs.push(started.elapsed());
-    }
-    let warm = Stats::new(runs);
+    let rt = runtime()?;
+    rt.block_on(batch(&sandbox, &prepared, 1000))?;
+    let warm = Stats::new(rt.block_on(timed(&sandbox, &prepared, 20_000))?);
     // Means of batches: robust to the other work on a shared machine
     // (the best batch is the least disturbed one).
     let mut batches = Vec::new();
     for _ in 0..30 {
-        let started = Instant::now();
-        for _ in 0..BATCH {
-            run_once(&sandbox, &prepared)?;
-        }
-        batches.push(started.elapsed() / BATCH);
+        batches.push(rt.block_on(batch(&sandbox, &prepared, BATCH))?);
     }
     let batches = Stats::new(batches);
+    // The blocking entry point, batches alternating with `run_async` ones
+    // so that both see the same machine.
+    let mut blocking = Vec::new();
+    let mut alongside = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        for _ in 0..BATCH {
+            run_blocking(&sandbox, &prepared)?;
+        }
+        blocking.push(started.elapsed() / BATCH);
+        alongside.push(rt.block_on(batch(&sandbox, &prepared, BATCH))?);
+    }
+    let (blocking, alongside) = (Stats::new(blocking), Stats::new(alongside));
 
-    // Two threads of warm Runs at once.
+    // Two threads of warm Runs at once, each on its own one-thread runtime.
     let per_thread = 10_000u32;
     let started = Instant::now();
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -157,9 +196,7 @@ fn main() -> anyhow::Result<()> {
             .map(|_| {
                 let (sandbox, prepared) = (sandbox.clone(), prepared.clone());
                 scope.spawn(move || -> anyhow::Result<()> {
-                    for _ in 0..per_thread {
-                        run_once(&sandbox, &prepared)?;
-                    }
+                    runtime()?.block_on(batch(&sandbox, &prepared, per_thread))?;
                     Ok(())
                 })
             })
@@ -187,12 +224,7 @@ fn main() -> anyhow::Result<()> {
     let mut paired_spawns = Vec::new();
     let mut round_ratios = Vec::new();
     for _ in 0..PAIRED_ROUNDS {
-        let mut runs = Vec::with_capacity(PAIRED_RUNS);
-        for _ in 0..PAIRED_RUNS {
-            let started = Instant::now();
-            run_once(&sandbox, &prepared)?;
-            runs.push(started.elapsed());
-        }
+        let runs = rt.block_on(timed(&sandbox, &prepared, PAIRED_RUNS))?;
         let mut spawns = Vec::with_capacity(PAIRED_SPAWNS);
         for _ in 0..PAIRED_SPAWNS {
             spawns.push(spawn_once()?);
@@ -241,7 +273,14 @@ fn main() -> anyhow::Result<()> {
         us(batches.pct(0.99)),
         us(batches.pct(0.0))
     );
-    println!("| warm Runs on 2 threads | {parallel_rate:.0} Runs/s | | | 2 × 10 000 Runs |");
+    println!(
+        "| warm Run through the blocking entry point (`Sandbox::run`), mean of a batch | {} | {} | {} | 10 batches of {BATCH}; `run_async` batches alternating with them: {} |",
+        us(blocking.median()),
+        us(blocking.pct(0.99)),
+        us(blocking.pct(0.0)),
+        us(alongside.median())
+    );
+    println!("| warm Runs on 2 threads | {parallel_rate:.0} Runs/s | | | 2 × 10 000 Runs, a one-thread runtime each |");
     println!(
         "| native process per Run (`/bin/echo`) | {} | {} | {} | 300 spawns |",
         ms(native.median()),

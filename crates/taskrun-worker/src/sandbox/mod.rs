@@ -577,8 +577,9 @@ impl Sandbox {
     }
 
     async fn execute(&self, prepared: &Prepared, request: RunRequest) -> Result<RunReport> {
-        let run_id = request.run_id.as_ref().map(|id| id.to_string());
-        let span = tracing::debug_span!("run", run_id = run_id.as_deref(), digest = %prepared.digest());
+        // Fields are formatted only if the span is recorded.
+        let run_id = request.run_id.as_ref().map(tracing::field::display);
+        let span = tracing::debug_span!("run", run_id, digest = %prepared.digest());
         self.execute_in_span(prepared, request).instrument(span).await
     }
 
