@@ -5,7 +5,9 @@
 //! Whoever committed something hands the committer thread an
 //! acknowledgement to deliver (the applier hands over a whole batch at once).
 //! The committer loops: it takes every acknowledgement waiting, flushes the
-//! database once (sled's log: `write` + `fdatasync`), then delivers them.
+//! database once (sled's log: the buffers not yet written are written,
+//! then one `sync_file_range` over the log file waits for the disk), then
+//! delivers them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
