@@ -982,9 +982,6 @@ pub(in crate::pagecache) fn make_stable_inner(
     Ok(assert_usize(stable - first_stable))
 }
 
-/// Called by users who wish to force the current buffer
-/// to flush some pending writes. Returns the number
-/// of bytes written during this call.
 /// TaskRun patch: what each buffer write did before (see `write_to_log`),
 /// once for the whole file: start writeback of every dirty page and wait
 /// for it (`sync_file_range` with offset 0 and length 0 covers the file to
@@ -1020,6 +1017,9 @@ fn sync_log_file(file: &std::fs::File) -> Result<()> {
     Ok(())
 }
 
+/// Called by users who wish to force the current buffer
+/// to flush some pending writes. Returns the number
+/// of bytes written during this call.
 pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
     // TaskRun patch: the concurrency-control lock is held only to read the
     // LSN (so a batch in progress is included), not while waiting for the
