@@ -60,14 +60,57 @@ fn main() {
     fs::write(out_dir.join("artifacts.rs"), code).expect("write artifacts.rs");
 }
 
-/// Runs the inner cargo and returns crate name → (component path, manifest).
+/// Builds every agent and returns crate name → (component path, manifest).
+///
+/// Lean agents (those that take the SDK with its `lean` feature, i.e.
+/// `#![no_std]`) build in their own cargo invocation: features unify
+/// across one build, and the SDK's `std` and `lean` exclude each other.
 fn build(agents: &Path, target_dir: &Path) -> BTreeMap<String, (PathBuf, PathBuf)> {
+    let lean = lean_agents(agents);
+    let mut everything_else = vec!["--workspace".to_owned()];
+    for name in &lean {
+        everything_else.extend(["--exclude".to_owned(), name.clone()]);
+    }
+    let mut artifacts = build_packages(agents, target_dir, &everything_else);
+    if !lean.is_empty() {
+        let packages: Vec<String> = lean.iter().flat_map(|name| ["-p".to_owned(), name.clone()]).collect();
+        artifacts.extend(build_packages(agents, target_dir, &packages));
+    }
+    artifacts
+}
+
+/// The agents whose dependency on `taskrun-agent-sdk` enables `lean`.
+fn lean_agents(agents: &Path) -> Vec<String> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(agents).args(["metadata", "--format-version=1", "--no-deps"]).stderr(Stdio::inherit());
+    scrub_env(&mut cmd);
+    let output = cmd.output().expect("spawn cargo metadata for agents/");
+    if !output.status.success() {
+        panic!("cargo metadata in agents/ failed ({})", output.status);
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).expect("cargo metadata output is JSON");
+    let mut lean = Vec::new();
+    for package in metadata["packages"].as_array().into_iter().flatten() {
+        let takes_lean_sdk = package["dependencies"].as_array().into_iter().flatten().any(|d| {
+            d["name"] == "taskrun-agent-sdk"
+                && d["features"].as_array().is_some_and(|features| features.iter().any(|f| f == "lean"))
+        });
+        if takes_lean_sdk && let Some(name) = package["name"].as_str() {
+            lean.push(name.to_owned());
+        }
+    }
+    lean
+}
+
+/// Runs the inner cargo on `packages` and returns what it built.
+fn build_packages(agents: &Path, target_dir: &Path, packages: &[String]) -> BTreeMap<String, (PathBuf, PathBuf)> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(agents)
         .arg("build")
         .arg("--release")
-        .arg("--workspace")
+        .args(packages)
         .arg(format!("--target={TARGET}"))
         .arg("--target-dir")
         .arg(target_dir)

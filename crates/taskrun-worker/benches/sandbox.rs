@@ -12,6 +12,8 @@
 //!   timed too;
 //! - the same trivial work as a native process spawned per Run
 //!   (`/bin/echo`), the usual alternative to a sandbox;
+//! - warm Runs of `echo-lean`, the same agent built `#![no_std]` with the
+//!   SDK's lean runtime (its component imports no WASI interface);
 //! - warm Runs on two threads at once;
 //! - paired: short rounds of warm Runs and native spawns back to back, so
 //!   the ratio compares the two under the same machine conditions.
@@ -126,11 +128,17 @@ fn ms(d: Duration) -> String {
 fn main() -> anyhow::Result<()> {
     let bytes = std::fs::read(taskrun_agent_artifacts::ECHO).context("echo component")?;
     let digest = AgentDigest::of(&bytes);
+    let lean_bytes = std::fs::read(taskrun_agent_artifacts::ECHO_LEAN).context("echo-lean component")?;
+    let lean_digest = AgentDigest::of(&lean_bytes);
 
     // `SANDBOX_BENCH_PROFILE=n`: only n warm Runs, for `perf record`.
     if let Some(n) = std::env::var("SANDBOX_BENCH_PROFILE").ok().and_then(|n| n.parse::<u32>().ok()) {
         let sandbox = Sandbox::new(SandboxConfig::default())?;
-        let prepared = sandbox.prepare(&digest, &bytes)?;
+        // `SANDBOX_BENCH_AGENT=echo-lean` profiles the lean build instead.
+        let prepared = match std::env::var("SANDBOX_BENCH_AGENT").as_deref() {
+            Ok("echo-lean") => sandbox.prepare(&lean_digest, &lean_bytes)?,
+            _ => sandbox.prepare(&digest, &bytes)?,
+        };
         let each = runtime()?.block_on(batch(&sandbox, &prepared, n))?;
         println!("{n} warm Runs: {} each", us(each));
         return Ok(());
@@ -188,6 +196,17 @@ fn main() -> anyhow::Result<()> {
     }
     let (blocking, alongside) = (Stats::new(blocking), Stats::new(alongside));
 
+    // The lean build of the same agent, timed one by one in rounds that
+    // alternate with the std build's, so that both see the same machine.
+    let lean = sandbox.prepare(&lean_digest, &lean_bytes)?;
+    rt.block_on(batch(&sandbox, &lean, 1000))?;
+    let (mut lean_warm, mut std_warm) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        lean_warm.extend(rt.block_on(timed(&sandbox, &lean, 2_000))?);
+        std_warm.extend(rt.block_on(timed(&sandbox, &prepared, 2_000))?);
+    }
+    let (lean_warm, std_warm) = (Stats::new(lean_warm), Stats::new(std_warm));
+
     // Two threads of warm Runs at once, each on its own one-thread runtime.
     let per_thread = 10_000u32;
     let started = Instant::now();
@@ -221,31 +240,42 @@ fn main() -> anyhow::Result<()> {
     // a median taken minutes apart from the other one; the median of the
     // per-round ratios does not depend on that drift.
     let mut paired_runs = Vec::new();
+    let mut paired_lean = Vec::new();
     let mut paired_spawns = Vec::new();
     let mut round_ratios = Vec::new();
+    let mut lean_round_ratios = Vec::new();
     for _ in 0..PAIRED_ROUNDS {
         let runs = rt.block_on(timed(&sandbox, &prepared, PAIRED_RUNS))?;
+        let lean_runs = rt.block_on(timed(&sandbox, &lean, PAIRED_RUNS))?;
         let mut spawns = Vec::with_capacity(PAIRED_SPAWNS);
         for _ in 0..PAIRED_SPAWNS {
             spawns.push(spawn_once()?);
         }
-        let (runs, spawns) = (Stats::new(runs), Stats::new(spawns));
+        let (runs, lean_runs, spawns) = (Stats::new(runs), Stats::new(lean_runs), Stats::new(spawns));
         round_ratios.push(spawns.median().as_secs_f64() / runs.median().as_secs_f64());
+        lean_round_ratios.push(spawns.median().as_secs_f64() / lean_runs.median().as_secs_f64());
         paired_runs.extend(runs.samples);
+        paired_lean.extend(lean_runs.samples);
         paired_spawns.extend(spawns.samples);
     }
-    let (paired_runs, paired_spawns) = (Stats::new(paired_runs), Stats::new(paired_spawns));
+    let (paired_runs, paired_lean, paired_spawns) =
+        (Stats::new(paired_runs), Stats::new(paired_lean), Stats::new(paired_spawns));
     round_ratios.sort_by(f64::total_cmp);
-    let round_ratio = |p: f64| round_ratios[((round_ratios.len() - 1) as f64 * p).round() as usize];
+    lean_round_ratios.sort_by(f64::total_cmp);
+    let pick = |ratios: &[f64], p: f64| ratios[((ratios.len() - 1) as f64 * p).round() as usize];
+    let round_ratio = |p: f64| pick(&round_ratios, p);
+    let lean_round_ratio = |p: f64| pick(&lean_round_ratios, p);
     // Like for like: each native spawn is timed on its own, so compare it
     // with warm Runs timed on their own; the batch mean (which carries the
     // occasional slow Run) is reported too.
     let ratio = native.median().as_secs_f64() / warm.median().as_secs_f64();
+    let lean_ratio = native.median().as_secs_f64() / lean_warm.median().as_secs_f64();
     let batch_ratio = native.median().as_secs_f64() / batches.median().as_secs_f64();
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("echo component: {} bytes, digest {digest}, {cores} cores, load average {}", bytes.len(), loadavg.trim());
+    println!("echo-lean component: {} bytes, digest {lean_digest}", lean_bytes.len());
     println!();
     println!("| measurement | median | p99 | min | notes |");
     println!("|---|---|---|---|---|");
@@ -280,6 +310,13 @@ fn main() -> anyhow::Result<()> {
         us(blocking.pct(0.0)),
         us(alongside.median())
     );
+    println!(
+        "| warm Run of `echo-lean` (no_std, no WASI imports), one by one | {} | {} | {} | 10 rounds of 2 000, alternating with `echo` rounds: {} |",
+        us(lean_warm.median()),
+        us(lean_warm.pct(0.99)),
+        us(lean_warm.pct(0.0)),
+        us(std_warm.median())
+    );
     println!("| warm Runs on 2 threads | {parallel_rate:.0} Runs/s | | | 2 × 10 000 Runs, a one-thread runtime each |");
     println!(
         "| native process per Run (`/bin/echo`) | {} | {} | {} | 300 spawns |",
@@ -292,6 +329,12 @@ fn main() -> anyhow::Result<()> {
         us(paired_runs.median()),
         us(paired_runs.pct(0.99)),
         us(paired_runs.pct(0.0))
+    );
+    println!(
+        "| paired: warm Run of `echo-lean` | {} | {} | {} | {PAIRED_ROUNDS} rounds of {PAIRED_RUNS} Runs |",
+        us(paired_lean.median()),
+        us(paired_lean.pct(0.99)),
+        us(paired_lean.pct(0.0))
     );
     println!(
         "| paired: native process per Run | {} | {} | {} | {PAIRED_ROUNDS} rounds of {PAIRED_SPAWNS} spawns |",
@@ -317,6 +360,13 @@ fn main() -> anyhow::Result<()> {
         round_ratio(0.5),
         round_ratio(0.1),
         round_ratio(0.9)
+    );
+    println!(
+        "echo-lean: native spawn / warm Run {lean_ratio:.0}× (medians); paired {:.0}×, per-round ratio median {:.0}×, p10 {:.0}×, p90 {:.0}×",
+        paired_spawns.median().as_secs_f64() / paired_lean.median().as_secs_f64(),
+        lean_round_ratio(0.5),
+        lean_round_ratio(0.1),
+        lean_round_ratio(0.9)
     );
     Ok(())
 }

@@ -6,11 +6,11 @@ use std::time::Instant;
 use taskrun_core::Modality;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::OutputSink;
 use super::bindings::{log, model_backend as wit, output};
 use super::logs::{LogLevel, LogSource, SharedLogs};
+use super::{OutputSink, clock};
 use crate::CancelToken;
 use crate::model::{self, CallContext, ModelBackends, Provider, TokenStream};
 
@@ -81,9 +81,46 @@ impl std::fmt::Debug for CompletionStreamHandle {
     }
 }
 
+/// What the operator grants every Run through WASI (nothing by default).
+#[derive(Debug, Default)]
+pub(crate) struct WasiGrants {
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) args: Vec<String>,
+}
+
+/// A Run's WASI context, built on the agent's first WASI call: a Run that
+/// makes none (a lean agent cannot make any) does not pay for one.
+pub(crate) struct LazyWasi {
+    ctx: Option<WasiCtx>,
+    grants: Arc<WasiGrants>,
+}
+
+impl LazyWasi {
+    pub(crate) fn new(grants: Arc<WasiGrants>) -> LazyWasi {
+        LazyWasi { ctx: None, grants }
+    }
+
+    /// No files, sockets or name lookups; the granted environment and
+    /// arguments; stdout and stderr into the Run's log; the Run's clock.
+    fn get(&mut self, logs: &SharedLogs) -> &mut WasiCtx {
+        self.ctx.get_or_insert_with(|| {
+            WasiCtxBuilder::new()
+                .stdout(logs.pipe(LogSource::Stdout))
+                .stderr(logs.pipe(LogSource::Stderr))
+                .envs(&self.grants.env)
+                .args(&self.grants.args)
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .monotonic_clock(clock::RunClock)
+                .build()
+        })
+    }
+}
+
 /// Everything a Run's store holds.
 pub(crate) struct RunState {
-    pub(crate) wasi: WasiCtx,
+    pub(crate) wasi: LazyWasi,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: RunLimiter,
     pub(crate) output: OutputState,
@@ -95,7 +132,7 @@ pub(crate) struct RunState {
 
 impl WasiView for RunState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView { ctx: self.wasi.get(&self.logs), table: &mut self.table }
     }
 }
 

@@ -47,12 +47,11 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig, Store,
     UpdateDeadline,
 };
-use wasmtime_wasi::WasiCtxBuilder;
 
 use self::bindings::{Agent, AgentPre};
 use self::cache::{DiskCache, Lookup};
-use self::host::{ModelState, OutputState, RunLimiter, RunState, Stop};
-use self::logs::{LogSource, SharedLogs};
+use self::host::{LazyWasi, ModelState, OutputState, RunLimiter, RunState, Stop, WasiGrants};
+use self::logs::SharedLogs;
 use crate::{CancelToken, Error, ModelBackends, Result};
 
 pub use self::host::CompletionStreamHandle;
@@ -264,6 +263,8 @@ struct Inner {
     engine: Engine,
     linker: Linker<RunState>,
     config: SandboxConfig,
+    /// `config.env` and `config.args`, shared by every Run.
+    grants: Arc<WasiGrants>,
     fingerprint: String,
     disk: Option<DiskCache>,
     prepared: Mutex<HashMap<AgentDigest, Prepared>>,
@@ -389,6 +390,7 @@ impl Sandbox {
         Ok(Sandbox(Arc::new(Inner {
             engine,
             linker,
+            grants: Arc::new(WasiGrants { env: config.env.clone(), args: config.args.clone() }),
             config,
             fingerprint,
             disk,
@@ -594,17 +596,8 @@ impl Sandbox {
         limits.deadline = limits.deadline.min(MAX_DEADLINE);
         let deadline = started + limits.deadline;
         let logs = SharedLogs::new(config.log_bytes);
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(logs.pipe(LogSource::Stdout))
-            .stderr(logs.pipe(LogSource::Stderr))
-            .envs(&config.env)
-            .args(&config.args)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .monotonic_clock(clock::RunClock);
         let state = RunState {
-            wasi: wasi.build(),
+            wasi: LazyWasi::new(Arc::clone(&self.0.grants)),
             table: ResourceTable::new(),
             limiter: RunLimiter {
                 memory_cap: limits.memory_bytes,

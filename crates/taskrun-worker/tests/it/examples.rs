@@ -1,10 +1,10 @@
-//! The example agents: `echo` and `chat`.
+//! The example agents: `echo`, `echo-lean` and `chat`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use taskrun_agent_artifacts::{CHAT, ECHO};
+use taskrun_agent_artifacts::{CHAT, ECHO, ECHO_LEAN};
 use taskrun_worker::model::{BackendConfig, ModelBackendsConfig, ProviderKind};
 use taskrun_worker::{ModelBackends, Outcome, RunLimits, RunRequest};
 
@@ -12,10 +12,31 @@ use crate::support::*;
 
 #[test]
 pub fn echo() {
+    echoes(ECHO);
+}
+
+/// `echo` built lean (`#![no_std]`, the SDK's allocator and panic handler)
+/// behaves the same, from a component that imports no WASI interface.
+#[test]
+pub fn echo_lean() {
+    echoes(ECHO_LEAN);
+    let imports = |path: &str| -> Vec<String> {
+        let engine = wasmtime::Engine::default();
+        let component = wasmtime::component::Component::new(&engine, bytes(path)).expect("component");
+        component.component_type().imports(&engine).map(|(name, _)| name.to_owned()).collect()
+    };
+    let lean = imports(ECHO_LEAN);
+    assert!(lean.contains(&"taskrun:agent/output@0.1.0".to_owned()), "{lean:?}");
+    assert!(lean.iter().all(|name| name.starts_with("taskrun:agent/")), "{lean:?}");
+    let std = imports(ECHO);
+    assert!(std.iter().filter(|name| name.starts_with("wasi:")).count() > 5, "{std:?}");
+}
+
+fn echoes(agent: &str) {
     let input = r#"{"text":"a longer input that the echo agent emits back in several chunks"}"#;
     let chunks = Chunks::default();
     let report =
-        sandbox().run(&prepare(ECHO), RunRequest::new(input).limits(limits()).output(chunks.sink())).expect("run");
+        sandbox().run(&prepare(agent), RunRequest::new(input).limits(limits()).output(chunks.sink())).expect("run");
     assert_eq!(report.outcome, completed(input));
     let chunks = chunks.take();
     assert!(chunks.len() > 3, "{chunks:?}");

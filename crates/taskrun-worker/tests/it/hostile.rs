@@ -95,6 +95,36 @@ pub fn hostile_panic() {
     );
 }
 
+/// The lean runtime (`#![no_std]` agents): the heap grows past the SDK's
+/// arena, and a panic is logged, then traps.
+#[test]
+pub fn hostile_lean_panic() {
+    let (report, _) = contained(agents::HOSTILE_LEAN_PANIC, RunRequest::new("512").limits(limits()));
+    let Outcome::Trapped(message) = &report.outcome else {
+        panic!("expected Trapped, got {:?}", report.outcome);
+    };
+    assert!(message.contains("unreachable"), "{message}");
+    let records: Vec<_> = report.logs.agent_records().collect();
+    let [(taskrun_worker::sandbox::LogLevel::Error, text)] = records.as_slice() else {
+        panic!("expected one error record, got {records:?}");
+    };
+    assert!(text.starts_with("agent panicked at "), "{text}");
+    // 512 KiB of 0x5a, all written: the block lies past the 256 KiB arena.
+    assert!(text.ends_with("after filling 512 KiB (sum 47185920)"), "{text}");
+}
+
+/// A lean agent whose heap would pass the memory cap: the growth is
+/// refused, and the Run ends MemoryLimit, not as a panic of its own.
+#[test]
+fn lean_heap_past_the_memory_cap() {
+    let cap = 2 << 20;
+    let limits = RunLimits { memory_bytes: cap, ..limits() };
+    let report =
+        sandbox().run(&prepare(agents::HOSTILE_LEAN_PANIC), RunRequest::new("4096").limits(limits)).expect("run");
+    assert_eq!(report.outcome, Outcome::MemoryLimit);
+    assert!(report.stats.peak_memory_bytes <= cap, "{:?}", report.stats);
+}
+
 #[test]
 pub fn hostile_output_flood() {
     let cap = 256 * 1024;
