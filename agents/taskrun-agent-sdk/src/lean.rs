@@ -1,5 +1,6 @@
-//! What a `#![no_std]` agent needs from its runtime: a global allocator and
-//! a panic handler. Only with the `lean` feature.
+//! What a `#![no_std]` agent needs from its runtime, and a `std` one gets
+//! from Rust's `std` and wasi-libc: a global allocator, a panic handler,
+//! `cabi_realloc`, `memcmp` and `bcmp`. Only with the `lean` feature.
 //!
 //! An agent runs single-threaded: one call per Run, in a fresh instance,
 //! with no threads. The allocator relies on that.
@@ -160,4 +161,33 @@ pub unsafe extern "C" fn cabi_realloc(old_ptr: *mut u8, old_len: usize, align: u
         alloc::alloc::handle_alloc_error(layout);
     }
     block
+}
+
+/// `memcmp`, which the compiler calls to compare slices and strings of
+/// unknown length. A `std` agent gets it from wasi-libc; a lean one from
+/// here (the copies and fills become wasm's bulk-memory instructions).
+///
+/// # Safety
+///
+/// `a` and `b` must be valid to read for `n` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    for i in 0..n {
+        // SAFETY: the caller's promise, `i < n`.
+        let (x, y) = unsafe { (*a.add(i), *b.add(i)) };
+        if x != y {
+            return i32::from(x) - i32::from(y);
+        }
+    }
+    0
+}
+
+/// `bcmp`: `memcmp` where only equality counts.
+///
+/// # Safety
+///
+/// As [`memcmp`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    unsafe { memcmp(a, b, n) }
 }

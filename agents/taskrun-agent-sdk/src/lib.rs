@@ -96,8 +96,11 @@
 //! WASI at all, so there is no file, clock, random or environment call for
 //! it to even attempt. It is smaller (18 KB against 42 KB for `echo`) and a warm Run
 //! costs the Worker less (docs/benchmarks.md). Crates that need `std`
-//! (`serde_json` with its `std` feature, `std::collections::HashMap`) need
-//! the default build; the `std` and `lean` features exclude each other.
+//! need the default build (`serde_json` does not: take it with
+//! `default-features = false, features = ["alloc"]`); the `std` and
+//! `lean` features exclude each other. The SDK also supplies
+//! `cabi_realloc`, `memcmp` and `bcmp`, which a `std` agent gets from
+//! wasi-libc.
 //! Because features unify across a cargo build, build a lean agent in its
 //! own `cargo build -p` invocation when its workspace also holds std agents.
 

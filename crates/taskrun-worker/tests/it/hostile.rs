@@ -95,11 +95,11 @@ pub fn hostile_panic() {
     );
 }
 
-/// The lean runtime (`#![no_std]` agents): the heap grows past the SDK's
-/// arena, and a panic is logged, then traps.
+/// The lean runtime (`#![no_std]` agents): JSON read without `std`, the
+/// heap grown past the SDK's arena, and a panic logged, then a trap.
 #[test]
 pub fn hostile_lean_panic() {
-    let (report, _) = contained(agents::HOSTILE_LEAN_PANIC, RunRequest::new("512").limits(limits()));
+    let (report, _) = contained(agents::HOSTILE_LEAN_PANIC, RunRequest::new(r#"{"fill_kib": 512}"#).limits(limits()));
     let Outcome::Trapped(message) = &report.outcome else {
         panic!("expected Trapped, got {:?}", report.outcome);
     };
@@ -119,10 +119,24 @@ pub fn hostile_lean_panic() {
 fn lean_heap_past_the_memory_cap() {
     let cap = 2 << 20;
     let limits = RunLimits { memory_bytes: cap, ..limits() };
-    let report =
-        sandbox().run(&prepare(agents::HOSTILE_LEAN_PANIC), RunRequest::new("4096").limits(limits)).expect("run");
+    let request = RunRequest::new(r#"{"fill_kib": 4096}"#).limits(limits);
+    let report = sandbox().run(&prepare(agents::HOSTILE_LEAN_PANIC), request).expect("run");
     assert_eq!(report.outcome, Outcome::MemoryLimit);
     assert!(report.stats.peak_memory_bytes <= cap, "{:?}", report.stats);
+}
+
+/// A lean agent's own error, found by comparing JSON keys (`memcmp` comes
+/// from the SDK, not libc), fails the Run with its message.
+#[test]
+fn lean_agent_error_is_a_failure() {
+    let prepared = prepare(agents::HOSTILE_LEAN_PANIC);
+    let report = sandbox().run(&prepared, RunRequest::new(r#"{"fill_mib": 1}"#).limits(limits())).expect("run");
+    assert_eq!(report.outcome, Outcome::Failed(r#"input must be {"fill_kib": n}"#.into()));
+    let report = sandbox().run(&prepared, RunRequest::new("[1,").limits(limits())).expect("run");
+    let Outcome::Failed(message) = &report.outcome else {
+        panic!("expected Failed, got {:?}", report.outcome);
+    };
+    assert!(message.starts_with("input is not JSON: EOF while parsing"), "{message}");
 }
 
 #[test]
