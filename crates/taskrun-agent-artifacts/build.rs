@@ -81,10 +81,8 @@ fn build(agents: &Path, target_dir: &Path) -> BTreeMap<String, (PathBuf, PathBuf
 
 /// The agents whose dependency on `taskrun-agent-sdk` enables `lean`.
 fn lean_agents(agents: &Path) -> Vec<String> {
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(agents).args(["metadata", "--format-version=1", "--no-deps"]).stderr(Stdio::inherit());
-    scrub_env(&mut cmd);
+    let mut cmd = inner_cargo(agents);
+    cmd.args(["metadata", "--format-version=1", "--no-deps"]).stderr(Stdio::inherit());
     let output = cmd.output().expect("spawn cargo metadata for agents/");
     if !output.status.success() {
         panic!("cargo metadata in agents/ failed ({})", output.status);
@@ -105,10 +103,8 @@ fn lean_agents(agents: &Path) -> Vec<String> {
 
 /// Runs the inner cargo on `packages` and returns what it built.
 fn build_packages(agents: &Path, target_dir: &Path, packages: &[String]) -> BTreeMap<String, (PathBuf, PathBuf)> {
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(agents)
-        .arg("build")
+    let mut cmd = inner_cargo(agents);
+    cmd.arg("build")
         .arg("--release")
         .args(packages)
         .arg(format!("--target={TARGET}"))
@@ -117,7 +113,6 @@ fn build_packages(agents: &Path, target_dir: &Path, packages: &[String]) -> BTre
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    scrub_env(&mut cmd);
 
     let output = cmd.output().expect("spawn cargo for agents/");
     if !output.status.success() {
@@ -160,6 +155,15 @@ fn build_packages(agents: &Path, target_dir: &Path, packages: &[String]) -> BTre
         panic!("building agents/ produced no components");
     }
     artifacts
+}
+
+/// The cargo that runs this build, in `agents/`, with a scrubbed
+/// environment.
+fn inner_cargo(agents: &Path) -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(agents);
+    scrub_env(&mut cmd);
+    cmd
 }
 
 /// Leaves the inner cargo only the environment a plain shell would give it
