@@ -61,13 +61,14 @@ pub enum TaskCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List Tasks, newest first.
+    /// List Tasks, oldest first.
     List(ListArgs),
     /// Cancel a Task that has not finished; its active Runs are stopped.
     Cancel {
         #[arg(value_parser = parse::task_id)]
         task_id: TaskId,
-        /// Why, for people; recorded on the Task and its Runs.
+        /// Why, for people (up to 1024 bytes); recorded on the Task and its
+        /// Runs.
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },

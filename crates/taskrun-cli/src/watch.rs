@@ -86,9 +86,16 @@ impl Watcher<'_> {
                                     return Ok(status);
                                 }
                             }
-                            // Ended before the Task did: a control plane
-                            // going away may do that; ask again.
-                            Ok(None) => break "the stream ended early".to_owned(),
+                            // Ended without the Task's end: the Task ended
+                            // before the cursor (nothing left to send), or
+                            // a control plane going away; then ask again.
+                            Ok(None) => {
+                                let (task, _) = crate::task::fetch(self.conn, self.task_id).await?;
+                                if task.status.is_terminal() {
+                                    return Ok(task.status);
+                                }
+                                break "the stream ended early".to_owned();
+                            }
                             Err(status) if is_transient(&status) => break self.conn.remote(&status).to_string(),
                             Err(status) => return Err(self.conn.error(status)),
                         }

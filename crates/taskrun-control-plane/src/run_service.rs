@@ -232,6 +232,19 @@ impl ControlPlane {
         last
     }
 
+    /// Whether `run` is assigned to `worker`: its session's active Runs
+    /// first, the store for the rest (an unknown Run is nobody's).
+    async fn runs_on(&self, worker: &WorkerId, run: &RunId) -> Result<bool, Status> {
+        if self.sessions().get(worker).is_some_and(|s| s.active.contains(run)) {
+            return Ok(true);
+        }
+        match self.store.get_run(run).await {
+            Ok(stored) => Ok(stored.worker_id.as_ref() == Some(worker)),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(store_status(e)),
+        }
+    }
+
     fn is_current(&self, worker: &WorkerId, generation: u64) -> bool {
         self.sessions().get(worker).is_some_and(|s| s.generation == generation)
     }
@@ -258,6 +271,12 @@ impl ControlPlane {
     async fn on_output(&self, worker: &WorkerId, chunk: pb::RunOutputChunk) -> Result<(), Status> {
         let report = RunOutputReport::try_from(chunk)?;
         let chunk = report.chunk;
+        // Like a status report, output must come from the Run's Worker: a
+        // lease alone could be guessed.
+        if !self.runs_on(worker, &chunk.run_id).await? {
+            debug!(worker_id = %worker, run_id = %chunk.run_id, "output for another worker's run dropped");
+            return Ok(());
+        }
         match self.store.append_output(&chunk.run_id, report.lease, chunk.seq, chunk.data, self.clock.now()).await {
             Ok(AppendOutcome::Appended(event)) => {
                 self.publish(std::slice::from_ref(&event));

@@ -150,6 +150,20 @@ impl ControlPlane {
         watchers.entry(task.clone()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
+    /// Forgets the Task's subscription if no stream watches it any more.
+    pub(crate) fn unsubscribe(&self, task: &TaskId) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if watchers.get(task).is_some_and(|tx| tx.receiver_count() == 0) {
+            watchers.remove(task);
+        }
+    }
+
+    /// Tasks with a live subscription (for tests).
+    #[doc(hidden)]
+    pub fn watched_tasks(&self) -> usize {
+        self.watchers.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Stops the loops and ends every stream.
     pub fn shut_down(&self) {
         self.shutdown.cancel();

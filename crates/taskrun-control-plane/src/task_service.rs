@@ -6,13 +6,23 @@ use std::sync::Arc;
 use futures::Stream;
 use taskrun_core::{AgentManifest, AgentSelector, Task, TaskEventKind, TaskId, TaskSpec};
 use taskrun_proto::{pb, task_status_from_wire};
-use taskrun_store::{CreateOutcome, OnApplied, PageRequest, StoredAgent, TaskFilter};
+use taskrun_store::{CreateOutcome, OnApplied, PageRequest, StoredAgent, TaskFilter, encode_page_token};
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use crate::placement::Reservation;
 use crate::state::ControlPlane;
 use crate::status::{parse_field, store_status};
+
+/// The longest reason CancelTask accepts: it is copied into the Task, each
+/// of its unfinished Runs and their events.
+pub const MAX_CANCEL_REASON_BYTES: usize = 1024;
+
+/// The most bytes of Tasks one ListTasks page carries (at least one Task
+/// always): under gRPC's usual 4 MiB message limit, so that any client can
+/// read a page however large its Tasks are. A shorter page still has a
+/// `next_page_token`.
+pub const LIST_PAGE_BYTES: usize = 3 << 20;
 
 /// The TaskService handlers.
 #[derive(Debug, Clone)]
@@ -150,10 +160,25 @@ impl pb::task_service_server::TaskService for TaskApi {
             page_token: (!req.page_token.is_empty()).then_some(req.page_token),
         };
         let page = self.0.store.list_tasks(&filter, &page).await.map_err(store_status)?;
-        Ok(Response::new(pb::ListTasksResponse {
-            tasks: page.items.into_iter().map(Into::into).collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+        let mut next_page_token = page.next_page_token.unwrap_or_default();
+        let mut tasks = Vec::with_capacity(page.items.len());
+        let (mut bytes, mut last) = (0, None);
+        for task in page.items {
+            let id = task.id.clone();
+            let task = pb::Task::from(task);
+            let size = taskrun_proto::encoded_len(&task);
+            if let Some(last) = &last
+                && bytes + size > LIST_PAGE_BYTES
+            {
+                // The page is full: the next one starts with this Task.
+                next_page_token = encode_page_token(last);
+                break;
+            }
+            bytes += size;
+            last = Some(id);
+            tasks.push(task);
+        }
+        Ok(Response::new(pb::ListTasksResponse { tasks, next_page_token }))
     }
 
     #[instrument(skip_all)]
@@ -163,6 +188,12 @@ impl pb::task_service_server::TaskService for TaskApi {
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         let req = request.into_inner();
         let id: TaskId = parse_field("task_id", &req.task_id)?;
+        if req.reason.len() > MAX_CANCEL_REASON_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "reason is {} bytes; at most {MAX_CANCEL_REASON_BYTES} are accepted",
+                req.reason.len()
+            )));
+        }
         let reason = if req.reason.is_empty() { "cancelled by a client".to_owned() } else { req.reason };
         let task = self.0.cancel_task(&id, &reason).await?;
         Ok(Response::new(pb::CancelTaskResponse { task: Some(task.into()) }))
@@ -188,19 +219,27 @@ impl pb::task_service_server::TaskService for TaskApi {
     }
 }
 
-/// Stored events after `cursor`, then live ones, until the Task is terminal.
+/// Stored events after `cursor`, then live ones, until the Task is terminal
+/// (at once if it is and the client has seen its last event).
 fn watch_stream(
     cp: Arc<ControlPlane>,
     id: TaskId,
     mut cursor: u64,
 ) -> impl Stream<Item = Result<pb::WatchTaskResponse, Status>> + Send {
     async_stream::try_stream! {
+        // Declared before `changes`, so dropped after it: the Task's
+        // subscription goes when its last watcher does.
+        let _unsubscribe = Unsubscribe(Arc::clone(&cp), id.clone());
         let mut changes = cp.subscribe(&id);
         loop {
             // Mark what we have seen before reading, so an event stored
             // between the read and the wait still wakes us.
             changes.borrow_and_update();
             let events = cp.store.events_since(&id, cursor, 500).await.map_err(store_status)?;
+            if events.is_empty() && cp.store.get_task(&id).await.map_err(store_status)?.status.is_terminal() {
+                // Nothing after the cursor, and nothing more will come.
+                break;
+            }
             let mut ended = false;
             for event in events {
                 cursor = event.seq;
@@ -231,5 +270,14 @@ fn watch_stream(
                 Err(Status::unavailable("control plane shutting down; watch again from the last cursor"))?;
             }
         }
+    }
+}
+
+/// Drops a WatchTask stream's subscription when the stream goes.
+struct Unsubscribe(Arc<ControlPlane>, TaskId);
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        self.0.unsubscribe(&self.1);
     }
 }

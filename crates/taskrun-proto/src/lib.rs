@@ -30,6 +30,12 @@ pub use convert::{
 pub use error::{FieldPath, InvalidMessage};
 pub use status::core_error_status;
 
+/// Bytes `message` takes encoded (protobuf, without gRPC's framing), for
+/// callers that size replies without naming prost.
+pub fn encoded_len(message: &impl prost::Message) -> usize {
+    message.encoded_len()
+}
+
 /// Code generated from `proto/taskrun/v1/*.proto`.
 #[allow(missing_docs, unused_qualifications, rust_2018_idioms, clippy::all, clippy::pedantic)]
 pub mod pb {

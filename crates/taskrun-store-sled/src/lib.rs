@@ -216,11 +216,9 @@ impl SledStore {
     fn load_run(&self, id: &RunId) -> Result<Run> {
         let task = self.task_of_run(id)?;
         let agg = self.aggregate(&task)?;
-        agg.runs
-            .iter()
-            .find(|r| &r.run.id == id)
-            .map(|r| r.run.clone())
-            .ok_or_else(|| Error::corrupt("task_state", task.as_str(), format!("lacks run {id}")))
+        // A Run id names its Task, shard and attempt: one that names an
+        // attempt the Task never made is not found, not a broken record.
+        Ok(agg.runs[agg.run_index(id)?].run.clone())
     }
 
     /// Applies `f` to the Task's aggregate: prepares the change from a

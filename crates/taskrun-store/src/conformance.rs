@@ -296,6 +296,11 @@ where
     let missing_run = taskrun_core::RunId::of(&TaskId::generate(), 0, 1);
     assert!(store.get_run(&missing_run).await.unwrap_err().is_not_found());
     assert!(store.assign_run(&missing_run, &worker(1), 0, T0).await.unwrap_err().is_not_found());
+    // An attempt, or a shard, the Task never had: not found either.
+    for unmade in [taskrun_core::RunId::of(&task.id, 0, 2), taskrun_core::RunId::of(&task.id, 1, 1)] {
+        let err = store.get_run(&unmade).await.unwrap_err();
+        assert!(err.is_not_found(), "{unmade}: {err}");
+    }
 }
 
 pub async fn create_task_refuses_bad_tasks_and_reused_ids<F, Fut>(make: F)

@@ -268,6 +268,13 @@ async fn watching_a_cancelled_task_exits_with_code_2() {
     out.expect_code(2);
     assert!(!out.stderr.contains("[PENDING]"), "{}", out.stderr);
     assert!(out.stderr.contains(&format!("[CANCELLED] task {id}")), "{}", out.stderr);
+
+    // From past the last event: nothing to show, the Task's end at once
+    // (no reconnecting to wait for events that will never come).
+    let out = env.run(&["task", "watch", &id, "--cursor", "1000"]).await;
+    out.expect_code(2);
+    assert!(!out.stderr.contains("reconnecting"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim(), format!("task {id} was cancelled: not needed"));
     env.stop().await;
 }
 

@@ -11,6 +11,7 @@ use taskrun_control_plane::config::StoreKind;
 use taskrun_core::TaskStatus;
 use taskrun_proto::pb;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use taskrun_testkit::{Cluster, spec, status_of};
@@ -352,4 +353,49 @@ async fn a_task_deep_in_the_queue_fails_at_its_schedule_to_start_timeout() {
     let error = got.task.and_then(|t| t.error).unwrap_or_default();
     assert!(error.contains("schedule-to-start") && error.contains("busy"), "{error}");
     heartbeats.abort();
+}
+
+/// A Worker sends output for a Run assigned to another Worker, with the
+/// right lease (leases are small counters, easy to guess): it is dropped,
+/// and the real Worker's output with the same seq is what the Task keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_for_another_workers_run_is_dropped() {
+    let (cluster, task_id, holder, assignment) = assigned("holder").await;
+    let mut intruder = RawWorker::connect(&cluster, "intruder").await;
+    let chunk = |data: &str| {
+        Up::Output(pb::RunOutputChunk {
+            run_id: assignment.run_id.clone(),
+            lease: assignment.lease,
+            seq: 1,
+            data: data.into(),
+        })
+    };
+    intruder.send(chunk("forged"));
+    // A message after it on the same stream: once it is answered, the
+    // forged chunk has been handled.
+    intruder.send(completed(&assignment, r#""forged""#));
+    let ack = intruder.next_ack().await;
+    assert_eq!(ack.outcome, i32::from(pb::RunAckOutcome::Fenced), "{ack:?}");
+
+    holder.send(chunk("real"));
+    holder.send(completed(&assignment, r#""real""#));
+    let got = cluster.wait_terminal(&task_id, Duration::from_secs(10)).await;
+    assert_eq!(got.task.as_ref().and_then(|t| t.result_json.as_deref()), Some(r#""real""#));
+    let events: Vec<_> = cluster
+        .tasks()
+        .await
+        .watch_task(pb::WatchTaskRequest { task_id, after_cursor: 0 })
+        .await
+        .expect("watch")
+        .into_inner()
+        .collect()
+        .await;
+    let output: String = events
+        .into_iter()
+        .filter_map(|e| match e.expect("event").event.and_then(|e| e.kind) {
+            Some(pb::task_event::Kind::Output(chunk)) => Some(chunk.data),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(output, "real");
 }

@@ -1,5 +1,6 @@
 mod api;
 mod e2e;
+mod edges;
 mod fencing;
 mod replay;
 mod scheduler;
