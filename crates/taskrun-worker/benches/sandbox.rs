@@ -19,6 +19,12 @@
 //!   the ratio compares the two under the same machine conditions.
 //!
 //! Prints a Markdown table (copied into docs/benchmarks.md).
+//!
+//! `SANDBOX_BENCH_VERSUS=a.wasm,b.wasm,…` instead compares builds of the
+//! `echo` agent (e.g. with other link or SDK settings): warm Runs of each,
+//! in rounds that alternate between them in one process, so that all see
+//! the same machine; it prints each build's median and its per-round ratio
+//! to the first build's.
 
 #![allow(clippy::print_stdout)]
 
@@ -125,6 +131,44 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+/// Alternating rounds of warm Runs of the components at `paths` (comma
+/// separated); prints each one's median and its per-round ratio to the
+/// first.
+fn versus(paths: &str) -> anyhow::Result<()> {
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let mut builds = Vec::new();
+    for path in paths.split(',') {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+        let prepared = sandbox.prepare(&AgentDigest::of(&bytes), &bytes)?;
+        builds.push((path, prepared, Vec::new(), Vec::new()));
+    }
+    let rt = runtime()?;
+    for (_, prepared, _, _) in &builds {
+        rt.block_on(batch(&sandbox, prepared, 1000))?;
+    }
+    for _ in 0..PAIRED_ROUNDS {
+        let mut first = None;
+        for (_, prepared, samples, ratios) in &mut builds {
+            let round = Stats::new(rt.block_on(timed(&sandbox, prepared, PAIRED_RUNS))?);
+            let median = round.median().as_secs_f64();
+            ratios.push(median / *first.get_or_insert(median));
+            samples.extend(round.samples);
+        }
+    }
+    for (path, _, samples, mut ratios) in builds {
+        let stats = Stats::new(samples);
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "{path}: median {} · p10 {} · p90 {} · per-round median / first build's {:.3}",
+            us(stats.median()),
+            us(stats.pct(0.1)),
+            us(stats.pct(0.9)),
+            ratios[ratios.len() / 2]
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let bytes = std::fs::read(taskrun_agent_artifacts::ECHO).context("echo component")?;
     let digest = AgentDigest::of(&bytes);
@@ -142,6 +186,13 @@ fn main() -> anyhow::Result<()> {
         let each = runtime()?.block_on(batch(&sandbox, &prepared, n))?;
         println!("{n} warm Runs: {} each", us(each));
         return Ok(());
+    }
+
+    // `SANDBOX_BENCH_VERSUS=a.wasm,b.wasm`: only warm Runs of these
+    // components (builds of `echo` to compare), one by one, in rounds that
+    // alternate between them, so that every build sees the same machine.
+    if let Ok(paths) = std::env::var("SANDBOX_BENCH_VERSUS") {
+        return versus(&paths);
     }
 
     // Compile: a fresh engine and an empty cache each time.
