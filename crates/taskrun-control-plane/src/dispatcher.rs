@@ -14,7 +14,7 @@ use taskrun_store::logic::start_deadline;
 use tracing::{debug, info, warn};
 
 use crate::placement::{Reservation, candidate};
-use crate::scheduler::{timeout_reason, unschedulable_reason};
+use crate::scheduler::{PendingRun, room_left_after, timeout_reason, unschedulable_reason};
 use crate::state::ControlPlane;
 
 /// How often the loop looks again without being woken (retry backoffs and
@@ -57,16 +57,55 @@ impl ControlPlane {
         // Pending Runs come in queue order: read about as many as can be
         // placed (a few more, for Runs no free Worker suits). With no free
         // slot only timeouts can change anything, and a few reads find them.
-        let limit = (free + 16).min(MAX_PER_PASS);
-        let runs = self.store.pending_runs(now, limit).await?;
-        if runs.is_empty() {
-            self.waiting.store(0, Ordering::Relaxed);
-            return Ok(0);
-        }
+        // While what was read would leave a free Worker idle, read further
+        // (up to MAX_PER_PASS): Runs it can take may queue behind Runs that
+        // no free Worker can (a label nobody carries, a full Worker's agent).
+        let mut limit = (free + 16).min(MAX_PER_PASS);
         let mut tasks: HashMap<TaskId, Task> = HashMap::new();
         let mut agents: HashMap<AgentRef, Option<AgentManifest>> = HashMap::new();
+        let (pending, pending_runs) = loop {
+            let runs = self.store.pending_runs(now, limit).await?;
+            if runs.is_empty() {
+                self.waiting.store(0, Ordering::Relaxed);
+                return Ok(0);
+            }
+            let read_all = runs.len() < limit;
+            let (pending, pending_runs) = self.candidates(runs, &mut tasks, &mut agents).await?;
+            if read_all || limit == MAX_PER_PASS || !room_left_after(&pending, &slots) {
+                break (pending, pending_runs);
+            }
+            limit = limit.saturating_mul(4).min(MAX_PER_PASS);
+        };
+        let reserved = self.reserve(&pending);
+        // New Tasks queue behind the Runs left waiting for a busy Worker. A
+        // Run that no connected Worker could take at all is not in line for
+        // any slot, so it does not hold newer Tasks back.
+        let placed: HashSet<usize> = reserved.iter().map(|(ri, _)| *ri).collect();
+        let now_slots = self.worker_slots();
+        let waiting = (0..pending.len())
+            .filter(|ri| !placed.contains(ri) && unschedulable_reason(&pending[*ri], &now_slots).is_none())
+            .count();
+        self.waiting.store(waiting, Ordering::Relaxed);
+        let assigned = join_all(reserved.into_iter().map(|(ri, reservation)| {
+            let (run, task, manifest) = &pending_runs[ri];
+            async move { self.assign(reservation, run, task, manifest).await }
+        }))
+        .await;
+        Ok(assigned.into_iter().filter(|ok| *ok).count())
+    }
+
+    /// What placement needs to know of each of `runs`, in their order, and
+    /// what assigning them needs. A Run whose agent does not resolve waits.
+    /// Tasks and agents already looked up in this pass are not looked up
+    /// again.
+    async fn candidates(
+        &self,
+        runs: Vec<Run>,
+        tasks: &mut HashMap<TaskId, Task>,
+        agents: &mut HashMap<AgentRef, Option<AgentManifest>>,
+    ) -> Result<(Vec<PendingRun>, Vec<(Run, Task, AgentManifest)>), StoreError> {
         let mut pending = Vec::with_capacity(runs.len());
-        let mut pending_runs: Vec<(Run, Task, AgentManifest)> = Vec::with_capacity(runs.len());
+        let mut pending_runs = Vec::with_capacity(runs.len());
         for run in runs {
             let task = match tasks.get(&run.task_id) {
                 Some(t) => t.clone(),
@@ -88,26 +127,10 @@ impl ControlPlane {
                 debug!(task_id = %task.id, agent = %task.spec.agent, "agent not resolvable; run waits");
                 continue;
             };
-            let candidate = candidate(run.id.clone(), run.lease, run.not_before, &task, &manifest);
-            pending.push(candidate);
+            pending.push(candidate(run.id.clone(), run.lease, run.not_before, &task, &manifest));
             pending_runs.push((run, task, manifest));
         }
-        let reserved = self.reserve(&pending);
-        // New Tasks queue behind the Runs left waiting for a busy Worker. A
-        // Run that no connected Worker could take at all is not in line for
-        // any slot, so it does not hold newer Tasks back.
-        let placed: HashSet<usize> = reserved.iter().map(|(ri, _)| *ri).collect();
-        let now_slots = self.worker_slots();
-        let waiting = (0..pending.len())
-            .filter(|ri| !placed.contains(ri) && unschedulable_reason(&pending[*ri], &now_slots).is_none())
-            .count();
-        self.waiting.store(waiting, Ordering::Relaxed);
-        let assigned = join_all(reserved.into_iter().map(|(ri, reservation)| {
-            let (run, task, manifest) = &pending_runs[ri];
-            async move { self.assign(reservation, run, task, manifest).await }
-        }))
-        .await;
-        Ok(assigned.into_iter().filter(|ok| *ok).count())
+        Ok((pending, pending_runs))
     }
 
     /// Takes the Run's next lease for the reserved Worker and sends the

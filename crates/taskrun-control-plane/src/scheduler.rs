@@ -139,26 +139,49 @@ fn preference(run: &PendingRun, a: &WorkerSlot, b: &WorkerSlot) -> Ordering {
         .then_with(|| a.info.id.cmp(&b.info.id))
 }
 
+/// Whether a connected Worker would still have a free slot once `pending`
+/// were placed: then Runs further back in the queue may suit it, and the
+/// dispatcher reads on rather than leave it idle behind Runs it cannot take.
+pub fn room_left_after(pending: &[PendingRun], workers: &[WorkerSlot]) -> bool {
+    let mut workers = workers.to_vec();
+    let mut counter = 0;
+    place(pending, &mut workers, &mut counter);
+    workers.iter().any(|w| w.state == WorkerState::Connected && w.free() > 0)
+}
+
 /// Why no Worker at all can take `run` — `None` when some Worker could
-/// (perhaps once a slot frees up). Used for the Task's reason when its
-/// schedule-to-start timeout passes, and for operators.
+/// (perhaps once a slot frees up): then the Run is waiting, not refused.
+/// Used for the Task's reason when its schedule-to-start timeout passes,
+/// and to count the Runs that new Tasks queue behind.
 pub fn unschedulable_reason(run: &PendingRun, workers: &[WorkerSlot]) -> Option<String> {
-    let connected: Vec<&WorkerSlot> = workers.iter().filter(|w| w.state == WorkerState::Connected).collect();
-    if connected.is_empty() {
+    let mut closest: Option<Refusal> = None;
+    let mut any_connected = false;
+    for w in workers.iter().filter(|w| w.state == WorkerState::Connected) {
+        any_connected = true;
+        match w.refusal(run) {
+            // It can take the Run now, or once a slot frees up.
+            None | Some(Refusal::Busy) => return None,
+            // The refusal from the Worker that passed the most checks is
+            // the one worth reporting: it names what is missing everywhere.
+            Some(r) => closest = closest.max(Some(r)),
+        }
+    }
+    if !any_connected {
         return Some("no connected worker".to_owned());
     }
-    let best = connected.iter().filter_map(|w| w.refusal(run)).min()?;
-    if best == Refusal::Busy {
-        return None;
-    }
-    let need = match best {
+    let labels = || run.worker_labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let need = match closest? {
         Refusal::Agent | Refusal::NotConnected | Refusal::Busy => format!("accepts agent {}", run.agent),
-        Refusal::Labels => format!(
-            "accepts agent {} and carries labels {}",
+        Refusal::Labels => format!("accepts agent {} and carries labels {}", run.agent, labels()),
+        Refusal::ModelBackend if run.worker_labels.is_empty() => {
+            format!("accepts agent {} and offers a ModelBackend meeting {:?}", run.agent, run.model)
+        }
+        Refusal::ModelBackend => format!(
+            "accepts agent {}, carries labels {} and offers a ModelBackend meeting {:?}",
             run.agent,
-            run.worker_labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+            labels(),
+            run.model
         ),
-        Refusal::ModelBackend => format!("offers a ModelBackend meeting {:?}", run.model),
     };
     Some(format!("no connected worker {need}"))
 }

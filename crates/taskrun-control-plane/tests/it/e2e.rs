@@ -223,3 +223,64 @@ async fn unschedulable_task_fails_at_its_schedule_to_start_timeout() {
     let error = got.task.and_then(|t| t.error).unwrap_or_default();
     assert!(error.contains("schedule-to-start") && error.contains("gpu=h100"), "{error}");
 }
+
+/// Runs that no Worker can take, first in the queue, do not keep the Runs
+/// behind them from an idle Worker: a pass reads past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_behind_unplaceable_ones_are_placed() {
+    let mut cluster = Cluster::start(StoreKind::Memory).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    // Created while no Worker is connected, so all of them queue (none is
+    // placed at creation): first 24 Runs that need a label nobody carries,
+    // then Tasks any Worker can run.
+    let mut gpu = spec("echo", "{}");
+    gpu.fan_out = Some(24);
+    gpu.worker_labels.insert("gpu".into(), "a100".into());
+    let stuck = cluster.create(gpu).await;
+    let mut plain = Vec::new();
+    for i in 0..6 {
+        plain.push(cluster.create(spec("echo", &format!("{{\"i\":{i}}}"))).await);
+    }
+    // Four free slots: a pass first reads 4 + 16 = 20 Runs, all of them gpu.
+    cluster.add_worker(cluster.worker_config("plain")).await;
+    for task_id in &plain {
+        let got = cluster.wait_terminal(task_id, Duration::from_secs(20)).await;
+        assert_eq!(status_of(&got), TaskStatus::Completed, "{got:#?}");
+    }
+    let got = cluster.tasks().await.get_task(pb::GetTaskRequest { task_id: stuck }).await.expect("get").into_inner();
+    assert_eq!(status_of(&got), TaskStatus::Pending);
+    assert!(got.runs.iter().all(|r| run_status(r) == RunStatus::Pending), "{got:#?}");
+}
+
+/// A Task that a busy Worker could run is waiting, not unschedulable,
+/// even though another Worker refuses its agent: at its schedule-to-start
+/// timeout it fails saying every suitable Worker was busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_one_worker_refuses_waits_for_the_busy_one() {
+    let mut cluster = Cluster::start(StoreKind::Memory).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    cluster.publish("busy-loop", "1.0.0", artifacts::HOSTILE_BUSY_LOOP).await;
+    let mut one_slot = cluster.worker_config("one-slot");
+    one_slot.slots = 1;
+    cluster.add_worker(one_slot).await;
+    let mut chat_only = cluster.worker_config("chat-only");
+    chat_only.agents.insert("chat".parse().expect("agent name"));
+    cluster.add_worker(chat_only).await;
+
+    let mut busy = spec("busy-loop", "{}");
+    busy.limits = Some(pb::TaskLimits { run_timeout_ms: Some(60_000), ..Default::default() });
+    let looping = cluster.create(busy).await;
+    let mut client = cluster.tasks().await;
+    let run = wait_for_run_status(&mut client, &looping, RunStatus::Running).await;
+    assert_eq!(run.worker_id.as_deref(), Some("one-slot"));
+
+    let mut s = spec("echo", "{}");
+    s.limits = Some(pb::TaskLimits { schedule_to_start_timeout_ms: Some(300), ..Default::default() });
+    let task_id = cluster.create(s).await;
+    let got = cluster.wait_terminal(&task_id, Duration::from_secs(10)).await;
+    assert_eq!(status_of(&got), TaskStatus::Failed);
+    let error = got.task.and_then(|t| t.error).unwrap_or_default();
+    assert!(error.ends_with("every suitable worker was busy"), "{error}");
+
+    client.cancel_task(pb::CancelTaskRequest { task_id: looping, reason: "done".into() }).await.expect("cancel");
+}

@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use taskrun_control_plane::scheduler::{PendingRun, WorkerSlot, place, timeout_reason, unschedulable_reason};
+use taskrun_control_plane::scheduler::{
+    PendingRun, WorkerSlot, place, room_left_after, timeout_reason, unschedulable_reason,
+};
 use taskrun_core::{
     AgentDigest, Labels, Modality, ModelBackend, ModelRequirement, TaskId, Timestamp, WorkerInfo, WorkerState,
 };
@@ -157,6 +159,118 @@ fn explains_why_nothing_can_run() {
         timeout_reason(&r, &[busy], 1500),
         "not started within its schedule-to-start timeout (1500 ms): every suitable worker was busy"
     );
+}
+
+/// The verdict looks at every connected Worker: a Run that one Worker
+/// could take (now, or once a slot frees up) is waiting, whatever the
+/// others refuse; only when every Worker refuses is the Run unschedulable,
+/// and then the reason names what the closest Worker lacked.
+#[test]
+fn a_run_is_refused_only_when_every_worker_refuses_it() {
+    let full = || {
+        let mut w = worker("full", 1);
+        w.active = 1;
+        w
+    };
+    let chat_only = || {
+        let mut w = worker("chat-only", 4);
+        Arc::make_mut(&mut w.info).agents.insert("chat".parse().unwrap());
+        w
+    };
+    let gpu = || {
+        let mut w = worker("gpu", 4);
+        Arc::make_mut(&mut w.info).labels.insert("gpu".into(), "a100".into());
+        w
+    };
+    let draining = || {
+        let mut w = worker("draining", 4);
+        w.state = WorkerState::Draining;
+        w
+    };
+    let plain = run(1, 0, 0);
+    let mut needs_gpu = run(2, 0, 0);
+    needs_gpu.worker_labels.insert("gpu".into(), "a100".into());
+    let mut needs_image = run(3, 0, 0);
+    needs_image.model.modalities = vec![Modality::Image];
+    let mut needs_gpu_and_image = needs_gpu.clone();
+    needs_gpu_and_image.model.modalities = vec![Modality::Image];
+
+    let mut full_gpu = gpu();
+    full_gpu.active = 4;
+
+    let busy = "every suitable worker was busy";
+    let cases: Vec<(&str, &PendingRun, Vec<WorkerSlot>, &str)> = vec![
+        ("full, and one that refuses the agent", &plain, vec![full(), chat_only()], busy),
+        ("refuses the agent, and one that is full", &plain, vec![chat_only(), full()], busy),
+        ("one free and suitable among refusals", &plain, vec![chat_only(), worker("w", 1)], busy),
+        ("full gpu Worker, and plain ones", &needs_gpu, vec![worker("plain", 4), chat_only(), full_gpu], busy),
+        (
+            "only a draining Worker suits",
+            &plain,
+            vec![draining(), chat_only()],
+            "no connected worker accepts agent echo",
+        ),
+        ("nobody accepts the agent", &plain, vec![chat_only()], "no connected worker accepts agent echo"),
+        (
+            "one accepts the agent but lacks the label",
+            &needs_gpu,
+            vec![chat_only(), worker("plain", 4)],
+            "no connected worker accepts agent echo and carries labels gpu=a100",
+        ),
+        (
+            "one refuses the agent, one lacks the ModelBackend",
+            &needs_image,
+            vec![chat_only(), worker("plain", 4)],
+            "no connected worker accepts agent echo and offers a ModelBackend meeting",
+        ),
+        (
+            "the gpu Worker lacks the ModelBackend",
+            &needs_gpu_and_image,
+            vec![worker("plain", 4), chat_only(), gpu()],
+            "no connected worker accepts agent echo, carries labels gpu=a100 and offers a ModelBackend meeting",
+        ),
+        ("no connected Worker", &plain, vec![draining()], "no connected worker"),
+    ];
+    for (case, r, workers, want) in cases {
+        let got = timeout_reason(r, &workers, 10);
+        let why = got.strip_prefix("not started within its schedule-to-start timeout (10 ms): ").unwrap();
+        assert!(why.starts_with(want), "{case}: got {why:?}, want {want:?}");
+        let waits = unschedulable_reason(r, &workers).is_none();
+        assert_eq!(waits, want == busy, "{case}: {why}");
+    }
+}
+
+/// The dispatcher reads further down the queue while a free Worker would
+/// be left idle by the Runs read so far.
+#[test]
+fn room_is_left_when_no_run_read_suits_a_free_worker() {
+    let gpu_runs: Vec<PendingRun> = (1..=20)
+        .map(|n| {
+            let mut r = run(n, 0, n as i64);
+            r.worker_labels.insert("gpu".into(), "a100".into());
+            r
+        })
+        .collect();
+    assert!(room_left_after(&gpu_runs, &[worker("plain", 4)]), "nothing read suits the free Worker");
+
+    let plain: Vec<PendingRun> = (1..=4).map(|n| run(n, 0, n as i64)).collect();
+    assert!(!room_left_after(&plain, &[worker("plain", 4)]), "the Runs read fill it");
+    let mut full = worker("full", 4);
+    full.active = 4;
+    assert!(!room_left_after(&gpu_runs, &[full.clone()]), "no free slot to fill");
+    let mut draining = worker("draining", 4);
+    draining.state = WorkerState::Draining;
+    assert!(!room_left_after(&gpu_runs, &[draining, full]), "a draining Worker takes nothing");
+
+    // One free slot of two taken: the Runs read leave the other idle.
+    let mut mixed = gpu_runs.clone();
+    mixed.push(run(21, 0, 21));
+    let mut workers = vec![worker("plain", 2)];
+    assert!(room_left_after(&mixed, &workers));
+    // It only asks: the Workers passed in are left as they were.
+    assert_eq!(workers[0].active, 0);
+    workers[0].active = 1;
+    assert!(!room_left_after(&mixed, &workers));
 }
 
 #[test]
