@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use taskrun_core::{AgentName, Clock as _, SystemClock};
 use taskrun_signing::{
-    KeyId, Overwrite, PUBLIC_KEY_PREFIX, PublicKey, Revocation, SigningKey, TrustPolicy, TrustedKey,
+    KeyId, Overwrite, PRIVATE_KEY_PREFIX, PUBLIC_KEY_PREFIX, PublicKey, Revocation, SigningKey, TrustPolicy, TrustedKey,
 };
 
 use crate::cli::KeysCommand;
@@ -74,6 +74,13 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 fn load_public_key(arg: &str) -> anyhow::Result<PublicKey> {
     if arg.starts_with(PUBLIC_KEY_PREFIX) {
         return arg.parse::<PublicKey>().map_err(|e| usage(e.to_string()));
+    }
+    // A private key pasted by mistake: say so without echoing it.
+    if arg.trim_start().starts_with(PRIVATE_KEY_PREFIX) {
+        return Err(usage(format!(
+            "that is a private key ({PRIVATE_KEY_PREFIX}…), which must stay with its author; give the public key \
+             instead: its KEY.pub file, or {PUBLIC_KEY_PREFIX}<base64>"
+        )));
     }
     let path = Path::new(arg);
     if !path.exists() {

@@ -687,7 +687,13 @@ impl AgentStore for SledStore {
             .map_err(tx_error)?;
         self.committer.durable().await?;
         match existing {
-            Some(stored) => Ok(CreateOutcome::Existing(self.stored_agent(stored)?)),
+            Some(stored) => {
+                let stored = self.stored_agent(stored)?;
+                // Also when an earlier publish of it wrote the records but
+                // failed before it reached the catalog (its flush failed).
+                self.catalog_mut().insert(stored.clone());
+                Ok(CreateOutcome::Existing(stored))
+            }
             None => {
                 let stored = StoredAgent { manifest, envelope };
                 self.catalog_mut().insert(stored.clone());

@@ -160,6 +160,15 @@ async fn trust_explains_what_is_wrong_with_the_key_argument() {
     out.expect_code(1);
     assert!(out.stderr.contains("private key"), "{}", out.stderr);
 
+    // The private key's text pasted in: refused, and not echoed back.
+    let secret = std::fs::read_to_string(&key).unwrap();
+    let secret = secret.trim();
+    let out = run(None, &["keys", "trust", secret, "--policy", path_str(&policy)]).await;
+    out.expect_code(64);
+    assert!(out.stderr.contains("that is a private key"), "{}", out.stderr);
+    let b64 = secret.rsplit(':').next().unwrap();
+    assert!(!out.stderr.contains(b64) && !out.stdout.contains(b64), "the secret was echoed: {}", out.stderr);
+
     // A file that does not exist.
     let out = run(None, &["keys", "trust", "nowhere.pub", "--policy", path_str(&policy)]).await;
     out.expect_code(64);
