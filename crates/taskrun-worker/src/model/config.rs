@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use taskrun_core::{Modality, ModelBackend};
 
+use super::base_url::BaseUrl;
 use super::openai::{ApiKey, OpenAiSettings};
 use super::{EchoProvider, OpenAiProvider, Provider};
 use crate::{Error, Result};
@@ -71,11 +72,13 @@ pub struct BackendConfig {
     /// The provider's model name (required for `openai`).
     #[serde(default)]
     pub model: Option<String>,
-    /// `openai`: scheme, host and port, without `/v1`.
+    /// `openai`: scheme, host and port (and a path, a query), without
+    /// `/v1`. Errors and logs show its scheme, host, port and path only.
     #[serde(default)]
     pub base_url: Option<String>,
     /// `openai`: the environment variable holding the API key (none: send
-    /// no key, as local servers expect).
+    /// no key, as local servers expect). Needs an `https://` base_url,
+    /// unless its host is a loopback address or `localhost`.
     #[serde(default)]
     pub api_key_env: Option<String>,
     /// `openai`: the longest one HTTP request may take (default 60 s; the
@@ -173,8 +176,13 @@ impl BackendConfig {
                 let Some(base_url) = self.base_url.as_deref() else {
                     return Err(self.error("provider openai needs base_url"));
                 };
-                if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                    return Err(self.error(format!("base_url {base_url:?} must start with http:// or https://")));
+                let base_url = BaseUrl::parse(base_url).map_err(|e| self.error(e))?;
+                if self.api_key_env.is_some() && base_url.is_cleartext_remote() {
+                    return Err(self.error(format!(
+                        "api_key_env with base_url {base_url} would send the API key in cleartext: \
+                         use https://, or http:// to a loopback address (127.0.0.1, [::1], localhost) \
+                         for a server on this machine"
+                    )));
                 }
                 let api_key = match &self.api_key_env {
                     None => None,
@@ -194,7 +202,7 @@ impl BackendConfig {
                     return Err(self.error("retries must be at most 10"));
                 }
                 let settings = OpenAiSettings {
-                    base_url: base_url.trim_end_matches('/').to_owned(),
+                    base_url,
                     model: model.to_owned(),
                     api_key,
                     timeout: positive("timeout_ms", self.timeout_ms, 60_000)?,

@@ -14,6 +14,7 @@
 //! [`CallContext::wait`]; a thread given up on finishes on its own, bounded
 //! by its request's timeout, and can reach nothing of the Run.
 
+mod base_url;
 mod config;
 mod echo;
 mod openai;

@@ -15,7 +15,10 @@
 //! Every request is bounded by the Run's remaining time, 429 and 5xx answers
 //! are retried with exponential backoff (or the server's Retry-After), and
 //! error bodies (`{"error":{"message":...}}`) reach the agent in its
-//! model-error. The API key is sent but never logged or printed.
+//! model-error. The API key is sent but never logged or printed, and so are
+//! the userinfo and query of `base_url` ([`BaseUrl`]). An answer over
+//! [`MAX_BODY_BYTES`] fails the call saying so, and so does an error body
+//! over [`MAX_ERROR_BODY_BYTES`] (keeping its status and first bytes).
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
@@ -29,11 +32,16 @@ use taskrun_core::ModelBackend;
 use ureq::Body;
 use ureq::http::Response;
 
+use super::base_url::BaseUrl;
 use super::sse::{ErrorBody, SseParser, StreamEvent, stream_event};
 use super::{CallContext, Completion, CompletionRequest, ModelError, Provider, TokenStream};
 
 /// The largest response body (or streamed answer) accepted.
 const MAX_BODY_BYTES: u64 = 16 << 20;
+/// The most of an error response's body read.
+const MAX_ERROR_BODY_BYTES: u64 = 64 << 10;
+/// The most of an error body passed on to the agent.
+const MAX_ERROR_CHARS: usize = 512;
 /// The longest SSE line accepted.
 const MAX_LINE_BYTES: u64 = 1 << 20;
 /// The longest a Retry-After is honoured (longer: give up).
@@ -60,7 +68,7 @@ impl fmt::Debug for ApiKey {
 /// Checked settings of one `openai` backend.
 #[derive(Debug, Clone)]
 pub(crate) struct OpenAiSettings {
-    pub(crate) base_url: String,
+    pub(crate) base_url: BaseUrl,
     pub(crate) model: String,
     pub(crate) api_key: Option<ApiKey>,
     pub(crate) timeout: Duration,
@@ -88,7 +96,6 @@ impl fmt::Debug for OpenAiProvider {
 struct Client {
     backend: String,
     settings: OpenAiSettings,
-    url: String,
     agent: ureq::Agent,
 }
 
@@ -104,12 +111,7 @@ impl OpenAiProvider {
             .user_agent(concat!("taskrun-worker/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        let client = Client {
-            backend: info.name.clone(),
-            url: format!("{}/v1/chat/completions", settings.base_url),
-            settings,
-            agent,
-        };
+        let client = Client { backend: info.name.clone(), settings, agent };
         OpenAiProvider { info, client: Arc::new(client) }
     }
 
@@ -148,7 +150,8 @@ impl Client {
         loop {
             ctx.check()?;
             let timeout = self.settings.timeout.min(ctx.remaining());
-            let mut request = self.agent.post(&self.url).header("content-type", "application/json");
+            let mut request =
+                self.agent.post(self.settings.base_url.chat_completions()).header("content-type", "application/json");
             if let Some(key) = &self.settings.api_key {
                 request = request.header("authorization", format!("Bearer {}", key.0));
             }
@@ -167,9 +170,9 @@ impl Client {
                     (retry_after, error)
                 }
                 Err(e @ (ureq::Error::Timeout(_) | ureq::Error::BodyExceedsLimit(_))) => {
-                    return Err(ModelError::Provider(format!("{}: {e}", self.url)));
+                    return Err(self.request_error(&e));
                 }
-                Err(e) => (None, ModelError::Provider(format!("{}: {e}", self.url))),
+                Err(e) => (None, self.request_error(&e)),
             };
             if attempt >= self.settings.retries {
                 return Err(error);
@@ -190,15 +193,25 @@ impl Client {
         }
     }
 
+    /// A request that got no answer, naming the URL without its secrets.
+    fn request_error(&self, error: &ureq::Error) -> ModelError {
+        let url = self.settings.base_url.shown_chat_completions();
+        match error {
+            // Its text repeats the whole URL (the base URL was checked at
+            // load, so this should not happen).
+            ureq::Error::BadUri(_) => ModelError::Provider(format!("{url}: not a valid url")),
+            e => ModelError::Provider(format!("{url}: {e}")),
+        }
+    }
+
     /// A whole answer: the request, its retries and the body.
     fn complete(&self, body: &[u8], ctx: &CallContext) -> Result<Completion, ModelError> {
         let response = self.send(body, ctx)?;
-        let text = response
-            .into_body()
-            .into_with_config()
-            .limit(MAX_BODY_BYTES)
-            .read_to_string()
-            .map_err(|e| ModelError::Provider(format!("reading the answer: {e}")))?;
+        let text =
+            response.into_body().into_with_config().limit(MAX_BODY_BYTES).read_to_string().map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => too_large(),
+                e => ModelError::Provider(format!("reading the answer: {e}")),
+            })?;
         parse_completion(&text)
     }
 
@@ -223,8 +236,11 @@ impl Client {
             return; // the call was given up while waiting for the headers
         }
         let mut reader = SseReader {
-            reader: BufReader::new(response.into_body().into_reader().take(MAX_BODY_BYTES)),
+            // One byte over the cap tells an answer over it from one that
+            // ends right at it.
+            reader: BufReader::new(response.into_body().into_reader().take(MAX_BODY_BYTES + 1)),
             parser: SseParser::default(),
+            read: 0,
             done: false,
         };
         // Stops when the Run is over (its host call has returned already),
@@ -247,6 +263,11 @@ fn spawn(work: impl FnOnce() + Send + 'static) -> Result<(), ModelError> {
         .spawn(work)
         .map(drop)
         .map_err(|e| ModelError::Provider(format!("starting the model call: {e}")))
+}
+
+/// An answer over [`MAX_BODY_BYTES`].
+fn too_large() -> ModelError {
+    ModelError::Provider(format!("answer larger than the {} MiB cap: ask for fewer tokens", MAX_BODY_BYTES >> 20))
 }
 
 /// What a helper thread that ended without answering leaves its caller.
@@ -316,6 +337,8 @@ impl TokenStream for OpenAiStream {
 struct SseReader {
     reader: BufReader<std::io::Take<ureq::BodyReader<'static>>>,
     parser: SseParser,
+    /// Bytes of the answer read so far.
+    read: u64,
     done: bool,
 }
 
@@ -329,6 +352,11 @@ impl SseReader {
                 .take(MAX_LINE_BYTES)
                 .read_until(b'\n', &mut line)
                 .map_err(|e| ModelError::Provider(format!("reading the stream: {e}")))?;
+            self.read += n as u64;
+            if self.read > MAX_BODY_BYTES {
+                self.done = true;
+                return Err(too_large());
+            }
             let event = if n == 0 {
                 self.done = true;
                 match self.parser.finish() {
@@ -393,12 +421,25 @@ struct ErrorEnvelope {
 }
 
 /// The message of an error response: `error.message` when the body is
-/// OpenAI's error envelope, else the start of the body.
+/// OpenAI's error envelope, else the start of the body; a body over
+/// [`MAX_ERROR_BODY_BYTES`] is not parsed, and the message says so.
 fn error_message(body: Body) -> String {
-    let text = body.into_with_config().limit(64 * 1024).read_to_string().unwrap_or_default();
-    match serde_json::from_str::<ErrorEnvelope>(&text) {
+    let mut bytes = Vec::new();
+    let read = body.into_reader().take(MAX_ERROR_BODY_BYTES + 1).read_to_end(&mut bytes);
+    let start =
+        |bytes: &[u8]| -> String { String::from_utf8_lossy(bytes).trim().chars().take(MAX_ERROR_CHARS).collect() };
+    if bytes.len() as u64 > MAX_ERROR_BODY_BYTES {
+        return format!("error body over the {} KiB cap, starting: {}", MAX_ERROR_BODY_BYTES >> 10, start(&bytes));
+    }
+    if let Err(e) = read {
+        return match start(&bytes) {
+            text if text.is_empty() => format!("error body unreadable: {e}"),
+            text => format!("{text} (error body cut short: {e})"),
+        };
+    }
+    match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
         Ok(ErrorEnvelope { error: ErrorBody { message: Some(m) } }) => m,
-        _ => text.trim().chars().take(512).collect(),
+        _ => start(&bytes),
     }
 }
 
@@ -430,7 +471,7 @@ mod tests {
         let key = ApiKey::new("sk-secret".into());
         assert_eq!(format!("{key:?}"), "<redacted>");
         let settings = OpenAiSettings {
-            base_url: "http://127.0.0.1:1".into(),
+            base_url: BaseUrl::parse("http://user:pw@127.0.0.1:1/?api-key=q").expect("url"),
             model: "m".into(),
             api_key: Some(key),
             timeout: Duration::from_secs(1),
@@ -447,7 +488,8 @@ mod tests {
             supports_streaming: true,
         };
         let provider = OpenAiProvider::new(info, settings);
-        assert!(!format!("{provider:?}").contains("sk-secret"));
+        let debug = format!("{provider:?}");
+        assert!(!debug.contains("sk-secret") && !debug.contains("pw") && !debug.contains("api-key"), "{debug}");
     }
 
     #[test]

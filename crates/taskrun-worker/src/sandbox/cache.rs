@@ -6,7 +6,10 @@
 //! shapes compiled code). Each file is `MAGIC`, the SHA-256 of the payload,
 //! then the payload (`Component::serialize` output); files are written to a
 //! temporary name and renamed, and one that fails its checksum is deleted
-//! and recompiled. Only the Worker writes there: deserializing is `unsafe`
+//! and recompiled. One that cannot be read at all (no permission, a
+//! directory in its place) is a miss: the agent is compiled again, and the
+//! new file replaces it if it can (else the Worker goes on without caching
+//! that digest). Only the Worker writes there: deserializing is `unsafe`
 //! precisely because it trusts these bytes.
 
 use std::fs;
@@ -70,12 +73,18 @@ impl DiskCache {
         self.dir.join(format!("{}.cwasm", digest.hex()))
     }
 
+    /// What the cache holds for `digest`. A file that cannot be read is a
+    /// miss (with a warning): the caller compiles, as it would without a
+    /// cache.
     pub(crate) fn load(&self, digest: &AgentDigest) -> Result<Lookup> {
         let path = self.path(digest);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Lookup::Miss),
-            Err(source) => return Err(Error::Cache { path, source }),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read compiled component; compiling again");
+                return Ok(Lookup::Miss);
+            }
         };
         let valid = bytes.len() > HEADER
             && &bytes[..MAGIC.len()] == MAGIC
@@ -91,7 +100,9 @@ impl DiskCache {
     }
 
     /// Writes atomically: a reader sees the old file, no file, or the whole
-    /// new one.
+    /// new one. An empty directory in the file's place is replaced; anything
+    /// else that cannot be replaced is an error (the caller goes on without
+    /// caching).
     pub(crate) fn store(&self, digest: &AgentDigest, payload: &[u8]) -> Result<()> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let path = self.path(digest);
@@ -105,7 +116,16 @@ impl DiskCache {
         file.extend_from_slice(MAGIC);
         file.extend_from_slice(&Sha256::digest(payload));
         file.extend_from_slice(payload);
-        let result = fs::write(&tmp, &file).and_then(|()| fs::rename(&tmp, &path));
+        let result = fs::write(&tmp, &file).and_then(|()| {
+            fs::rename(&tmp, &path).or_else(|e| {
+                // rename(2) does not replace a directory with a file.
+                if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) && fs::remove_dir(&path).is_ok() {
+                    fs::rename(&tmp, &path)
+                } else {
+                    Err(e)
+                }
+            })
+        });
         if let Err(source) = result {
             let _ = fs::remove_file(&tmp);
             return Err(Error::Cache { path, source });

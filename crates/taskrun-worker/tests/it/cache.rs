@@ -78,6 +78,34 @@ fn a_corrupt_cache_file_is_recompiled() {
 }
 
 #[test]
+fn an_unreadable_cache_entry_is_compiled_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = bytes(ECHO);
+    let digest = AgentDigest::of(&bytes);
+    let path = sandbox_in(dir.path()).cache_path(&digest).expect("path");
+    // A directory where the compiled file goes: reading it fails (not with
+    // NotFound), and a file cannot replace it while it holds something.
+    std::fs::create_dir_all(path.join("stray")).expect("mkdir");
+
+    let sandbox = sandbox_in(dir.path());
+    assert!(sandbox.prepare_cached(&digest).expect("lookup").is_none());
+    let prepared = sandbox.prepare(&digest, &bytes).expect("prepare compiles");
+    assert_eq!(sandbox.metrics().compiles, 1);
+    assert_runs(&sandbox, &prepared);
+    assert!(path.is_dir(), "a directory that is not empty is left alone");
+
+    // Once it is empty, the compiled file takes its place.
+    std::fs::remove_dir(path.join("stray")).expect("rmdir");
+    let sandbox = sandbox_in(dir.path());
+    assert_runs(&sandbox, &sandbox.prepare(&digest, &bytes).expect("prepare compiles"));
+    assert_eq!(sandbox.metrics().compiles, 1);
+    assert!(path.is_file());
+    let restarted = sandbox_in(dir.path());
+    assert_runs(&restarted, &restarted.prepare(&digest, &bytes).expect("prepare loads"));
+    assert_eq!((restarted.metrics().compiles, restarted.metrics().cache_loads), (0, 1));
+}
+
+#[test]
 fn bytes_must_match_their_digest() {
     let bytes = bytes(ECHO);
     let other = AgentDigest::of(b"something else");

@@ -83,7 +83,7 @@ fn bad_backend_configs_are_refused() {
     check(&entry("name = \"a\"\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \"ftp://x\""), "must start with http");
     check(
         &entry(
-            "name = \"a\"\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \"http://x\"\napi_key_env = \"NOT_SET_ANYWHERE\"",
+            "name = \"a\"\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \"https://x\"\napi_key_env = \"NOT_SET_ANYWHERE\"",
         ),
         "environment variable NOT_SET_ANYWHERE is not set",
     );
@@ -92,6 +92,31 @@ fn bad_backend_configs_are_refused() {
         "configured twice",
     );
     check(&entry("name = \"has space\"\nprovider = \"echo\""), "model_backend.name");
+}
+
+#[test]
+fn an_api_key_never_goes_over_cleartext_http_to_another_machine() {
+    let config = |base_url: &str, key: bool| {
+        let key = if key { "api_key_env = \"TEST_OPENAI_KEY\"\n" } else { "" };
+        let toml = format!(
+            "[[model_backends]]\nname = \"a\"\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \"{base_url}\"\n{key}"
+        );
+        ModelBackendsConfig::from_toml(&toml).and_then(|c| ModelBackends::from_config_with_env(&c, &env))
+    };
+    for remote in
+        ["http://10.0.0.5:8000", "http://models.internal/v1-proxy", "http://operator:hunter2@10.0.0.5/?api-key=k3y"]
+    {
+        let error = config(remote, true).expect_err(remote).to_string();
+        assert!(error.contains("cleartext") && error.contains("use https://"), "{remote}: {error}");
+        assert!(!error.contains("hunter2") && !error.contains("k3y"), "{remote}: {error}");
+        // Without a key, or over https, nothing secret travels.
+        config(remote, false).expect(remote);
+        config(&remote.replacen("http://", "https://", 1), true).expect(remote);
+    }
+    // A server on this machine (vLLM, llama.cpp, Ollama) may take a key over http.
+    for local in ["http://127.0.0.1:8000", "http://localhost:11434", "http://[::1]:8080"] {
+        config(local, true).expect(local);
+    }
 }
 
 // ---------------------------------------------------------------- local server
@@ -692,4 +717,80 @@ fn a_run_waiting_on_its_model_leaves_its_runtime_responsive() {
     assert_eq!(completed_json(&outcome)["text"], "Hello");
     // Blocked in the model call, the thread would tick ~0 times in 400 ms.
     assert!(ticks >= 15, "the runtime ticked {ticks} times while the Run waited on its model");
+}
+
+/// A `[[model_backends]]` entry named `default` for `base_url`, key set.
+fn backends_at(base_url: &str, extra: &str) -> Arc<ModelBackends> {
+    let toml = format!(
+        "[[model_backends]]\nname = \"default\"\nprovider = \"openai\"\nbase_url = \"{base_url}\"\nmodel = \"m\"\napi_key_env = \"TEST_OPENAI_KEY\"\n{extra}"
+    );
+    let config = ModelBackendsConfig::from_toml(&toml).expect("toml");
+    Arc::new(ModelBackends::from_config_with_env(&config, &env).expect("backends"))
+}
+
+#[test]
+fn the_agent_never_sees_the_userinfo_or_query_of_base_url() {
+    let secrets = ["operator", "hunter2", "api-key", "k3y-in-query"];
+    // A port nobody listens on: the call fails to connect.
+    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let backends =
+        backends_at(&format!("http://operator:hunter2@127.0.0.1:{port}/proxy/?api-key=k3y-in-query"), "retries = 0");
+    let report = sandbox()
+        .run(&prepare(CHAT), RunRequest::new(r#"{"prompt":"x"}"#).limits(limits()).backends(backends.clone()))
+        .expect("run");
+    let Outcome::Failed(message) = &report.outcome else { panic!("{:?}", report.outcome) };
+    assert!(message.contains(&format!("http://127.0.0.1:{port}/proxy/v1/chat/completions: ")), "{message}");
+    let debug = format!("{backends:?}");
+    for secret in secrets {
+        assert!(!message.contains(secret), "{message}");
+        assert!(!debug.contains(secret), "{debug}");
+    }
+
+    // The query still reaches the server, after the path.
+    let server = Server::start(vec![Reply::json(200, json!({"choices":[{"message":{"content":"hi"}}]}))]);
+    let base_url = server.base_url.replacen("http://", "http://operator:hunter2@", 1);
+    let backends = backends_at(&format!("{base_url}/?api-key=k3y-in-query"), "");
+    let completion = backends.resolve(None).expect("backend").complete(&request("x"), &ctx()).expect("complete");
+    assert_eq!(completion.text, "hi");
+    let seen = server.seen();
+    assert_eq!(seen[0].path, "/v1/chat/completions?api-key=k3y-in-query");
+    assert_eq!(seen[0].headers["host"], server.base_url.trim_start_matches("http://"));
+}
+
+#[test]
+fn an_answer_over_the_cap_fails_saying_so() {
+    let too_large = ModelError::Provider("answer larger than the 16 MiB cap: ask for fewer tokens".into());
+    // 17 MiB streamed in 256 KiB tokens; then 17 MiB in one body.
+    let token = "x".repeat(256 << 10);
+    let events = (0..68).map(|_| (Duration::ZERO, delta(&token))).collect();
+    let body = json!({"choices":[{"message":{"content":"y".repeat(17 << 20)},"finish_reason":"stop"}]});
+    let server = Server::start(vec![Reply::Sse(events), Reply::json(200, body)]);
+    let backends = openai_backends(&server, "");
+    let provider = backends.resolve(None).expect("backend");
+
+    let mut stream = provider.stream(&request("x"), &ctx()).expect("stream");
+    let mut tokens = 0;
+    let end = loop {
+        match stream.next_token(&ctx()) {
+            Ok(Some(_)) => tokens += 1,
+            end => break end,
+        }
+    };
+    assert_eq!(end, Err(too_large.clone()));
+    assert_eq!(tokens, 63, "every token within the cap reached the caller");
+    assert_eq!(stream.next_token(&ctx()), Err(too_large.clone()));
+
+    assert_eq!(provider.complete(&request("x"), &ctx()).map(|c| c.text.len()), Err(too_large));
+}
+
+#[test]
+fn an_error_body_over_the_cap_keeps_its_status_and_start() {
+    let body = json!({"error":{"message":format!("overloaded {}", "z".repeat(100 << 10))}}).to_string();
+    let server = Server::start(vec![Reply::Full { status: 503, headers: vec![], body }]);
+    let backends = openai_backends(&server, "retries = 0");
+    let error = backends.resolve(None).expect("backend").complete(&request("x"), &ctx()).expect_err("503");
+    let ModelError::Provider(message) = &error else { panic!("{error:?}") };
+    let expected = r#"http 503: error body over the 64 KiB cap, starting: {"error":{"message":"overloaded zzz"#;
+    assert!(message.starts_with(expected), "{message}");
+    assert!(message.len() < 1024, "{} bytes", message.len());
 }
