@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use taskrun_core::{Clock, SystemClock};
-use taskrun_proto::{FILE_DESCRIPTOR_SET, pb};
+use taskrun_proto::{FILE_DESCRIPTOR_SET, MAX_RUN_MESSAGE_BYTES, pb};
 use taskrun_signing::{TrustPolicy, Verifier};
 use taskrun_store::{Store, StoreConfig};
 use taskrun_store_memory::MemoryStore;
@@ -55,6 +55,26 @@ pub fn load_verifier(config: &Config, clock: Arc<dyn Clock>) -> Result<Option<Ar
     Ok(Some(Arc::new(Verifier::new(policy, clock).with_rollback_protection(false))))
 }
 
+/// Room an assignment needs besides the Task's input (ids, the agent's
+/// manifest, limits, the model requirement), with plenty to spare.
+const ASSIGNMENT_OVERHEAD_BYTES: usize = 1 << 20;
+
+/// The largest `limits.max_input_bytes`: an assignment carries the input to
+/// its Worker in one RunService message.
+pub const MAX_INPUT_BYTES: usize = MAX_RUN_MESSAGE_BYTES - ASSIGNMENT_OVERHEAD_BYTES;
+
+/// Refuses settings that would let a message outgrow the RunService limit.
+fn check_message_limits(config: &Config) -> Result<()> {
+    let max_input = config.limits.max_input_bytes;
+    if max_input > MAX_INPUT_BYTES {
+        return Err(Error::Config(format!(
+            "limits.max_input_bytes is {max_input}; set it to at most {MAX_INPUT_BYTES}: an assignment carries \
+             the input to its Worker in one message of at most {MAX_RUN_MESSAGE_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 impl Server {
     /// Opens the configured store and trust policy and starts serving.
     pub async fn start(config: Config) -> Result<Server> {
@@ -73,6 +93,7 @@ impl Server {
         verifier: Option<Arc<Verifier>>,
     ) -> Result<Server> {
         config.validate()?;
+        check_message_limits(&config)?;
         let listener =
             TcpListener::bind(config.listen).await.map_err(|source| Error::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
@@ -100,7 +121,13 @@ impl Server {
                 pb::task_service_server::TaskServiceServer::new(TaskApi(Arc::clone(&cp)))
                     .max_decoding_message_size(max_message),
             )
-            .add_service(pb::run_service_server::RunServiceServer::new(RunApi(Arc::clone(&cp))))
+            // Matches the Worker's client (taskrun-worker, daemon/session.rs):
+            // a message over the limit would end the Worker's whole stream.
+            .add_service(
+                pb::run_service_server::RunServiceServer::new(RunApi(Arc::clone(&cp)))
+                    .max_decoding_message_size(MAX_RUN_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_RUN_MESSAGE_BYTES),
+            )
             .add_service(
                 pb::agent_service_server::AgentServiceServer::new(AgentApi(cp)).max_decoding_message_size(max_message),
             );
@@ -135,5 +162,20 @@ impl Server {
             Ok(Err(e)) => Err(Error::Serve(e.to_string())),
             Err(e) => Err(Error::Serve(e.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_input_limit_no_assignment_could_carry_is_refused() {
+        let mut config = Config::default();
+        config.limits.max_input_bytes = MAX_INPUT_BYTES;
+        check_message_limits(&config).expect("an assignment of the largest input fits");
+        config.limits.max_input_bytes = MAX_INPUT_BYTES + 1;
+        let error = check_message_limits(&config).expect_err("too large").to_string();
+        assert!(error.contains("limits.max_input_bytes is 15728641; set it to at most 15728640"), "{error}");
     }
 }

@@ -42,6 +42,15 @@ pub mod pb {
     tonic::include_proto!("taskrun.v1");
 }
 
+/// The largest message either end of RunService.Connect sends or accepts,
+/// in bytes, encoded. The control plane's RunService server and the
+/// Worker's client both set their decoding and encoding limits to it: a
+/// message over it would end the whole stream, and with it every Run of
+/// that Worker. So the Worker sizes what it sends to fit (results, output
+/// pieces, error text), and the control plane takes no Task input too
+/// large for an assignment.
+pub const MAX_RUN_MESSAGE_BYTES: usize = 16 << 20;
+
 /// The encoded `FileDescriptorSet` of `proto/taskrun/v1` (imports included),
 /// for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("taskrun_v1_descriptor");

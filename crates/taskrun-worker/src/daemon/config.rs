@@ -12,6 +12,9 @@
 //!
 //! [sandbox]
 //! max_memory_mb = 256
+//! max_output_bytes = 4194304      # caps what a Task may ask for
+//! max_model_calls = 256
+//! max_result_bytes = 1048576      # a larger result fails its Run
 //!
 //! [[model_backends]]
 //! name = "default"
@@ -24,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use taskrun_core::{AgentName, Labels, WorkerId};
 
+use super::MAX_RESULT_BYTES;
 use crate::model::BackendConfig;
 use crate::{Error, Result};
 
@@ -57,7 +61,8 @@ pub struct WorkerConfig {
     pub model_backends: Vec<BackendConfig>,
 }
 
-/// Sandbox settings the operator may change.
+/// Sandbox settings the operator may change. A Task's limits are cut to
+/// the `max_` settings; the `default_` ones apply where a Task sets none.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxSection {
@@ -65,10 +70,18 @@ pub struct SandboxSection {
     pub max_memory_mb: u64,
     /// Default memory of a Run whose Task sets none, MiB.
     pub default_memory_mb: u64,
+    /// Most output a Run may emit, bytes. The Worker keeps a Run's output
+    /// until the control plane acks its end: up to `slots` times this.
+    pub max_output_bytes: u64,
     /// Default output cap of a Run whose Task sets none, bytes.
     pub default_output_bytes: u64,
+    /// Most ModelBackend calls a Run may make.
+    pub max_model_calls: u32,
     /// Default model-call cap of a Run whose Task sets none.
     pub default_model_calls: u32,
+    /// Largest result a Run may return, bytes (1 to [`MAX_RESULT_BYTES`]);
+    /// a larger one fails the Run.
+    pub max_result_bytes: u64,
     /// Environment variables granted to every agent (none by default).
     pub env: Vec<(String, String)>,
 }
@@ -78,8 +91,11 @@ impl Default for SandboxSection {
         SandboxSection {
             max_memory_mb: 256,
             default_memory_mb: 64,
+            max_output_bytes: 4 << 20,
             default_output_bytes: 1 << 20,
+            max_model_calls: 256,
             default_model_calls: 32,
+            max_result_bytes: 1 << 20,
             env: Vec::new(),
         }
     }
@@ -154,6 +170,74 @@ impl WorkerConfig {
             )));
         }
         taskrun_core::validate_labels("labels", &self.labels).map_err(|e| Error::Config(e.to_string()))?;
+        self.sandbox.validate()
+    }
+}
+
+impl SandboxSection {
+    fn validate(&self) -> Result<()> {
+        let at_most = |default: &str, d: u64, max: &str, m: u64| {
+            if d > m {
+                return Err(Error::Config(format!(
+                    "sandbox.{default} ({d}) is above sandbox.{max} ({m}): lower the default or raise the maximum"
+                )));
+            }
+            Ok(())
+        };
+        at_most("default_memory_mb", self.default_memory_mb, "max_memory_mb", self.max_memory_mb)?;
+        at_most("default_output_bytes", self.default_output_bytes, "max_output_bytes", self.max_output_bytes)?;
+        at_most(
+            "default_model_calls",
+            self.default_model_calls.into(),
+            "max_model_calls",
+            self.max_model_calls.into(),
+        )?;
+        if !(1..=MAX_RESULT_BYTES).contains(&self.max_result_bytes) {
+            return Err(Error::Config(format!(
+                "sandbox.max_result_bytes must be 1 to {MAX_RESULT_BYTES}: a result travels to the control plane \
+                 in one message (bulk data belongs in a Run's output)"
+            )));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "id = \"w1\"\ninsecure = true\ntrust_policy = \"trust.toml\"\n";
+
+    fn parse(sandbox: &str) -> Result<WorkerConfig> {
+        let config = WorkerConfig::from_toml(&format!("{BASE}[sandbox]\n{sandbox}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn sandbox_maximums_come_from_toml_with_defaults() {
+        let s = parse("").expect("defaults").sandbox;
+        assert_eq!((s.max_output_bytes, s.max_model_calls, s.max_result_bytes), (4 << 20, 256, 1 << 20));
+        let s = parse("max_output_bytes = 100\ndefault_output_bytes = 100\nmax_model_calls = 0\ndefault_model_calls = 0\nmax_result_bytes = 8388608")
+            .expect("explicit")
+            .sandbox;
+        assert_eq!((s.max_output_bytes, s.max_model_calls, s.max_result_bytes), (100, 0, 8 << 20));
+    }
+
+    #[test]
+    fn sandbox_settings_that_contradict_are_refused() {
+        let check = |sandbox: &str, expected: &str| {
+            let error = parse(sandbox).expect_err(sandbox).to_string();
+            assert!(error.contains(expected), "{error} / {expected}");
+        };
+        check(
+            "max_output_bytes = 1000",
+            "sandbox.default_output_bytes (1048576) is above sandbox.max_output_bytes (1000): lower the default",
+        );
+        check("max_model_calls = 4", "sandbox.default_model_calls (32) is above sandbox.max_model_calls (4)");
+        check("max_memory_mb = 32", "sandbox.default_memory_mb (64) is above sandbox.max_memory_mb (32)");
+        check("max_result_bytes = 0", "sandbox.max_result_bytes must be 1 to 8388608");
+        check("max_result_bytes = 8388609", "sandbox.max_result_bytes must be 1 to 8388608");
+        check("max_output = 1", "unknown field `max_output`");
     }
 }

@@ -13,8 +13,14 @@
 //!   plane's) and compiles exactly the verified bytes. A failed
 //!   verification fails the Run, and nothing is compiled.
 //! - It reconnects with exponential backoff and jitter.
+//! - Nothing it sends is larger than [`MAX_RUN_MESSAGE_BYTES`], which would
+//!   end the stream and every Run on it: output goes in pieces of at most
+//!   [`MAX_OUTPUT_CHUNK_BYTES`], a result over `sandbox.max_result_bytes`
+//!   (at most [`MAX_RESULT_BYTES`]) fails its Run, error text is cut to
+//!   [`MAX_ERROR_BYTES`].
 
 mod config;
+mod output;
 mod session;
 
 use std::collections::HashMap;
@@ -23,16 +29,29 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use taskrun_core::{AgentDigest, Clock, RunId, SystemClock, Timestamp, WorkerInfo};
-use taskrun_proto::pb;
+use taskrun_proto::{MAX_RUN_MESSAGE_BYTES, pb};
 use taskrun_signing::{TrustPolicy, Verifier};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use self::config::{SandboxSection, WorkerConfig};
+pub use self::output::MAX_OUTPUT_CHUNK_BYTES;
 use crate::model::ModelBackendsConfig;
 use crate::sandbox::{Prepared, RunLimits, Sandbox, SandboxConfig};
 use crate::{CancelToken, Error, ModelBackends, Result};
+
+/// The largest `sandbox.max_result_bytes` an operator may set, bytes.
+pub const MAX_RESULT_BYTES: u64 = 8 << 20;
+
+/// The longest error text a terminal report carries, bytes; longer text
+/// (an agent's error message, a trap's backtrace) is cut.
+pub const MAX_ERROR_BYTES: usize = 64 << 10;
+
+// A terminal report holds a result or an error, at most one output piece,
+// and a few small fields: it must fit one message, with room to spare.
+const _: () =
+    assert!(MAX_RESULT_BYTES as usize + MAX_ERROR_BYTES + MAX_OUTPUT_CHUNK_BYTES + (1 << 20) <= MAX_RUN_MESSAGE_BYTES);
 
 /// Counters a Worker keeps, for operators and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -166,6 +185,8 @@ impl Worker {
             cache_dir: Some(config.data_dir.join("compiled")),
             max_concurrent_runs: config.slots.max(1),
             max_memory_bytes: mb(s.max_memory_mb),
+            max_output_bytes: s.max_output_bytes,
+            max_model_calls: s.max_model_calls,
             env: s.env.clone(),
             ..SandboxConfig::default()
         })?;
@@ -173,6 +194,7 @@ impl Worker {
             memory_bytes: mb(s.default_memory_mb),
             output_bytes: s.default_output_bytes,
             model_calls: s.default_model_calls,
+            result_bytes: s.max_result_bytes,
             ..RunLimits::default()
         };
         Ok(Worker(Arc::new(Inner {

@@ -5,14 +5,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use taskrun_core::{AgentDigest, AgentManifest, RunId, RunOutcome, TaskLimits, Timestamp};
-use taskrun_proto::{RunOutputReport, RunProgress, RunStatusReport, pb};
+use taskrun_proto::{MAX_RUN_MESSAGE_BYTES, RunOutputReport, RunProgress, RunStatusReport, pb};
 use taskrun_signing::Expect;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use super::{InFlight, Worker, lock};
+use super::{InFlight, MAX_ERROR_BYTES, MAX_RESULT_BYTES, Worker, lock, output};
 use crate::sandbox::{OutputSink, Prepared, RunLimits, RunRequest};
 use crate::{CancelToken, Error, Result};
 
@@ -22,14 +22,6 @@ use pb::run_server_message::Kind as ServerKind;
 /// A Run still going after this long is reported RUNNING.
 const REPORT_RUNNING_AFTER: Duration = Duration::from_millis(50);
 
-/// Output chunks waiting together are sent as one, up to this size.
-const COALESCE_BYTES: usize = 64 * 1024;
-
-/// How long output waits for more before it is sent: a Run that ends
-/// within it sends its output with its terminal report, in one message
-/// that the control plane stores in one write.
-const OUTPUT_LINGER: Duration = Duration::from_millis(2);
-
 /// How often unacked terminal reports are sent again.
 const RESEND_EVERY: Duration = Duration::from_secs(2);
 
@@ -38,6 +30,38 @@ const MAX_AGENT_BYTES: u64 = 64 << 20;
 
 fn nonce() -> String {
     uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// `outcome` made to fit a terminal report: error text cut to
+/// [`MAX_ERROR_BYTES`], and a result over [`MAX_RESULT_BYTES`] (which the
+/// sandbox already refuses under any valid config) turned into a failure.
+fn fit_for_report(outcome: RunOutcome) -> RunOutcome {
+    match outcome {
+        RunOutcome::Completed { result } if result.len() as u64 > MAX_RESULT_BYTES => RunOutcome::Failed {
+            error: format!(
+                "result of {} bytes exceeds the {MAX_RESULT_BYTES}-byte maximum of any worker",
+                result.len()
+            ),
+        },
+        RunOutcome::Failed { error } => RunOutcome::Failed { error: cut(error, MAX_ERROR_BYTES) },
+        RunOutcome::Cancelled { reason } => RunOutcome::Cancelled { reason: cut(reason, MAX_ERROR_BYTES) },
+        completed => completed,
+    }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), saying so.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let note = format!(" … (cut: {} bytes in all)", text.len());
+    let mut end = max.saturating_sub(note.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&note);
+    text
 }
 
 impl Worker {
@@ -87,7 +111,11 @@ impl Worker {
             sent_at_unix_ms: self.0.clock.now().as_millis(),
         };
         let _ = tx.send(pb::RunClientMessage { kind: Some(ClientKind::Hello(hello)) });
-        let mut client = pb::run_service_client::RunServiceClient::new(channel.clone());
+        // Matches the control plane's RunService server (taskrun-control-plane,
+        // server.rs); what the Worker sends is sized to fit it.
+        let mut client = pb::run_service_client::RunServiceClient::new(channel.clone())
+            .max_decoding_message_size(MAX_RUN_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RUN_MESSAGE_BYTES);
         let response = client
             .connect(UnboundedReceiverStream::new(rx))
             .await
@@ -338,46 +366,24 @@ impl Worker {
                 _ => return,
             }
         }
-        let (otx, mut orx) = mpsc::unbounded_channel::<String>();
+        let (otx, orx) = mpsc::unbounded_channel::<String>();
         let forward = {
             let worker = self.clone();
             let id = id.clone();
-            tokio::spawn(async move {
-                let mut seq = 0u64;
-                while let Some(mut data) = orx.recv().await {
-                    // Chunks emitted within OUTPUT_LINGER of each other
-                    // travel as one (chunk boundaries carry no meaning,
-                    // messages cost); if the Run ends meanwhile, the output
-                    // rides with its terminal report.
-                    let until = tokio::time::Instant::now() + OUTPUT_LINGER;
-                    let mut ended = false;
-                    while data.len() < COALESCE_BYTES {
-                        match tokio::time::timeout_at(until, orx.recv()).await {
-                            Ok(Some(more)) => data.push_str(&more),
-                            Ok(None) => {
-                                ended = true;
-                                break;
-                            }
-                            Err(_) => break,
-                        }
+            // Output still waiting when the Run ends rides with its
+            // terminal report.
+            tokio::spawn(output::forward(orx, move |seq, data| {
+                {
+                    let mut runs = lock(&worker.0.runs);
+                    match runs.get_mut(&id) {
+                        Some(r) if r.lease == lease => r.outputs.push((seq, data.clone())),
+                        _ => return,
                     }
-                    seq += 1;
-                    if ended {
-                        return (seq, Some((seq, data)));
-                    }
-                    {
-                        let mut runs = lock(&worker.0.runs);
-                        match runs.get_mut(&id) {
-                            Some(r) if r.lease == lease => r.outputs.push((seq, data.clone())),
-                            _ => continue,
-                        }
-                    }
-                    let report =
-                        RunOutputReport { lease, chunk: taskrun_core::OutputChunk { run_id: id.clone(), seq, data } };
-                    worker.send(ClientKind::Output(report.into()));
                 }
-                (seq, None)
-            })
+                let report =
+                    RunOutputReport { lease, chunk: taskrun_core::OutputChunk { run_id: id.clone(), seq, data } };
+                worker.send(ClientKind::Output(report.into()));
+            }))
         };
         let request = RunRequest::new(input)
             .limits(limits)
@@ -446,7 +452,7 @@ impl Worker {
         let update: pb::RunStatusUpdate = RunStatusReport {
             run_id: id.clone(),
             lease,
-            progress: RunProgress::Finished(outcome),
+            progress: RunProgress::Finished(fit_for_report(outcome)),
             at: self.0.clock.now(),
             nonce: nonce(),
             last_output_seq,
@@ -526,5 +532,37 @@ impl Worker {
         }
         let envelope = envelope.ok_or_else(|| fail("no header in the FetchAgent stream".into()))?;
         Ok((envelope, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use taskrun_core::Json;
+
+    use super::*;
+
+    #[test]
+    fn terminal_reports_are_made_to_fit() {
+        let long = "é".repeat(MAX_ERROR_BYTES);
+        let RunOutcome::Failed { error } = fit_for_report(RunOutcome::Failed { error: long.clone() }) else {
+            panic!("still failed");
+        };
+        assert!(error.len() <= MAX_ERROR_BYTES, "{}", error.len());
+        assert!(error.ends_with(&format!(" … (cut: {} bytes in all)", long.len())), "{}", &error[error.len() - 40..]);
+        assert!(long.starts_with(error.split(" … ").next().expect("text")));
+
+        let RunOutcome::Cancelled { reason } = fit_for_report(RunOutcome::Cancelled { reason: long }) else {
+            panic!("still cancelled");
+        };
+        assert!(reason.len() <= MAX_ERROR_BYTES);
+
+        let small = RunOutcome::Failed { error: "agent error: no".into() };
+        assert_eq!(fit_for_report(small.clone()), small);
+        let ok = RunOutcome::Completed { result: Json::parse("result", "[1]".to_owned()).expect("json") };
+        assert_eq!(fit_for_report(ok.clone()), ok);
+        let huge = format!("\"{}\"", "x".repeat(MAX_RESULT_BYTES as usize));
+        let huge = RunOutcome::Completed { result: Json::parse("result", huge).expect("json") };
+        let RunOutcome::Failed { error } = fit_for_report(huge) else { panic!("a result over the maximum fails") };
+        assert!(error.contains("exceeds the 8388608-byte maximum"), "{error}");
     }
 }

@@ -10,14 +10,14 @@
 //!   compiling (once per digest and engine). A component that imports
 //!   anything the Worker does not provide is refused here, before it runs.
 //! - [`Sandbox::run_async`] runs one Run in a fresh store under its
-//!   [`RunLimits`], streaming emitted output to the request's
-//!   [`OutputSink`], and returns a [`RunReport`] whose [`Outcome`] says how
-//!   it ended. The agent executes on the calling task (on a wasmtime fiber)
-//!   and yields to the runtime at every epoch tick, so a Run costs no
-//!   thread hand-off and a busy agent cannot hold a runtime thread for
-//!   longer than a tick. Model calls, the only host calls that wait, run on
-//!   tokio's blocking pool. [`Sandbox::run`] is the same for callers outside
-//!   any runtime: it blocks its thread.
+//!   [`RunLimits`] (cut to the Worker's maximums), streaming emitted output
+//!   to the request's [`OutputSink`], and returns a [`RunReport`] whose
+//!   [`Outcome`] says how it ended. The agent executes on the calling task
+//!   (on a wasmtime fiber) and yields to the runtime at every epoch tick,
+//!   so a Run costs no thread hand-off and a busy agent cannot hold a
+//!   runtime thread for longer than a tick. Model calls, the only host calls
+//!   that wait, run on tokio's blocking pool. [`Sandbox::run`] is the same
+//!   for callers outside any runtime: it blocks its thread.
 //!
 //! Agents see WASI 0.2 with no preopened directories, no network (TCP,
 //! UDP and name lookups denied), no environment variables or arguments
@@ -70,6 +70,13 @@ pub struct SandboxConfig {
     /// The most linear memory any Run may get; larger
     /// [`RunLimits::memory_bytes`] are cut to this.
     pub max_memory_bytes: usize,
+    /// The most output any Run may emit; larger [`RunLimits::output_bytes`]
+    /// are cut to this (a Worker keeps a Run's output until the control
+    /// plane has it).
+    pub max_output_bytes: u64,
+    /// The most model calls any Run may make; larger
+    /// [`RunLimits::model_calls`] are cut to this.
+    pub max_model_calls: u32,
     /// How often the epoch advances: the granularity of deadlines and
     /// cancellation.
     pub epoch_tick: Duration,
@@ -96,6 +103,8 @@ impl Default for SandboxConfig {
             cache_dir: None,
             max_concurrent_runs: 16,
             max_memory_bytes: 256 << 20,
+            max_output_bytes: 4 << 20,
+            max_model_calls: 256,
             epoch_tick: Duration::from_millis(5),
             log_bytes: 64 * 1024,
             max_wasm_stack: 512 * 1024,
@@ -590,8 +599,7 @@ impl Sandbox {
         self.0.counters.runs.fetch_add(1, Ordering::Relaxed);
 
         let config = &self.0.config;
-        let mut limits = request.limits;
-        limits.memory_bytes = limits.memory_bytes.min(config.max_memory_bytes);
+        let mut limits = request.limits.capped(config);
         // A year is "no deadline" and keeps `Instant` arithmetic in range.
         limits.deadline = limits.deadline.min(MAX_DEADLINE);
         let deadline = started + limits.deadline;
@@ -643,6 +651,9 @@ impl Sandbox {
                 }
                 Err(e) => Outcome::from_error(&e, store.data()),
                 Ok(agent) => match agent.call_run(&mut store, &request.input).await {
+                    Ok(Ok(output)) if output.len() as u64 > limits.result_bytes => {
+                        Outcome::ResultLimit(output.len() as u64)
+                    }
                     Ok(Ok(output)) => match Json::parse("result", output) {
                         Ok(result) => Outcome::Completed(result),
                         Err(e) => Outcome::Failed(format!("agent returned {e}")),

@@ -22,6 +22,10 @@ pub enum Outcome {
     MemoryLimit,
     /// The agent emitted more than the Run's output limit.
     OutputLimit,
+    /// `run` returned a result larger than the Run's result limit (its
+    /// size in bytes). The result is dropped: it could not reach the
+    /// control plane.
+    ResultLimit(u64),
     /// Someone cancelled the Run.
     Cancelled,
 }
@@ -36,6 +40,7 @@ impl Outcome {
             Outcome::TimedOut => "timed_out",
             Outcome::MemoryLimit => "memory_limit",
             Outcome::OutputLimit => "output_limit",
+            Outcome::ResultLimit(_) => "result_limit",
             Outcome::Cancelled => "cancelled",
         }
     }
@@ -101,6 +106,11 @@ impl RunReport {
             Outcome::TimedOut => failed(format!("timed out after {} ms", self.limits.deadline.as_millis())),
             Outcome::MemoryLimit => failed(format!("memory limit of {} bytes exceeded", self.limits.memory_bytes)),
             Outcome::OutputLimit => failed(format!("output limit of {} bytes exceeded", self.limits.output_bytes)),
+            Outcome::ResultLimit(bytes) => failed(format!(
+                "result of {bytes} bytes exceeds the result limit of {} bytes: return less and emit bulk data \
+                 as output, or raise the worker's sandbox.max_result_bytes",
+                self.limits.result_bytes
+            )),
             Outcome::Cancelled => RunOutcome::Cancelled { reason: "cancelled".into() },
         }
     }

@@ -56,6 +56,31 @@ fn echo_result_must_be_json() {
     assert!(message.contains("not JSON"), "{message}");
 }
 
+/// A result over the Run's result limit ends the Run with `ResultLimit`
+/// (its size), reported as a failure that names the limit and what to do.
+#[test]
+fn echo_result_over_the_limit() {
+    let input = r#"{"text":"just over the limit"}"#;
+    let run = |result_bytes| {
+        let limits = RunLimits { result_bytes, ..limits() };
+        sandbox().run(&prepare(ECHO), RunRequest::new(input).limits(limits)).expect("run")
+    };
+    assert_eq!(run(input.len() as u64).outcome, completed(input));
+    let report = run(input.len() as u64 - 1);
+    assert_eq!(report.outcome, Outcome::ResultLimit(input.len() as u64));
+    assert_eq!(report.outcome.kind(), "result_limit");
+    let taskrun_core::RunOutcome::Failed { error } = report.to_core() else { panic!("{:?}", report.to_core()) };
+    assert_eq!(
+        error,
+        format!(
+            "result of {} bytes exceeds the result limit of {} bytes: return less and emit bulk data as output, \
+             or raise the worker's sandbox.max_result_bytes",
+            input.len(),
+            input.len() - 1
+        )
+    );
+}
+
 /// Runs `chat` with `input`, recording when each chunk arrived.
 fn chat_run(
     backends: Arc<ModelBackends>,

@@ -1,6 +1,7 @@
 //! Integration tests of the worker runtime: the sandbox against every agent
-//! under `agents/`, the compiled-component cache, cancellation, and the
-//! ModelBackend providers (the `openai` one against a local HTTP server).
+//! under `agents/`, the compiled-component cache, cancellation, the
+//! ModelBackend providers (the `openai` one against a local HTTP server),
+//! and the Worker's session with a real control plane (`session`).
 
 mod cache;
 mod cancel;
@@ -8,6 +9,7 @@ mod examples;
 mod hostile;
 mod model;
 mod runtime;
+mod session;
 mod support;
 
 /// Every agent under `agents/` has a test named after it (crate name in

@@ -35,7 +35,13 @@ pub fn prepare_in(sandbox: &Sandbox, path: &str) -> Prepared {
 
 /// Limits for tests: short deadline, modest memory.
 pub fn limits() -> RunLimits {
-    RunLimits { deadline: Duration::from_secs(20), memory_bytes: 32 << 20, output_bytes: 1 << 20, model_calls: 8 }
+    RunLimits {
+        deadline: Duration::from_secs(20),
+        memory_bytes: 32 << 20,
+        output_bytes: 1 << 20,
+        model_calls: 8,
+        result_bytes: 1 << 20,
+    }
 }
 
 /// Collects emitted chunks.
