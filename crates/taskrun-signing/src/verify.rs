@@ -354,6 +354,22 @@ impl Verifier {
     /// `component` becomes the [`VerifiedAgent`]'s bytes without a copy
     /// (`Vec<u8>`, `Bytes`, ...); those bytes are the ones hashed.
     pub fn verify(&self, envelope: &[u8], component: impl Into<Bytes>, expect: &Expect) -> Result<VerifiedAgent> {
+        let agent = self.verify_unrecorded(envelope, component, expect)?;
+        self.record(&agent, expect)?;
+        Ok(agent)
+    }
+
+    /// Like [`verify`](Verifier::verify) but does not record the version
+    /// for rollback protection yet: for callers that must first make sure
+    /// the agent can run (e.g. compile it), so that a version that never
+    /// ran cannot raise the floor. Call [`record`](Verifier::record) once
+    /// it can.
+    pub fn verify_unrecorded(
+        &self,
+        envelope: &[u8],
+        component: impl Into<Bytes>,
+        expect: &Expect,
+    ) -> Result<VerifiedAgent> {
         let component: Bytes = component.into();
         if envelope.len() > MAX_ENVELOPE_LEN {
             return Err(Error::TooLarge { what: "envelope", len: envelope.len() as u64, max: MAX_ENVELOPE_LEN as u64 });
@@ -388,8 +404,15 @@ impl Verifier {
         }
 
         let agent = VerifiedAgent { envelope: parsed, component };
-        self.check_policy(&agent, expect)?;
+        self.check_policy(&agent, expect, false)?;
         Ok(agent)
+    }
+
+    /// Checks 3–6 again and records the agent's version for rollback
+    /// protection (saving the state file when it changes): refused if a
+    /// newer version was recorded since it was verified.
+    pub fn record(&self, agent: &VerifiedAgent, expect: &Expect) -> Result<()> {
+        self.check_policy(agent, expect, true)
     }
 
     /// Re-applies checks 3–6 to an agent verified earlier (the policy may
@@ -397,11 +420,11 @@ impl Verifier {
     /// accepted). Skips hashing and the signature: a [`VerifiedAgent`]'s
     /// bytes are immutable and were hashed when it was created.
     pub fn recheck(&self, agent: &VerifiedAgent, expect: &Expect) -> Result<()> {
-        self.check_policy(agent, expect)
+        self.check_policy(agent, expect, true)
     }
 
-    /// Checks 3–6, then records the version.
-    fn check_policy(&self, agent: &VerifiedAgent, expect: &Expect) -> Result<()> {
+    /// Checks 3–6, then records the version if `record`.
+    fn check_policy(&self, agent: &VerifiedAgent, expect: &Expect, record: bool) -> Result<()> {
         let m = agent.manifest();
         // 3. Trusted key.
         self.policy().check(m)?;
@@ -420,7 +443,8 @@ impl Verifier {
         let mut state = lock(&self.rollback);
         state.check(&m.name, m.version)?;
         expect.check(m)?;
-        if state.record(&m.name, m.version)
+        if record
+            && state.record(&m.name, m.version)
             && let Some(path) = &self.rollback_file
         {
             state.save(path)?;

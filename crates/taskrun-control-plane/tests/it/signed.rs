@@ -188,3 +188,31 @@ async fn an_expired_signature_is_refused_by_the_worker() {
     assert!(reason.contains("expired"), "{reason}");
     assert_eq!(worker.sandbox().metrics().compiles, 0);
 }
+
+/// A version the Worker verified and compiled before a newer one ran is
+/// refused after it too: the Worker checks its agents again before every
+/// Run (policy, expiry, rollback floor, name), not only the first time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_version_already_compiled_is_refused_once_a_newer_one_ran() {
+    let mut cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("read-env", "1.0.0", artifacts::HOSTILE_READ_FILE).await;
+    cluster.publish("read-env", "2.0.0", artifacts::HOSTILE_READ_ENV).await;
+    let worker = cluster.add_worker(cluster.worker_config("w1")).await;
+    let version =
+        |v: &str| pb::AgentRef { name: "read-env".into(), selector: Some(pb::agent_ref::Selector::Version(v.into())) };
+    let run = |agent: pb::AgentRef| {
+        let mut s = spec("unused", "{}");
+        s.agent = Some(agent);
+        s.retry = once();
+        s
+    };
+    for (v, compiles) in [("1.0.0", 1), ("2.0.0", 2)] {
+        let task_id = cluster.create(run(version(v))).await;
+        let got = cluster.wait_terminal(&task_id, Duration::from_secs(30)).await;
+        assert_eq!(status_of(&got), TaskStatus::Completed, "{v}: {got:#?}");
+        assert_eq!(worker.sandbox().metrics().compiles, compiles);
+    }
+    let reason = refused_reason(&cluster, version("1.0.0")).await;
+    assert!(reason.contains("rollback"), "{reason}");
+    assert_eq!(worker.sandbox().metrics().runs, 2, "the refused version did not run");
+}

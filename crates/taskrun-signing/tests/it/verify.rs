@@ -217,6 +217,25 @@ fn an_expired_manifest_is_refused_after_the_skew() {
     }
 }
 
+/// A version verified but not yet recorded (the Worker has not compiled it
+/// yet) does not raise the rollback floor; recording it does, and a
+/// version recorded meanwhile that is newer refuses the older one's record.
+#[test]
+fn an_unrecorded_version_does_not_raise_the_floor() {
+    let f = Fixture::new();
+    let c = component(100, 1);
+    let v = |s: &str| sign(&f.key, "echo", s, &c);
+    let two = f.verifier.verify_unrecorded(v("2.0.0").as_bytes(), c.clone(), &echo()).unwrap();
+    // 2.0.0 never ran: 1.0.0 still verifies.
+    let one = f.verifier.verify_unrecorded(v("1.0.0").as_bytes(), c.clone(), &echo()).unwrap();
+    f.verifier.record(&one, &echo()).unwrap();
+    f.verifier.verify(v("1.0.0").as_bytes(), c.clone(), &echo()).unwrap();
+    // Once 2.0.0 is recorded, 1.0.0 is a rollback, and so is recording it.
+    f.verifier.record(&two, &echo()).unwrap();
+    assert!(matches!(f.verifier.verify(v("1.0.0").as_bytes(), c.clone(), &echo()), Err(Error::Rollback { .. })));
+    assert!(matches!(f.verifier.record(&one, &echo()), Err(Error::Rollback { .. })));
+}
+
 #[test]
 fn a_lower_version_is_a_rollback() {
     let f = Fixture::new();

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use taskrun_core::{AgentDigest, Clock, RunId, SystemClock, Timestamp, WorkerInfo};
 use taskrun_proto::{MAX_RUN_MESSAGE_BYTES, pb};
-use taskrun_signing::{TrustPolicy, Verifier};
+use taskrun_signing::{TrustPolicy, VerifiedAgent, Verifier};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -100,7 +100,9 @@ struct Inner {
     defaults: RunLimits,
     runs: Mutex<HashMap<RunId, InFlight>>,
     /// Agents verified (and prepared) in this process.
-    agents: Mutex<HashMap<AgentDigest, Prepared>>,
+    /// Agents verified and prepared, with what was verified: checked again
+    /// (policy, expiry, rollback floor, name) before every Run.
+    agents: Mutex<HashMap<AgentDigest, (Prepared, VerifiedAgent)>>,
     /// One fetch-verify-compile at a time.
     fetching: tokio::sync::Mutex<()>,
     /// The current session's outbound stream, if connected.

@@ -474,19 +474,20 @@ impl Worker {
     /// policy and prepared: from memory, or fetched from the control plane.
     async fn agent(&self, manifest: &AgentManifest) -> Result<Prepared> {
         let digest = manifest.digest;
-        if let Some(p) = lock(&self.0.agents).get(&digest) {
-            return Ok(p.clone());
+        let expect = Expect::digest(digest).and_name(manifest.name.clone());
+        if let Some(p) = self.known_agent(&digest, &expect)? {
+            return Ok(p);
         }
         let _one_at_a_time = self.0.fetching.lock().await;
-        if let Some(p) = lock(&self.0.agents).get(&digest) {
-            return Ok(p.clone());
+        if let Some(p) = self.known_agent(&digest, &expect)? {
+            return Ok(p);
         }
         let (envelope, bytes) = self.fetch(&digest).await?;
-        let expect = Expect::digest(digest).and_name(manifest.name.clone());
-        let verified = self.0.verifier.verify(&envelope, bytes, &expect).map_err(|source| {
-            self.0.counters.agents_refused.fetch_add(1, Ordering::Relaxed);
-            Error::AgentRefused { digest, source }
-        })?;
+        let verified = self
+            .0
+            .verifier
+            .verify_unrecorded(&envelope, bytes, &expect)
+            .map_err(|source| self.refused(digest, source))?;
         info!(digest = %digest, agent = %verified.name(), version = %verified.version(), "agent verified");
         // Compile exactly the bytes that were verified.
         let sandbox = self.0.sandbox.clone();
@@ -494,8 +495,27 @@ impl Worker {
         let prepared = tokio::task::spawn_blocking(move || sandbox.prepare(&digest, &component))
             .await
             .map_err(|e| Error::RunThread(e.to_string()))??;
-        lock(&self.0.agents).insert(digest, prepared.clone());
+        // Only a version that can run raises the rollback floor: one that
+        // fails to compile or link must not lock the older ones out.
+        self.0.verifier.record(&verified, &expect).map_err(|source| self.refused(digest, source))?;
+        lock(&self.0.agents).insert(digest, (prepared.clone(), verified));
         Ok(prepared)
+    }
+
+    /// `digest` if it was verified and prepared before, and still passes
+    /// the trust policy, its expiry, the rollback floor and the name the
+    /// assignment gives (all may have moved on since).
+    fn known_agent(&self, digest: &AgentDigest, expect: &Expect) -> Result<Option<Prepared>> {
+        let Some((prepared, verified)) = lock(&self.0.agents).get(digest).cloned() else {
+            return Ok(None);
+        };
+        self.0.verifier.recheck(&verified, expect).map_err(|source| self.refused(*digest, source))?;
+        Ok(Some(prepared))
+    }
+
+    fn refused(&self, digest: AgentDigest, source: taskrun_signing::Error) -> Error {
+        self.0.counters.agents_refused.fetch_add(1, Ordering::Relaxed);
+        Error::AgentRefused { digest, source }
     }
 
     /// The envelope and component bytes of `digest`, from the control plane.

@@ -76,6 +76,26 @@ impl RunLogs {
         })
     }
 
+    /// The end of what the agent wrote to stderr and logged at level
+    /// error, in order, at most `max` bytes (cut between characters), with
+    /// surrounding whitespace trimmed; `None` if there is none.
+    pub fn last_words(&self, max: usize) -> Option<String> {
+        let said: String = self
+            .records
+            .iter()
+            .filter(|r| matches!(r.source, LogSource::Stderr | LogSource::Agent(LogLevel::Error)))
+            .map(|r| r.text.trim())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        let mut start = said.len().saturating_sub(max);
+        while !said.is_char_boundary(start) {
+            start += 1;
+        }
+        let words = said[start..].trim();
+        (!words.is_empty()).then(|| words.to_owned())
+    }
+
     fn text_of(&self, source: LogSource) -> String {
         self.records.iter().filter(|r| r.source == source).map(|r| r.text.as_str()).collect()
     }

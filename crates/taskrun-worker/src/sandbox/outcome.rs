@@ -95,6 +95,10 @@ pub struct RunReport {
     pub limits: RunLimits,
 }
 
+/// How much of a trapped agent's stderr and error log its Run's error
+/// carries.
+pub const LAST_WORDS_BYTES: usize = 2048;
+
 impl RunReport {
     /// The domain outcome the Worker reports for its Run.
     pub fn to_core(&self) -> RunOutcome {
@@ -102,7 +106,13 @@ impl RunReport {
         match &self.outcome {
             Outcome::Completed(result) => RunOutcome::Completed { result: result.clone() },
             Outcome::Failed(message) => failed(format!("agent error: {message}")),
-            Outcome::Trapped(message) => failed(format!("agent trapped: {message}")),
+            Outcome::Trapped(message) => failed(match self.logs.last_words(LAST_WORDS_BYTES) {
+                // A Rust agent's panic message is there (stderr for a std
+                // agent, an error record for a lean one): without it
+                // "unreachable instruction executed" says nothing.
+                Some(words) => format!("agent trapped: {message}; its last words: {words}"),
+                None => format!("agent trapped: {message}"),
+            }),
             Outcome::TimedOut => failed(format!("timed out after {} ms", self.limits.deadline.as_millis())),
             Outcome::MemoryLimit => failed(format!("memory limit of {} bytes exceeded", self.limits.memory_bytes)),
             Outcome::OutputLimit => failed(format!("output limit of {} bytes exceeded", self.limits.output_bytes)),

@@ -93,6 +93,10 @@ pub fn hostile_panic() {
         "{:?}",
         report.logs
     );
+    // What the Worker reports carries the panic message.
+    let RunOutcome::Failed { error } = report.to_core() else { panic!("a trap fails the Run") };
+    assert!(error.starts_with("agent trapped: "), "{error}");
+    assert!(error.contains("hostile agent panicked on purpose (input was 2 bytes)"), "{error}");
 }
 
 /// The lean runtime (`#![no_std]` agents): JSON read without `std`, the
@@ -111,6 +115,8 @@ pub fn hostile_lean_panic() {
     assert!(text.starts_with("agent panicked at "), "{text}");
     // 512 KiB of 0x5a, all written: the block lies past the 256 KiB arena.
     assert!(text.ends_with("after filling 512 KiB (sum 47185920)"), "{text}");
+    let RunOutcome::Failed { error } = report.to_core() else { panic!("a trap fails the Run") };
+    assert!(error.ends_with(&format!("its last words: {text}")), "{error}");
 }
 
 /// A lean agent whose heap would pass the memory cap: the growth is
