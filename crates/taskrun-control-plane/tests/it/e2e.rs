@@ -284,3 +284,25 @@ async fn a_run_one_worker_refuses_waits_for_the_busy_one() {
 
     client.cancel_task(pb::CancelTaskRequest { task_id: looping, reason: "done".into() }).await.expect("cancel");
 }
+
+/// Fetching, verifying and compiling an agent count against the Run's
+/// deadline: a first Run with a 1 ms deadline on a Worker that has never
+/// seen the agent ends at its deadline, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_passes_while_the_agent_is_prepared_ends_the_run() {
+    let mut cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    cluster.add_worker(cluster.worker_config("w1")).await;
+    let mut s = spec("echo", "{}");
+    s.limits = Some(pb::TaskLimits { run_timeout_ms: Some(1), ..Default::default() });
+    s.retry = retry(1);
+    let task_id = cluster.create(s).await;
+    let got = cluster.wait_terminal(&task_id, Duration::from_secs(30)).await;
+    assert_eq!(status_of(&got), TaskStatus::Failed, "{got:#?}");
+    let error = got.task.and_then(|t| t.error).unwrap_or_default();
+    // (What is left of the 1 ms when the Worker starts: 0 or 1 ms.)
+    assert!(
+        error.starts_with("timed out after ") && error.ends_with(" ms fetching and preparing the agent"),
+        "{error}"
+    );
+}

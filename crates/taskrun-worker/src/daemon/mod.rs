@@ -104,7 +104,8 @@ struct Inner {
     /// (policy, expiry, rollback floor, name) before every Run.
     agents: Mutex<HashMap<AgentDigest, (Prepared, VerifiedAgent)>>,
     /// One fetch-verify-compile at a time.
-    fetching: tokio::sync::Mutex<()>,
+    /// One fetch-verify-compile at a time per digest.
+    fetching: Mutex<HashMap<AgentDigest, Arc<tokio::sync::Mutex<()>>>>,
     /// The current session's outbound stream, if connected.
     outbound: Mutex<Option<mpsc::UnboundedSender<pb::RunClientMessage>>>,
     channel: Mutex<Option<tonic::transport::Channel>>,
@@ -208,7 +209,7 @@ impl Worker {
             defaults,
             runs: Mutex::new(HashMap::new()),
             agents: Mutex::new(HashMap::new()),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: Mutex::new(HashMap::new()),
             outbound: Mutex::new(None),
             channel: Mutex::new(None),
             nonces: Mutex::new(SeenNonces::default()),

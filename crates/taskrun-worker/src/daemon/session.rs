@@ -32,6 +32,13 @@ fn nonce() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
+/// Resolves once `cancel` is cancelled (checked every 10 ms).
+async fn cancelled(cancel: &CancelToken) {
+    while !cancel.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// `outcome` made to fit a terminal report: error text cut to
 /// [`MAX_ERROR_BYTES`], and a result over [`MAX_RESULT_BYTES`] (which the
 /// sandbox already refuses under any valid config) turned into a failure.
@@ -347,7 +354,26 @@ impl Worker {
         cancel: CancelToken,
     ) {
         self.0.counters.runs_started.fetch_add(1, Ordering::Relaxed);
-        let prepared = match self.agent(&manifest).await {
+        // Fetching and compiling count against the Run's deadline, and a
+        // CancelRun stops the wait (the compile, once started, finishes in
+        // the background and serves the next Run of that agent).
+        let prepared = tokio::select! {
+            biased;
+            prepared = self.agent(&manifest) => prepared,
+            () = cancelled(&cancel) => {
+                self.finish(&id, lease, RunOutcome::Cancelled { reason: self.cancel_reason(&id) });
+                return;
+            }
+            () = tokio::time::sleep(limits.deadline) => {
+                let error = format!(
+                    "timed out after {} ms fetching and preparing the agent",
+                    limits.deadline.as_millis()
+                );
+                self.finish(&id, lease, RunOutcome::Failed { error });
+                return;
+            }
+        };
+        let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
                 warn!(run_id = %id, digest = %manifest.digest, error = %e, "agent not runnable");
@@ -478,7 +504,9 @@ impl Worker {
         if let Some(p) = self.known_agent(&digest, &expect)? {
             return Ok(p);
         }
-        let _one_at_a_time = self.0.fetching.lock().await;
+        // One fetch and compile per digest at a time; other agents' go on.
+        let one_at_a_time = Arc::clone(lock(&self.0.fetching).entry(digest).or_default());
+        let _one_at_a_time = one_at_a_time.lock().await;
         if let Some(p) = self.known_agent(&digest, &expect)? {
             return Ok(p);
         }
