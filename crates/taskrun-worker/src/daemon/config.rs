@@ -184,6 +184,12 @@ impl SandboxSection {
             }
             Ok(())
         };
+        if !(1..=4096).contains(&self.max_memory_mb) {
+            return Err(Error::Config(format!(
+                "sandbox.max_memory_mb must be 1 to 4096 (MiB; wasm32 memories end at 4 GiB), not {}",
+                self.max_memory_mb
+            )));
+        }
         at_most("default_memory_mb", self.default_memory_mb, "max_memory_mb", self.max_memory_mb)?;
         at_most("default_output_bytes", self.default_output_bytes, "max_output_bytes", self.max_output_bytes)?;
         at_most(
@@ -236,6 +242,14 @@ mod tests {
         );
         check("max_model_calls = 4", "sandbox.default_model_calls (32) is above sandbox.max_model_calls (4)");
         check("max_memory_mb = 32", "sandbox.default_memory_mb (64) is above sandbox.max_memory_mb (32)");
+        check(
+            "max_memory_mb = 0",
+            "sandbox.max_memory_mb must be 1 to 4096 (MiB; wasm32 memories end at 4 GiB), not 0",
+        );
+        check(
+            "max_memory_mb = 5000",
+            "sandbox.max_memory_mb must be 1 to 4096 (MiB; wasm32 memories end at 4 GiB), not 5000",
+        );
         check("max_result_bytes = 0", "sandbox.max_result_bytes must be 1 to 8388608");
         check("max_result_bytes = 8388609", "sandbox.max_result_bytes must be 1 to 8388608");
         check("max_output = 1", "unknown field `max_output`");
