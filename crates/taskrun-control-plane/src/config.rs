@@ -137,9 +137,57 @@ impl Config {
                 "workers.heartbeat_timeout_ms must be greater than workers.heartbeat_interval_ms (> 0)".to_owned(),
             ));
         }
-        if self.limits.max_input_bytes == 0 || self.limits.max_agent_bytes == 0 {
-            return Err(Error::Config("limits must be greater than zero".to_owned()));
+        for (key, value) in [
+            ("limits.max_input_bytes", self.limits.max_input_bytes as u64),
+            ("limits.max_output_bytes_per_run", self.limits.max_output_bytes_per_run),
+            ("limits.max_agent_bytes", self.limits.max_agent_bytes),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{key} must be greater than zero")));
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(toml: &str) -> String {
+        let config = Config::from_toml(toml).expect("parses");
+        config.validate().expect_err(toml).to_string()
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_naming_the_key() {
+        let ok = "[transport]\ninsecure = true\n";
+        Config::from_toml(ok).expect("parses").validate().expect("the loopback default with --insecure is fine");
+        let cases = [
+            ("", "TLS serving is not available yet"),
+            ("listen = \"0.0.0.0:7070\"\n[transport]\ninsecure = true", "refusing to serve plaintext on 0.0.0.0:7070"),
+            (
+                "[transport]\ninsecure = true\n[workers]\nheartbeat_interval_ms = 500\nheartbeat_timeout_ms = 500",
+                "workers.heartbeat_timeout_ms must be greater than workers.heartbeat_interval_ms",
+            ),
+            (
+                "[transport]\ninsecure = true\n[limits]\nmax_input_bytes = 0",
+                "limits.max_input_bytes must be greater than zero",
+            ),
+            (
+                "[transport]\ninsecure = true\n[limits]\nmax_output_bytes_per_run = 0",
+                "limits.max_output_bytes_per_run must be greater than zero",
+            ),
+            (
+                "[transport]\ninsecure = true\n[limits]\nmax_agent_bytes = 0",
+                "limits.max_agent_bytes must be greater than zero",
+            ),
+        ];
+        for (toml, expected) in cases {
+            let error = refused(toml);
+            assert!(error.contains(expected), "{toml:?}: {error}");
+        }
+        let error = Config::from_toml("[limits]\nmax_input = 1").expect_err("unknown key").to_string();
+        assert!(error.contains("unknown field `max_input`"), "{error}");
     }
 }

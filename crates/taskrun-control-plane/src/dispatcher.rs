@@ -199,6 +199,12 @@ impl ControlPlane {
 
     /// Fails the Runs of a Worker that has no session (anymore).
     pub(crate) async fn worker_vanished(&self, worker: &taskrun_core::WorkerId) {
+        // Shutting down clears every session: the Worker did not go
+        // anywhere, it will reconnect to the next control plane with its
+        // Runs, which must not fail for a routine restart.
+        if self.shutdown.is_cancelled() {
+            return;
+        }
         if !self.sessions().contains_key(worker) {
             self.fail_over(worker, "disconnected").await;
         }

@@ -78,6 +78,9 @@ fn check_message_limits(config: &Config) -> Result<()> {
 impl Server {
     /// Opens the configured store and trust policy and starts serving.
     pub async fn start(config: Config) -> Result<Server> {
+        // Refuse a bad config before anything touches the data dir.
+        config.validate()?;
+        check_message_limits(&config)?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store = open_store(&config)?;
         let verifier = load_verifier(&config, Arc::clone(&clock))?;

@@ -1,8 +1,8 @@
 //! The durable TaskRun store, on sled.
 //!
-//! One sled `Db`, records as JSON. Everything about Tasks is in the `tasks`
-//! tree, the first byte of a key saying what the record is, so that a batch
-//! of changes is one atomic `apply_batch`:
+//! One sled `Db`, records encoded with postcard. Everything about Tasks is
+//! in the `tasks` tree, the first byte of a key saying what the record is,
+//! so that a batch of changes is one atomic `apply_batch`:
 //!
 //! | tree | key | value |
 //! |---|---|---|

@@ -108,3 +108,20 @@ async fn watching_a_finished_task_from_its_end_ends_at_once() {
     let cp = cluster.server.as_ref().expect("server").control_plane().clone();
     wait_for("watch subscriptions released", Duration::from_secs(10), || cp.watched_tasks() == 0).await;
 }
+
+/// A config that cannot work is refused before the control plane creates
+/// or locks its data dir.
+#[tokio::test]
+async fn a_bad_config_leaves_the_data_dir_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    // Plaintext without --insecure: refused.
+    let config = taskrun_control_plane::Config {
+        data_dir: data_dir.clone(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ..Default::default()
+    };
+    let error = taskrun_control_plane::Server::start(config).await.err().expect("refused").to_string();
+    assert!(error.contains("TLS serving is not available yet"), "{error}");
+    assert!(!data_dir.exists(), "the data dir was created");
+}

@@ -186,7 +186,11 @@ impl Worker {
         let mb = |m: u64| usize::try_from(m.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let sandbox = Sandbox::new(SandboxConfig {
             cache_dir: Some(config.data_dir.join("compiled")),
-            max_concurrent_runs: config.slots.max(1),
+            // Headroom over the slots: a Run the control plane fenced or
+            // stopped gives its slot back at once, but its instance lives
+            // until it notices (up to an epoch tick), and the Run placed in
+            // that slot must not fail for want of a pool slot meanwhile.
+            max_concurrent_runs: config.slots.max(1).saturating_add((config.slots / 4).max(4)),
             max_memory_bytes: mb(s.max_memory_mb),
             max_output_bytes: s.max_output_bytes,
             max_model_calls: s.max_model_calls,
