@@ -121,7 +121,7 @@ async fn a_bad_config_leaves_the_data_dir_untouched() {
         listen: "127.0.0.1:0".parse().expect("addr"),
         ..Default::default()
     };
-    let error = taskrun_control_plane::Server::start(config).await.err().expect("refused").to_string();
+    let error = taskrun_control_plane::Server::start(config).await.expect_err("refused").to_string();
     assert!(error.contains("TLS serving is not available yet"), "{error}");
     assert!(!data_dir.exists(), "the data dir was created");
 }
