@@ -15,6 +15,10 @@ use tracing::{info, instrument, warn};
 use crate::state::ControlPlane;
 use crate::status::{parse_field, store_status};
 
+/// How every WebAssembly component begins: the magic `\0asm`, then the
+/// component encoding's version and layer (a core module has 1, 0, 0, 0).
+const COMPONENT_HEADER: &[u8] = b"\0asm\x0d\x00\x01\x00";
+
 /// Component bytes per FetchAgent message.
 pub const FETCH_CHUNK_BYTES: usize = 256 * 1024;
 
@@ -84,6 +88,14 @@ impl pb::agent_service_server::AgentService for AgentApi {
             return Err(Status::invalid_argument(format!(
                 "stream ended after {} of the {size} bytes the header announced",
                 component.len()
+            )));
+        }
+        if !component.starts_with(COMPONENT_HEADER) {
+            return Err(Status::invalid_argument(format!(
+                "this is not a WebAssembly component (its first bytes are {:02x?}, a component starts with \
+                 {COMPONENT_HEADER:02x?}): build the agent for wasm32-wasip2 (a core module, or any other file, \
+                 cannot run)",
+                &component[..component.len().min(COMPONENT_HEADER.len())]
             )));
         }
         let expect = Expect::name(name).and_version(version).and_digest(digest);

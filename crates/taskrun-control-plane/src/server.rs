@@ -39,9 +39,18 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
             let path = config.data_dir.join("store");
             std::fs::create_dir_all(&config.data_dir)
                 .map_err(|source| Error::Io { path: config.data_dir.clone(), source })?;
-            Arc::new(
-                SledStore::open(&path, store_config).map_err(|e| Error::Store(format!("{}: {e}", path.display())))?,
-            )
+            Arc::new(SledStore::open(&path, store_config).map_err(|e| {
+                // sled's own text for this is an OS error's debug dump.
+                if e.to_string().contains("could not acquire lock") {
+                    Error::Store(format!(
+                        "{} is in use by another process: is another control plane running with data_dir {}?",
+                        path.display(),
+                        config.data_dir.display()
+                    ))
+                } else {
+                    Error::Store(format!("{}: {e}", path.display()))
+                }
+            })?)
         }
     })
 }

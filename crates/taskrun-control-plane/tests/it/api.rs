@@ -147,6 +147,15 @@ async fn publish_refuses_what_does_not_verify() {
     let listed = agents.list_agents(pb::ListAgentsRequest::default()).await.expect("list").into_inner();
     assert!(listed.agents.is_empty(), "nothing stored");
 
+    // Validly signed, but not a component: a text file, a core module.
+    for (what, junk) in [("text", b"not wasm\n".to_vec()), ("core module", b"\0asm\x01\x00\x00\x00".to_vec())] {
+        let err = publish_signed(&mut agents, &cluster.key, "junk", "1.0.0", &junk).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains("not a WebAssembly component"), "{what}: {}", err.message());
+    }
+    let listed = agents.list_agents(pb::ListAgentsRequest::default()).await.expect("list").into_inner();
+    assert!(listed.agents.is_empty(), "nothing stored");
+
     // The genuine upload is stored; the same again is idempotent; the same
     // version with other bytes is refused.
     let stored = publish_envelope(&mut agents, "echo", "1.0.0", envelope.as_bytes(), &bytes).await.expect("publish");

@@ -125,3 +125,21 @@ async fn a_bad_config_leaves_the_data_dir_untouched() {
     assert!(error.contains("TLS serving is not available yet"), "{error}");
     assert!(!data_dir.exists(), "the data dir was created");
 }
+
+/// A second control plane on the data dir of a running one is refused with
+/// a message that says so.
+#[tokio::test]
+async fn a_data_dir_in_use_is_refused_saying_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = taskrun_control_plane::Config {
+        data_dir: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        transport: taskrun_control_plane::config::TransportConfig { insecure: true },
+        ..Default::default()
+    };
+    let first = taskrun_control_plane::Server::start(config.clone()).await.expect("the first one starts");
+    let error = taskrun_control_plane::Server::start(config).await.expect_err("the second is refused").to_string();
+    assert!(error.contains("is in use by another process: is another control plane running"), "{error}");
+    assert!(!error.contains("Os {"), "{error}");
+    drop(first);
+}
