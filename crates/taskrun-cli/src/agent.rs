@@ -12,7 +12,7 @@ use serde::Serialize;
 use taskrun_core::{AgentDigest, AgentManifest, AgentName, AgentRef, Clock as _, SystemClock};
 use taskrun_proto::pb;
 use taskrun_proto::pb::publish_agent_request::Part;
-use taskrun_signing::{AgentDetails, Envelope, SigningKey};
+use taskrun_signing::{AgentDetails, Envelope, PublicKey, SigningKey};
 use tonic::Code;
 
 use crate::cli::{AgentCommand, SignArgs};
@@ -59,9 +59,49 @@ fn read_component(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The private key `--key` names, with a message that says what to give
+/// instead when it is missing, a public key, or not a key file at all.
+fn load_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let shown = path.display();
+    let make_one = "make one with `taskrun keys generate --out PATH`";
+    match path.metadata() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(usage(format!(
+                "--key {shown}: no such file; give the private key file `taskrun keys generate` wrote, or {make_one}"
+            )));
+        }
+        Ok(meta) if !meta.is_file() => {
+            return Err(usage(format!("--key {shown} is not a file; give the private key file (or {make_one})")));
+        }
+        _ => {}
+    }
+    // A public key given by mistake (KEY.pub for KEY): say so before
+    // anything about its mode, which is right for a public key.
+    if PublicKey::load(path).is_ok() {
+        let private = path.to_str().and_then(|p| p.strip_suffix(".pub")).map(Path::new).filter(|p| p.is_file());
+        let instead = match private {
+            Some(private) => format!("{}, the file next to it without .pub", private.display()),
+            None => "the file `taskrun keys generate --out PATH` wrote to PATH (not PATH.pub)".to_owned(),
+        };
+        return Err(usage(format!("--key {shown} is a public key; signing needs the private key: give {instead}")));
+    }
+    SigningKey::load(path).map_err(|e| match e.root() {
+        taskrun_signing::Error::InvalidKey { reason, .. } => usage(format!(
+            "--key {shown} is not a private key file ({reason}); give the file `taskrun keys generate` wrote, or \
+             {make_one}"
+        )),
+        taskrun_signing::Error::TooLarge { .. } => usage(format!(
+            "--key {shown} is too large to be a private key file; give the file `taskrun keys generate` wrote"
+        )),
+        // Names the file and says to run chmod 600.
+        taskrun_signing::Error::KeyFilePermissions { .. } => anyhow::Error::new(e),
+        _ => anyhow::Error::new(e).context("cannot read the private key (--key)"),
+    })
+}
+
 /// Signs `component` as `signer` says.
 fn sign_bytes(component: &[u8], signer: &SignArgs) -> anyhow::Result<Envelope> {
-    let key = SigningKey::load(&signer.key).context("loading the signing key")?;
+    let key = load_signing_key(&signer.key)?;
     let now = SystemClock.now();
     let mut details =
         AgentDetails::new(signer.name.clone(), signer.version, now).with_wit_world(signer.wit_world.clone());

@@ -151,9 +151,11 @@ pub struct ListArgs {
     /// Show every matching Task, following page after page.
     #[arg(long)]
     pub all: bool,
-    /// Tasks asked for per request when following pages (1 to 1000).
-    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub page_size: u32,
+    /// Tasks asked for per request (1 to 1000) [default: 1000 with --all
+    /// or --limit; otherwise the control plane's page size]. Without --all
+    /// or --limit, one page of this size is shown.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub page_size: Option<u32>,
     /// Print JSON (an array of Tasks) instead of a table.
     #[arg(long)]
     pub json: bool,

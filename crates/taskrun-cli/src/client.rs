@@ -17,6 +17,11 @@ use crate::error::{RemoteError, remote, usage};
 /// output chunks travel in single messages).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Largest request the control plane accepts (its gRPC decoding limit for
+/// TaskService and AgentService). A larger one would be refused with
+/// transport words, so the CLI refuses it first.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
 /// How to reach the control plane.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -45,8 +50,13 @@ impl Connection {
         if !url.starts_with("http://") {
             return Err(usage(format!("--server {server:?}: expected a URL like {}", crate::cli::DEFAULT_SERVER)));
         }
+        check_authority(&url["http://".len()..]).map_err(|why| {
+            usage(format!("--server {server} is not a valid URL: {why} (e.g. {})", crate::cli::DEFAULT_SERVER))
+        })?;
         let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| usage(format!("--server {server:?} is not a valid URL: {e}")))?
+            .map_err(|e| {
+                usage(format!("--server {server} is not a valid URL: {e} (e.g. {})", crate::cli::DEFAULT_SERVER))
+            })?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             // Notice a control plane that went away while a watch waits.
@@ -82,4 +92,44 @@ impl Connection {
         let request = pb::GetTaskRequest { task_id: task_id.to_string() };
         Ok(self.tasks().get_task(request).await.map_err(|s| self.error(s))?.into_inner())
     }
+}
+
+/// Checks the `host:port` part of a URL (`rest` is what follows `http://`),
+/// which the transport would only find wrong when it tries to connect, as
+/// if the control plane were down.
+fn check_authority(rest: &str) -> Result<(), String> {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Err("it has no host".to_owned());
+    }
+    if authority.contains('@') {
+        return Err("user names and passwords are not supported".to_owned());
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        // [IPv6]:port
+        let Some((host, after)) = bracketed.split_once(']') else {
+            return Err(format!("{authority:?} opens an IPv6 address with [ but does not close it"));
+        };
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Err(format!("unexpected {after:?} after the IPv6 address")),
+            },
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("it has no host".to_owned());
+    }
+    if let Some(port) = port
+        && (!port.bytes().all(|b| b.is_ascii_digit()) || !matches!(port.parse::<u16>(), Ok(1..)))
+    {
+        return Err(format!("the port {port:?} is not a number from 1 to 65535"));
+    }
+    Ok(())
 }

@@ -113,6 +113,25 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
         .any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
+/// The one-line message for a failed command: the error and its causes,
+/// joined by ": ", each said once. A cause whose text its wrapper already
+/// carries (a `"{path}: {source}"` message that also names `source` as
+/// its cause) is not repeated.
+pub fn message(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = one_line(&cause.to_string());
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// `text` on one line: line breaks become spaces, surrounding blanks go.
 pub fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")

@@ -88,7 +88,37 @@ fn load_public_key(arg: &str) -> anyhow::Result<PublicKey> {
             "{arg}: no such file (give a public key file, e.g. KEY.pub, or the key itself, {PUBLIC_KEY_PREFIX}<base64>)"
         )));
     }
-    Ok(PublicKey::load(path)?)
+    if starts_with_private_key(path) {
+        let public = public_key_path(path);
+        let instead = if public.is_file() {
+            format!("{}, the file next to it", public.display())
+        } else {
+            format!("its .pub file (written next to it by `taskrun keys generate`), or {PUBLIC_KEY_PREFIX}<base64>")
+        };
+        return Err(usage(format!(
+            "{arg} is a private key file, which must stay with its author (do not share it); give the public key \
+             instead: {instead}"
+        )));
+    }
+    PublicKey::load(path).map_err(|e| match e.root() {
+        taskrun_signing::Error::InvalidKey { reason, .. } => usage(format!(
+            "{arg} is not a public key file ({reason}); give a public key file, e.g. KEY.pub, or the key itself, \
+             {PUBLIC_KEY_PREFIX}<base64>"
+        )),
+        _ => anyhow::Error::new(e).context("cannot read the public key"),
+    })
+}
+
+/// Whether the file at `path` holds a private key (read no further than
+/// its prefix: the secret is not ours to read).
+fn starts_with_private_key(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut prefix = Vec::new();
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    if file.take(PRIVATE_KEY_PREFIX.len() as u64 + 16).read_to_end(&mut prefix).is_err() {
+        return false;
+    }
+    String::from_utf8_lossy(&prefix).trim_start().starts_with(PRIVATE_KEY_PREFIX)
 }
 
 fn trust(key: &str, policy_path: &Path, comment: Option<String>, agents: Vec<AgentName>) -> anyhow::Result<()> {

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) if error::is_broken_pipe(&e) => error::exit_code(&e),
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: {}", error::one_line(&format!("{e:#}")));
+            let _ = writeln!(std::io::stderr(), "error: {}", error::message(&e));
             error::exit_code(&e)
         }
     }

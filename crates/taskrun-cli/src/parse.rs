@@ -121,6 +121,10 @@ pub fn key_id(text: &str) -> Result<KeyId, String> {
 
 fn domain_message(text: &str, error: taskrun_core::Error, hint: &str) -> String {
     match error {
+        // The hint only where the reason does not already give it.
+        taskrun_core::Error::Invalid { reason, .. } if reason.contains(hint.strip_prefix("write ").unwrap_or(hint)) => {
+            format!("{text:?}: {reason}")
+        }
         taskrun_core::Error::Invalid { reason, .. } => format!("{text:?}: {reason} ({hint})"),
         taskrun_core::Error::Missing(_) => format!("empty value ({hint})"),
         other => format!("{text:?}: {other}"),

@@ -10,7 +10,7 @@ use taskrun_core::{Json, Run, Task, TaskId, TaskSpec};
 use taskrun_proto::pb;
 
 use crate::cli::{CreateArgs, ListArgs, TaskCommand};
-use crate::client::Connection;
+use crate::client::{Connection, MAX_REQUEST_BYTES};
 use crate::error::{EXIT_OK, usage};
 use crate::output::{self, line, note};
 use crate::parse;
@@ -37,12 +37,17 @@ pub fn spec_from_args(args: &CreateArgs) -> anyhow::Result<TaskSpec> {
         }
         (Some(text), _) => ("--input".to_owned(), text.clone()),
         (None, Some(path)) => {
+            // Refuse a file no request could carry before reading it all.
+            if let Ok(meta) = std::fs::metadata(path) {
+                check_input_size(&format!("--input-file {}", path.display()), meta.len())?;
+            }
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("reading the input file {}", path.display()))?;
             (format!("--input-file {}", path.display()), text)
         }
         (None, None) => ("the input".to_owned(), "null".to_owned()),
     };
+    check_input_size(&source, text.len() as u64)?;
     if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
         return Err(usage(format!("{source} is not valid JSON: {e}")));
     }
@@ -69,6 +74,26 @@ pub fn spec_from_args(args: &CreateArgs) -> anyhow::Result<TaskSpec> {
     // The input's size cap is the control plane's to decide.
     spec.validate(usize::MAX).map_err(|e| usage(spec_error(&e)))?;
     Ok(spec)
+}
+
+/// Refuses an input larger than one request can carry. The control
+/// plane's `limits.max_input_bytes` (1 MiB by default, at most a little
+/// under 16 MiB) is the real cap; only it knows its value, so smaller
+/// inputs are left for it to judge.
+fn check_input_size(source: &str, len: u64) -> anyhow::Result<()> {
+    if len > MAX_REQUEST_BYTES as u64 {
+        return Err(too_large(source, len));
+    }
+    Ok(())
+}
+
+fn too_large(source: &str, len: u64) -> anyhow::Error {
+    usage(format!(
+        "{source} is {} ({len} bytes), more than a request to the control plane can carry ({}); the control \
+         plane's limits.max_input_bytes (1 MiB by default) decides how large an input may be: pass a smaller input",
+        output::bytes(len),
+        output::bytes(MAX_REQUEST_BYTES as u64),
+    ))
 }
 
 /// A spec error in terms of the flag that set the field.
@@ -101,8 +126,14 @@ fn duration_ms(d: std::time::Duration) -> u64 {
 
 async fn create(conn: Connection, args: CreateArgs) -> anyhow::Result<ExitCode> {
     let spec = spec_from_args(&args)?;
-    let response =
-        conn.tasks().create_task(pb::CreateTaskRequest::from(spec)).await.map_err(|s| conn.error(s))?.into_inner();
+    let input_len = spec.input.as_str().len() as u64;
+    let request = pb::CreateTaskRequest::from(spec);
+    // The input alone fits (checked above); with the rest of the request
+    // it may not.
+    if taskrun_proto::encoded_len(&request) > MAX_REQUEST_BYTES {
+        return Err(too_large("the input", input_len));
+    }
+    let response = conn.tasks().create_task(request).await.map_err(|s| conn.error(s))?.into_inner();
     let task = Task::try_from(response.task.context("the control plane answered without the Task")?)
         .context("the control plane sent an invalid Task")?;
     if response.existing {
@@ -196,38 +227,39 @@ async fn list(conn: Connection, args: ListArgs) -> anyhow::Result<ExitCode> {
     let mut client = conn.tasks();
     let mut tasks = Vec::new();
     let mut page_token = String::new();
+    // --page-size alone: one page of that size, like the default page.
+    let following = args.all || args.limit.is_some();
+    let page_size = args.page_size.unwrap_or(if following { 1000 } else { 0 });
     let more = loop {
-        let page_size = match (args.all, args.limit) {
-            (true, _) => args.page_size,
-            (false, Some(limit)) => (limit - tasks.len() as u32).min(args.page_size),
-            // One page of the control plane's default size.
-            (false, None) => 0,
+        let size = match args.limit {
+            Some(limit) => (limit - tasks.len() as u32).min(page_size),
+            None => page_size,
         };
         let request = pb::ListTasksRequest {
             statuses: args.status.map(|s| vec![pb::TaskStatus::from(s).into()]).unwrap_or_default(),
             agent_name: args.agent.as_ref().map(ToString::to_string),
             label_selector: label_selector.clone(),
-            page_size: i32::try_from(page_size).unwrap_or(i32::MAX),
+            page_size: i32::try_from(size).unwrap_or(i32::MAX),
             page_token: std::mem::take(&mut page_token),
         };
         let response = client.list_tasks(request).await.map_err(|s| conn.error(s))?.into_inner();
         for t in response.tasks {
             tasks.push(Task::try_from(t).context("the control plane sent an invalid Task")?);
         }
-        if let (false, Some(limit)) = (args.all, args.limit) {
+        if let Some(limit) = args.limit {
             tasks.truncate(limit as usize);
         }
         page_token = response.next_page_token;
-        let done = match (args.all, args.limit) {
-            (true, _) => true,
-            (false, Some(limit)) => tasks.len() as u32 >= limit,
-            (false, None) => true,
-        };
         if page_token.is_empty() {
             break false;
         }
-        if done && !args.all {
-            break true;
+        match args.limit {
+            // --limit N: stop at N, without a hint (the user chose N).
+            Some(limit) if tasks.len() as u32 >= limit => break false,
+            Some(_) => {}
+            // --all follows every page; one page otherwise, and a hint.
+            None if args.all => {}
+            None => break true,
         }
     };
     if args.json {
@@ -257,7 +289,13 @@ async fn list(conn: Connection, args: ListArgs) -> anyhow::Result<ExitCode> {
 
 async fn cancel(conn: Connection, id: &TaskId, reason: Option<String>) -> anyhow::Result<ExitCode> {
     let request = pb::CancelTaskRequest { task_id: id.to_string(), reason: reason.unwrap_or_default() };
-    let response = conn.tasks().cancel_task(request).await.map_err(|s| conn.error(s))?.into_inner();
+    let response = match conn.tasks().cancel_task(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            return Err(not_cancellable(&conn, id, status).await);
+        }
+        Err(status) => return Err(conn.error(status)),
+    };
     let task = Task::try_from(response.task.context("the control plane answered without the Task")?)
         .context("the control plane sent an invalid Task")?;
     match &task.error {
@@ -265,6 +303,20 @@ async fn cancel(conn: Connection, id: &TaskId, reason: Option<String>) -> anyhow
         None => line(format!("{} {}", task.id, task.status))?,
     }
     Ok(ExitCode::from(EXIT_OK))
+}
+
+/// Why a Task could not be cancelled: it has ended already (the usual
+/// case, said in the Task's own terms), or the control plane's reason.
+async fn not_cancellable(conn: &Connection, id: &TaskId, status: tonic::Status) -> anyhow::Error {
+    match fetch(conn, id).await {
+        Ok((task, _)) if task.status == taskrun_core::TaskStatus::Cancelled => {
+            anyhow::anyhow!("task {id} is already CANCELLED")
+        }
+        Ok((task, _)) if task.status.is_terminal() => {
+            anyhow::anyhow!("task {id} is already {}: a Task that has ended cannot be cancelled", task.status)
+        }
+        _ => conn.error(status),
+    }
 }
 
 fn write_stdout(text: &str) -> std::io::Result<()> {

@@ -1,12 +1,14 @@
 //! `taskrun-control-plane`: serves the TaskRun API.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use taskrun_control_plane::config::StoreKind;
-use taskrun_control_plane::{Config, Server};
+use taskrun_control_plane::{Config, Error, Server};
 use tracing::info;
 
 /// mimalloc: fewer cycles in malloc/free than glibc under many small,
@@ -42,14 +44,21 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
     let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
+        Some(path) => Config::from_file(path).map_err(|e| config_error(path, e))?,
         None => Config::default(),
     };
     if let Some(listen) = args.listen {
@@ -67,13 +76,61 @@ async fn main() -> Result<()> {
     if let Some(policy) = args.trust_policy {
         config.trust_policy = Some(policy);
     }
-    let server = Server::start(config).await.context("starting the control plane")?;
+    let server = Server::start(config).await.map_err(start_error)?;
     // The one line scripts wait for.
     info!(addr = %server.addr(), "ready");
     shutdown_signal().await;
     info!("shutting down");
     server.shutdown().await.context("shutting down")?;
     Ok(())
+}
+
+/// A config file that did not load, saying which and what to do.
+fn config_error(path: &Path, error: Error) -> anyhow::Error {
+    match &error {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "config file {}: no such file (give --config or TASKRUN_CONFIG an existing TOML file, or leave it out \
+             for the defaults)",
+            path.display()
+        ),
+        _ => anyhow::Error::new(error),
+    }
+}
+
+/// Why the control plane did not start, with what to do where we know.
+fn start_error(error: Error) -> anyhow::Error {
+    match &error {
+        Error::Bind { addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "cannot listen on {addr}: the address is in use (is another control plane running? stop it, or \
+             choose another address with --listen, TASKRUN_LISTEN or listen in the config)"
+        ),
+        _ => anyhow::Error::new(error).context("cannot start the control plane"),
+    }
+}
+
+/// Prints `error: <message>` on stderr as one line and returns a failing
+/// exit code. No `Caused by:` list, no backtrace.
+fn report(error: &anyhow::Error) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "error: {}", error_line(error));
+    ExitCode::FAILURE
+}
+
+/// `error` and its causes on one line, joined by ": ", each said once: a
+/// cause whose text its wrapper already carries (`"{path}: {source}"`
+/// that also names `source` as its cause) is skipped.
+fn error_line(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Ctrl-C or SIGTERM.
@@ -87,4 +144,35 @@ async fn shutdown_signal() {
         return;
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_one_line_that_say_each_cause_once_and_what_to_do() {
+        let path = Path::new("/nonexistent/taskrun.toml");
+        let missing = Config::from_file(path).expect_err("no such file");
+        assert_eq!(
+            error_line(&config_error(path, missing)),
+            "config file /nonexistent/taskrun.toml: no such file (give --config or TASKRUN_CONFIG an existing TOML \
+             file, or leave it out for the defaults)"
+        );
+
+        // `Error::Io` says its source and also names it as its cause.
+        let io = Error::Io { path: "x.toml".into(), source: std::io::Error::other("disk on fire") };
+        assert_eq!(error_line(&start_error(io)), "cannot start the control plane: x.toml: disk on fire");
+
+        let addr: SocketAddr = "127.0.0.1:7070".parse().expect("addr");
+        let in_use = Error::Bind { addr, source: std::io::ErrorKind::AddrInUse.into() };
+        assert_eq!(
+            error_line(&start_error(in_use)),
+            "cannot listen on 127.0.0.1:7070: the address is in use (is another control plane running? stop it, or \
+             choose another address with --listen, TASKRUN_LISTEN or listen in the config)"
+        );
+        let refused = Error::Bind { addr, source: std::io::ErrorKind::PermissionDenied.into() };
+        let line = error_line(&start_error(refused));
+        assert_eq!(line.matches("permission denied").count(), 1, "{line}");
+    }
 }

@@ -1,6 +1,8 @@
 //! `taskrun-worker`: runs agents for a TaskRun control plane.
 
+use std::io::Write as _;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -38,12 +40,19 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
     let mut config = WorkerConfig::from_file(&args.config)?;
     if let Some(url) = args.control_plane {
         config.control_plane = url;
@@ -57,7 +66,7 @@ async fn main() -> Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
-    let worker = Worker::new(config).context("starting the worker")?;
+    let worker = Worker::new(config).context("cannot start the Worker")?;
     let running = {
         let worker = worker.clone();
         tokio::spawn(async move { worker.run().await })
@@ -67,6 +76,31 @@ async fn main() -> Result<()> {
     worker.shut_down();
     running.await.context("worker task")??;
     Ok(())
+}
+
+/// Prints `error: <message>` on stderr as one line and returns a failing
+/// exit code. No `Caused by:` list, no backtrace.
+fn report(error: &anyhow::Error) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "error: {}", error_line(error));
+    ExitCode::FAILURE
+}
+
+/// `error` and its causes on one line, joined by ": ", each said once: a
+/// cause whose text its wrapper already carries (`"{path}: {source}"`
+/// that also names `source` as its cause) is skipped.
+fn error_line(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Ctrl-C or SIGTERM.
@@ -80,4 +114,24 @@ async fn shutdown_signal() {
         return;
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_one_line_that_say_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{path}: {source}")]
+        struct Doubled {
+            path: &'static str,
+            source: std::io::Error,
+        }
+        let error = anyhow::Error::new(Doubled { path: "w.toml", source: std::io::Error::other("disk on fire") })
+            .context("cannot start the Worker");
+        assert_eq!(error_line(&error), "cannot start the Worker: w.toml: disk on fire");
+        let error = anyhow::anyhow!("line one\n  line two").context("outer");
+        assert_eq!(error_line(&error), "outer: line one line two");
+    }
 }

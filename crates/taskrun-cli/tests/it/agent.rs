@@ -196,3 +196,100 @@ async fn show_of_an_unknown_agent_prints_the_servers_message() {
     assert_eq!(out.stderr.trim(), "error: agent nope@1.2.3 is not published (publish it with `taskrun agent publish`)");
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_wrong_key_file_is_named_once_with_the_file_to_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("author.key");
+    run(None, &["keys", "generate", "--out", path_str(&key)]).await.ok();
+    let public = dir.path().join("author.key.pub");
+    let component = dir.path().join("echo.wasm");
+    std::fs::write(&component, COMPONENT).unwrap();
+    let sign = |key: &str| {
+        let component = path_str(&component).to_owned();
+        let key = key.to_owned();
+        async move { run(None, &["agent", "sign", &component, "--key", &key, "--name", "echo", "--version", "1.0.0"]).await }
+    };
+
+    // The public key (mode 0644, as written): that it is a public key comes
+    // first, not its mode; also after chmod 600.
+    let expected = format!(
+        "error: --key {} is a public key; signing needs the private key: give {}, the file next to it without .pub",
+        public.display(),
+        key.display()
+    );
+    let out = sign(path_str(&public)).await;
+    out.expect_code(64);
+    assert_eq!(out.stderr.trim(), expected);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let out = sign(path_str(&public)).await;
+        out.expect_code(64);
+        assert_eq!(out.stderr.trim(), expected);
+    }
+    // The same with `agent publish --key` (nothing is sent: no server).
+    let out = run(
+        None,
+        &["agent", "publish", path_str(&component), "--key", path_str(&public), "--name", "echo", "--version", "1.0.0"],
+    )
+    .await;
+    out.expect_code(64);
+    assert_eq!(out.stderr.trim(), expected);
+
+    // A path where nothing is.
+    let missing = dir.path().join("nonexistent.key");
+    let out = sign(path_str(&missing)).await;
+    out.expect_code(64);
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "error: --key {}: no such file; give the private key file `taskrun keys generate` wrote, or make one \
+             with `taskrun keys generate --out PATH`",
+            missing.display()
+        )
+    );
+
+    // A file that is no key: the reason once.
+    let junk = dir.path().join("junk.key");
+    std::fs::write(&junk, "hello\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let out = sign(path_str(&junk)).await;
+    out.expect_code(64);
+    let message = out.stderr.trim();
+    assert!(
+        message.starts_with(&format!("error: --key {} is not a private key file (must start with", junk.display())),
+        "{message}"
+    );
+    assert_eq!(message.matches("must start with").count(), 1, "{message}");
+
+    // A private key others may read: its mode, said once.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = sign(path_str(&key)).await;
+        out.expect_code(1);
+        assert_eq!(
+            out.stderr.trim(),
+            format!(
+                "error: private key file {} is accessible by group or others (mode 0644); run `chmod 600` on it",
+                key.display()
+            )
+        );
+    }
+    assert!(!dir.path().join("echo.wasm.sig").exists(), "nothing was signed");
+}
+
+#[tokio::test]
+async fn a_malformed_version_says_what_to_write_once() {
+    let out = run(None, &["agent", "sign", "x.wasm", "--key", "k", "--name", "echo", "--version", "0.2"]).await;
+    out.expect_code(64);
+    assert!(out.stderr.contains("\"0.2\": expected MAJOR.MINOR.PATCH, e.g. 1.2.3\n"), "{}", out.stderr);
+    assert_eq!(out.stderr.matches("MAJOR.MINOR.PATCH").count(), 1, "{}", out.stderr);
+}

@@ -155,10 +155,32 @@ async fn trust_explains_what_is_wrong_with_the_key_argument() {
     let key = dir.path().join("k");
     run(None, &["keys", "generate", "--out", path_str(&key)]).await.ok();
 
-    // The private key by mistake.
+    // The private key file by mistake: said once, with the file to give.
     let out = run(None, &["keys", "trust", path_str(&key), "--policy", path_str(&policy)]).await;
-    out.expect_code(1);
-    assert!(out.stderr.contains("private key"), "{}", out.stderr);
+    out.expect_code(64);
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "error: {} is a private key file, which must stay with its author (do not share it); give the public \
+             key instead: {}.pub, the file next to it",
+            key.display(),
+            key.display()
+        )
+    );
+
+    // A file that is no key at all.
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, "hello\n").unwrap();
+    let out = run(None, &["keys", "trust", path_str(&junk), "--policy", path_str(&policy)]).await;
+    out.expect_code(64);
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "error: {} is not a public key file (must start with \"ed25519:\"); give a public key file, e.g. \
+             KEY.pub, or the key itself, ed25519:<base64>",
+            junk.display()
+        )
+    );
 
     // The private key's text pasted in: refused, and not echoed back.
     let secret = std::fs::read_to_string(&key).unwrap();

@@ -75,6 +75,29 @@ fn references_and_ids() {
 }
 
 #[test]
+fn a_hint_the_reason_already_gives_is_not_repeated() {
+    assert_eq!(parse::agent_version("0.2").unwrap_err(), "\"0.2\": expected MAJOR.MINOR.PATCH, e.g. 1.2.3");
+    assert_eq!(
+        parse::agent_version("1.02.3").unwrap_err(),
+        "\"1.02.3\": each part must be a number without leading zeros (write MAJOR.MINOR.PATCH, e.g. 1.2.3)"
+    );
+}
+
+#[test]
+fn an_error_and_its_causes_are_one_line_each_said_once() {
+    // The signing crate's file errors say their source and name it as
+    // their cause: anyhow's "{:#}" would print it twice.
+    let error = taskrun_signing::PublicKey::load("/nonexistent/k.pub").unwrap_err();
+    let error = anyhow::Error::new(error).context("cannot read the public key");
+    assert_eq!(
+        taskrun_cli::error::message(&error),
+        "cannot read the public key: /nonexistent/k.pub: No such file or directory (os error 2)"
+    );
+    let error = anyhow::anyhow!("line one\n  line two").context("outer");
+    assert_eq!(taskrun_cli::error::message(&error), "outer: line one line two");
+}
+
+#[test]
 fn times_are_utc_rfc3339() {
     for (ms, text) in [
         (0, "1970-01-01T00:00:00Z"),

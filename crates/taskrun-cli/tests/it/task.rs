@@ -62,6 +62,79 @@ async fn an_unreachable_control_plane_is_one_line_that_says_what_to_do() {
 }
 
 #[tokio::test]
+async fn a_malformed_server_url_is_a_usage_error_that_says_why() {
+    for (server, why) in [
+        ("http://127.0.0.1:notaport", "the port \"notaport\" is not a number from 1 to 65535"),
+        ("http://127.0.0.1:70000", "the port \"70000\" is not a number from 1 to 65535"),
+        ("127.0.0.1:", "the port \"\" is not a number from 1 to 65535"),
+        ("http://:7070", "it has no host"),
+    ] {
+        let out = run(Some(server), &["task", "list"]).await;
+        out.expect_code(64);
+        assert_eq!(
+            out.stderr.trim(),
+            format!("error: --server {server} is not a valid URL: {why} (e.g. http://127.0.0.1:7070)"),
+            "{server}"
+        );
+    }
+    // Commands that never connect do not care.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    run(Some("http://127.0.0.1:notaport"), &["keys", "generate", "--out", path_str(&key)]).await.ok();
+}
+
+#[tokio::test]
+async fn an_input_no_request_can_carry_is_refused_before_sending() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.json");
+    // A JSON string of 20 MB.
+    let mut text = String::with_capacity(20_000_000);
+    text.push('"');
+    text.extend(std::iter::repeat_n('x', 20_000_000 - 2));
+    text.push('"');
+    std::fs::write(&file, &text).unwrap();
+
+    let out = run(Some(&url), &["task", "create", "echo", "--input-file", path_str(&file)]).await;
+    out.expect_code(64);
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "error: --input-file {} is 19.1 MiB (20000000 bytes), more than a request to the control plane can \
+             carry (16.0 MiB); the control plane's limits.max_input_bytes (1 MiB by default) decides how large an \
+             input may be: pass a smaller input",
+            file.display()
+        )
+    );
+    // Just under 16 MiB of input, but not with the rest of the request.
+    text.truncate((16 << 20) - 10);
+    text.push('"');
+    let out = run_with_stdin(Some(&url), &["task", "create", "echo", "--input", "-", "--label", "a=b"], &text).await;
+    out.expect_code(64);
+    assert!(
+        out.stderr.starts_with("error: the input is 16.0 MiB (16777207 bytes), more than a request"),
+        "{}",
+        out.stderr
+    );
+
+    let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+    assert!(accepted.is_err(), "nothing may have been sent");
+}
+
+#[tokio::test]
+async fn cancelling_a_task_that_has_ended_says_so() {
+    let env = Env::start().await;
+    env.publish("echo", "1.0.0").await;
+    let id = env.run(&["task", "create", "echo"]).await.stdout.trim().to_owned();
+    env.run(&["task", "cancel", &id]).await.ok();
+    let out = env.run(&["task", "cancel", &id]).await;
+    out.expect_code(1);
+    assert_eq!(out.stderr.trim(), format!("error: task {id} is already CANCELLED"));
+    env.stop().await;
+}
+
+#[tokio::test]
 async fn creating_a_task_for_an_unknown_agent_prints_the_not_found_message() {
     let env = Env::start().await;
     let out = env.run(&["task", "create", "nope", "--input", "{}"]).await;
@@ -231,15 +304,29 @@ async fn list_follows_pages_only_when_asked() {
     assert_eq!(sorted, created);
     assert!(out.stderr.is_empty(), "{}", out.stderr);
 
-    // The first two of the same order, and a note that there are more.
+    // The first two of the same order, one per request; --limit says how
+    // many, so no note that there are more.
     let out = env.run(&["task", "list", "--limit", "2", "--page-size", "1", "--json"]).await;
     out.ok();
     assert_eq!(ids(&out), all[..2]);
-    assert!(out.stderr.contains("more Tasks match"), "{}", out.stderr);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
 
     // --limit larger than a page, smaller than the total.
     let out = env.run(&["task", "list", "--limit", "2", "--json"]).await;
     assert_eq!(ids(&out), all[..2]);
+    let out = env.run(&["task", "list", "--limit", "1"]).await;
+    out.ok();
+    assert_eq!(out.stdout.lines().count(), 2, "a header and one Task: {}", out.stdout);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+
+    // --page-size alone: one page of that size, and the note.
+    let out = env.run(&["task", "list", "--page-size", "2", "--json"]).await;
+    out.ok();
+    assert_eq!(ids(&out), all[..2]);
+    assert_eq!(out.stderr.trim(), "more Tasks match: use --all, or --limit N to see more");
+    let out = env.run(&["task", "list", "--page-size", "3", "--json"]).await;
+    assert_eq!(ids(&out), all);
+    assert!(out.stderr.is_empty(), "all fit in the page: {}", out.stderr);
     env.stop().await;
 }
 

@@ -115,12 +115,37 @@ fn default_slots() -> u32 {
 
 impl WorkerConfig {
     pub fn from_toml(text: &str) -> Result<WorkerConfig> {
-        toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
+        toml::from_str(text).map_err(|e| Error::Config(toml_error(text, &e)))
     }
 
     pub fn from_file(path: &Path) -> Result<WorkerConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        WorkerConfig::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        let shown = path.display();
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Config(format!(
+                "{shown}: no such file (give --config the Worker's TOML file; see docs/worker.md)"
+            )),
+            _ => Error::Config(format!("{shown}: {e}")),
+        })?;
+        // `from_toml`'s error already says "worker config"; add the file only.
+        WorkerConfig::from_toml(&text).map_err(|e| match e {
+            Error::Config(message) => Error::Config(format!("{shown}: {message}")),
+            other => other,
+        })
+    }
+
+    /// The error for a trust policy that did not load. The signing crate's
+    /// error names the file already.
+    pub(crate) fn trust_policy_error(&self, error: &taskrun_signing::Error) -> Error {
+        let path = self.trust_policy.display();
+        match error.root() {
+            taskrun_signing::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Error::Config(format!(
+                    "trust_policy {path}: no such file (pin the keys whose agents this Worker runs with \
+                     `taskrun keys trust KEY.pub --policy {path}`, or point trust_policy at the operator's policy)"
+                ))
+            }
+            _ => Error::Config(format!("trust_policy: {error}")),
+        }
     }
 
     /// A config with defaults, for tests and embedding.
@@ -172,6 +197,17 @@ impl WorkerConfig {
         taskrun_core::validate_labels("labels", &self.labels).map_err(|e| Error::Config(e.to_string()))?;
         self.sandbox.validate()
     }
+}
+
+/// A TOML error on one line: where, then what (toml's own text draws the
+/// line with a caret over several lines).
+fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    let Some(before) = error.span().and_then(|span| text.get(..span.start)) else {
+        return error.message().to_owned();
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("line {line}, column {column}: {}", error.message())
 }
 
 impl SandboxSection {
@@ -228,6 +264,37 @@ mod tests {
             .expect("explicit")
             .sandbox;
         assert_eq!((s.max_output_bytes, s.max_model_calls, s.max_result_bytes), (100, 0, 8 << 20));
+    }
+
+    #[test]
+    fn a_config_file_that_does_not_load_is_named_once_with_what_to_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("w.toml");
+        let error = WorkerConfig::from_file(&missing).expect_err("no such file").to_string();
+        assert_eq!(
+            error,
+            format!(
+                "worker config: {}: no such file (give --config the Worker's TOML file; see docs/worker.md)",
+                missing.display()
+            )
+        );
+        let broken = dir.path().join("broken.toml");
+        std::fs::write(&broken, "id = \"w1\"\nslots = [\n").expect("write");
+        let error = WorkerConfig::from_file(&broken).expect_err("bad TOML").to_string();
+        assert_eq!(error.matches("worker config").count(), 1, "{error}");
+        assert!(error.starts_with(&format!("worker config: {}: line 2, column ", broken.display())), "{error}");
+        assert!(!error.contains('\n'), "one line: {error}");
+
+        let config =
+            WorkerConfig::new("w1".parse().expect("id"), "http://127.0.0.1:7070", missing.clone(), dir.path().into());
+        let policy_error = taskrun_signing::TrustPolicy::load(&missing).expect_err("no policy");
+        let error = config.trust_policy_error(&policy_error).to_string();
+        assert_eq!(error.matches(&missing.display().to_string()).count(), 2, "the path, then the command: {error}");
+        assert!(
+            error.starts_with(&format!("worker config: trust_policy {}: no such file (", missing.display())),
+            "{error}"
+        );
+        assert!(!error.contains("os error"), "{error}");
     }
 
     #[test]

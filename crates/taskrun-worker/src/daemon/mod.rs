@@ -174,8 +174,7 @@ impl Worker {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::Config(format!("data_dir {}: {e}", config.data_dir.display())))?;
-        let policy = TrustPolicy::load(&config.trust_policy)
-            .map_err(|e| Error::Config(format!("trust policy {}: {e}", config.trust_policy.display())))?;
+        let policy = TrustPolicy::load(&config.trust_policy).map_err(|e| config.trust_policy_error(&e))?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let verifier = Verifier::new(policy, Arc::clone(&clock))
             .with_rollback_file(config.data_dir.join("rollback-state.toml"))
