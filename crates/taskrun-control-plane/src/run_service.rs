@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use taskrun_core::{RunId, Worker, WorkerId, WorkerInfo, WorkerState};
 use taskrun_proto::{InvalidMessage, RunOutputReport, RunProgress, RunStatusReport, pb};
 use taskrun_store::{AppendOutcome, Error as StoreError};
@@ -51,13 +51,15 @@ impl pb::run_service_server::RunService for RunApi {
         let info = WorkerInfo::try_from(hello.info.ok_or(InvalidMessage::Missing("hello.info".into()))?)
             .map_err(|e| Status::from(e.under("hello.info")))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let generation = cp.register(info.clone(), tx.clone()).await?;
+        let generation = cp.register(info.clone(), tx, &hello.in_flight).await?;
         let accepted = cp.accept(&info, &hello.in_flight).await;
-        // The receiver is ours until we return it, so this cannot fail.
-        let _ = tx.send(Ok(pb::RunServerMessage { kind: Some(ServerKind::Accepted(accepted)) }));
         cp.kick.notify_one();
         tokio::spawn(session_loop(Arc::clone(&cp), info.id, generation, inbound));
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        // WorkerAccepted comes first, before anything sent to the session
+        // while it registered (an assignment, a cancel).
+        let accepted = Ok(pb::RunServerMessage { kind: Some(ServerKind::Accepted(accepted)) });
+        let stream = futures::stream::once(std::future::ready(accepted)).chain(UnboundedReceiverStream::new(rx));
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -143,12 +145,27 @@ async fn lane(cp: Arc<ControlPlane>, worker: WorkerId, mut rx: mpsc::UnboundedRe
 
 impl ControlPlane {
     /// Records the Worker as connected and installs its session, replacing
-    /// an older connection of the same Worker.
-    async fn register(&self, info: WorkerInfo, tx: crate::state::Outbound) -> Result<u64, Status> {
+    /// an older connection of the same Worker (whose stream is closed).
+    ///
+    /// The Worker's hello lists the Runs it holds. Every other Run the
+    /// store says it holds never reached it (sent down a connection that
+    /// was already dead, or held by a process that restarted): those fail
+    /// over as a lost Worker's Runs do, and are retried per their Tasks'
+    /// policies. Two live processes must not share a Worker id; if they
+    /// do, each connection replaces the other and fails over the Runs the
+    /// other holds.
+    async fn register(
+        &self,
+        info: WorkerInfo,
+        tx: crate::state::Outbound,
+        in_flight: &[pb::InFlightRun],
+    ) -> Result<u64, Status> {
+        let id = info.id.clone();
+        let _turn = self.worker_turn(&id).await;
         let now = self.clock.now();
-        let (first_seen, state) = match self.store.get_worker(&info.id).await {
+        let (first_seen, state) = match self.store.get_worker(&id).await {
             Ok(w) if w.state == WorkerState::Revoked => {
-                return Err(Status::permission_denied(format!("worker {} is revoked", info.id)));
+                return Err(Status::permission_denied(format!("worker {id} is revoked")));
             }
             // A drained Worker stays draining across reconnects.
             Ok(w) if w.state == WorkerState::Draining => (w.first_seen, WorkerState::Draining),
@@ -161,14 +178,90 @@ impl ControlPlane {
             .await
             .map_err(store_status)?;
         let generation = self.next_generation();
-        let active: HashSet<RunId> =
-            self.store.active_runs_of_worker(&info.id).await.map_err(store_status)?.into_iter().map(|r| r.id).collect();
-        info!(worker_id = %info.id, slots = info.slots, active = active.len(), "worker connected");
-        self.sessions().insert(
-            info.id.clone(),
-            Session { generation, tx, info: Arc::new(info), state, active, reserved: 0, last_assigned: 0 },
+        let slots = info.slots;
+        // The session goes in before the store is read, closed to placement
+        // (draining) until it is known which Runs the Worker holds: a Run
+        // delivered from now on goes down this stream and into `active`;
+        // one delivered before is in what the store read returns.
+        let replaced = self.sessions().insert(
+            id.clone(),
+            Session {
+                generation,
+                tx,
+                info: Arc::new(info),
+                state: WorkerState::Draining,
+                active: HashSet::new(),
+                reserved: 0,
+                last_assigned: 0,
+            },
         );
+        if let Some(old) = replaced {
+            warn!(
+                worker_id = %id,
+                old_generation = old.generation,
+                "worker connected again while its previous stream was open: that stream is closed (a second live \
+                 process with this worker id would lose its runs)"
+            );
+        }
+        let held = match self.store.active_runs_of_worker(&id).await {
+            Ok(runs) => runs,
+            Err(e) => {
+                let mut sessions = self.sessions();
+                if sessions.get(&id).is_some_and(|s| s.generation == generation) {
+                    sessions.remove(&id);
+                }
+                return Err(store_status(e));
+            }
+        };
+        let listed: HashMap<&str, i64> = in_flight.iter().map(|r| (r.run_id.as_str(), r.lease)).collect();
+        let (active, missing) = {
+            let mut sessions = self.sessions();
+            // Only shutdown removes a session while we hold the Worker's turn.
+            let Some(session) = sessions.get_mut(&id).filter(|s| s.generation == generation) else {
+                return Err(Status::unavailable("the control plane is shutting down"));
+            };
+            let mut missing = Vec::new();
+            for run in held {
+                let lease = i64::try_from(run.lease).ok();
+                if session.active.contains(&run.id) {
+                    // Delivered down this stream after the session went in.
+                } else if lease.is_some() && listed.get(run.id.as_str()) == lease.as_ref() {
+                    session.active.insert(run.id);
+                } else {
+                    missing.push(run.id);
+                }
+            }
+            session.state = state;
+            (session.active.len(), missing)
+        };
+        info!(worker_id = %id, generation, slots, active, missing = missing.len(), "worker connected");
+        if !missing.is_empty() {
+            self.fail_missing_runs(&id, &missing).await;
+        }
         Ok(generation)
+    }
+
+    /// Fails over the Runs the store says `worker` holds but its hello did
+    /// not list: the Worker does not have them.
+    async fn fail_missing_runs(&self, worker: &WorkerId, missing: &[RunId]) {
+        let reason = format!("worker {worker} reconnected without the run");
+        warn!(worker_id = %worker, runs = missing.len(), "worker reconnected without runs the store gave it; failing them over");
+        let failed = match self.store.fail_runs(worker, missing, &reason, self.clock.now()).await {
+            Ok(failed) => failed,
+            Err(e) => {
+                warn!(worker_id = %worker, error = %e, "could not fail the runs a reconnected worker lacks");
+                return;
+            }
+        };
+        for change in &failed.changes {
+            // Such a Run may yet have been delivered down the new stream
+            // (a placement that raced the reconnect): stop it there.
+            let delivered = self.sessions().get_mut(worker).is_some_and(|s| s.active.remove(&change.run.id));
+            if delivered {
+                self.cancel_on_workers(std::slice::from_ref(&change.run), &reason);
+            }
+        }
+        self.settle_failed(worker, failed);
     }
 
     /// The answer to a hello: settings and a verdict per in-flight Run.
@@ -401,38 +494,59 @@ impl ControlPlane {
     }
 
     /// The Worker's stream ended or went silent: its Runs fail (and are
-    /// retried per policy) and it is fenced off from them.
+    /// retried per policy) and it is fenced off from them. Nothing happens
+    /// if a newer connection of the Worker has registered since.
     pub(crate) async fn worker_lost(&self, worker: &WorkerId, generation: u64, reason: &str) {
+        let _turn = self.worker_turn(worker).await;
         {
             let mut sessions = self.sessions();
             if sessions.get(worker).is_none_or(|s| s.generation != generation) {
+                debug!(worker_id = %worker, generation, reason, "a replaced connection of the worker ended");
                 return;
             }
             sessions.remove(worker);
         }
-        self.fail_over(worker, reason).await;
+        self.fail_over_now(worker, reason).await;
     }
 
     /// Marks a Worker that has no session lost and fails its Runs over:
     /// each gets a new lease (fencing the Worker), fails, and is retried
     /// per its Task's policy; Tasks that ended get their other Runs
-    /// cancelled.
+    /// cancelled. Nothing happens if the Worker has (re)connected.
     pub(crate) async fn fail_over(&self, worker: &WorkerId, reason: &str) {
+        let _turn = self.worker_turn(worker).await;
+        if self.sessions().contains_key(worker) {
+            debug!(worker_id = %worker, reason, "worker reconnected: not failed over");
+            return;
+        }
+        self.fail_over_now(worker, reason).await;
+    }
+
+    /// [`ControlPlane::fail_over`], for a caller that holds the Worker's
+    /// turn and has seen it has no session.
+    async fn fail_over_now(&self, worker: &WorkerId, reason: &str) {
         warn!(worker_id = %worker, reason, "worker lost");
         if let Err(e) = self.store.set_worker_state(worker, WorkerState::Lost).await {
             warn!(worker_id = %worker, error = %e, "could not mark worker lost");
         }
         match self.store.fail_runs_of_worker(worker, &format!("worker {worker} lost: {reason}"), self.clock.now()).await
         {
-            Ok(changes) => {
-                for change in &changes {
-                    self.publish(&change.events);
-                    self.cancel_on_workers(&change.cancelled_runs, "task ended");
-                }
-                self.kick.notify_one();
-            }
+            Ok(failed) => self.settle_failed(worker, failed),
             Err(e) => warn!(worker_id = %worker, error = %e, "could not fail the runs of a lost worker"),
         }
+    }
+
+    /// Publishes what failing a Worker's Runs changed, cancels the other
+    /// Runs of Tasks that ended, and logs each Run that could not be failed.
+    fn settle_failed(&self, worker: &WorkerId, failed: taskrun_store::FailedRuns) {
+        for change in &failed.changes {
+            self.publish(&change.events);
+            self.cancel_on_workers(&change.cancelled_runs, "task ended");
+        }
+        for (run, e) in &failed.errors {
+            warn!(worker_id = %worker, run_id = %run, error = %e, "could not fail a run over");
+        }
+        self.kick.notify_one();
     }
 }
 

@@ -55,6 +55,9 @@ pub struct ControlPlane {
     /// Checks what PublishAgent receives; None = publishing is refused.
     pub(crate) verifier: Option<Arc<taskrun_signing::Verifier>>,
     sessions: Mutex<HashMap<WorkerId, Session>>,
+    /// One per Worker id: a registration and the handling of a loss of the
+    /// same Worker take turns (see [`ControlPlane::worker_turn`]).
+    worker_turns: Mutex<HashMap<WorkerId, Arc<tokio::sync::Mutex<()>>>>,
     /// Wakes the scheduler: a Task was created, a slot freed, a Worker came.
     pub(crate) kick: Notify,
     watchers: Mutex<HashMap<TaskId, watch::Sender<u64>>>,
@@ -86,6 +89,7 @@ impl ControlPlane {
             config,
             verifier,
             sessions: Mutex::new(HashMap::new()),
+            worker_turns: Mutex::new(HashMap::new()),
             kick: Notify::new(),
             watchers: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
@@ -105,6 +109,18 @@ impl ControlPlane {
         // A panic while holding the lock cannot leave a session half-updated
         // in a way that matters more than losing the whole map would.
         self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits for `worker`'s turn to register or to be handled as lost, so
+    /// that the store writes of one never interleave with the other's (a
+    /// loss handled late would otherwise mark a Worker that just
+    /// reconnected Lost, and fail the Runs it holds now).
+    pub(crate) async fn worker_turn(&self, worker: &WorkerId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut turns = self.worker_turns.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(turns.entry(worker.clone()).or_default())
+        };
+        lock.lock_owned().await
     }
 
     pub(crate) fn next_generation(&self) -> u64 {

@@ -60,13 +60,18 @@ pub struct ModelBackend {
 }
 
 impl ModelBackend {
+    /// Longest `name`, bytes.
+    pub const MAX_NAME_LEN: usize = 64;
+    /// Longest `provider`, bytes.
+    pub const MAX_PROVIDER_LEN: usize = 64;
+    /// Longest `model_name`, bytes.
+    pub const MAX_MODEL_NAME_LEN: usize = 256;
+
     /// Checks the fields a ModelBackend must have to be announced.
     pub fn validate(&self) -> Result<()> {
-        crate::ids::check_token("model_backend.name", &self.name, 64)?;
-        crate::ids::check_token("model_backend.provider", &self.provider, 64)?;
-        if self.model_name.is_empty() || self.model_name.len() > 256 {
-            return Err(Error::invalid("model_backend.model_name", &self.model_name, "must be 1 to 256 bytes"));
-        }
+        crate::ids::check_token("model_backend.name", &self.name, Self::MAX_NAME_LEN)?;
+        check_provider("model_backend.provider", &self.provider)?;
+        check_model_name("model_backend.model_name", &self.model_name)?;
         if self.context_window == 0 {
             return Err(Error::invalid("model_backend.context_window", "0", "must be greater than zero"));
         }
@@ -89,6 +94,19 @@ impl ModelRequirement {
         self == &ModelRequirement::default()
     }
 
+    /// Checks that what is set could be met: a provider or model name that
+    /// no ModelBackend may announce (see [`ModelBackend::validate`]) would
+    /// match no Worker, and its Task would wait forever.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(provider) = &self.provider {
+            check_provider("model.provider", provider)?;
+        }
+        if let Some(model_name) = &self.model_name {
+            check_model_name("model.model_name", model_name)?;
+        }
+        Ok(())
+    }
+
     /// Whether `backend` satisfies this requirement.
     pub fn matches(&self, backend: &ModelBackend) -> bool {
         self.provider.as_ref().is_none_or(|p| p == &backend.provider)
@@ -102,4 +120,21 @@ impl ModelRequirement {
     pub fn met_by(&self, backends: &[ModelBackend]) -> bool {
         self.is_empty() || backends.iter().any(|b| self.matches(b))
     }
+}
+
+/// A provider as a ModelBackend may announce it.
+fn check_provider(field: &'static str, provider: &str) -> Result<()> {
+    crate::ids::check_token(field, provider, ModelBackend::MAX_PROVIDER_LEN)
+}
+
+/// A model name as a ModelBackend may announce it.
+fn check_model_name(field: &'static str, model_name: &str) -> Result<()> {
+    if model_name.is_empty() || model_name.len() > ModelBackend::MAX_MODEL_NAME_LEN {
+        return Err(Error::invalid(
+            field,
+            model_name,
+            format!("must be 1 to {} bytes", ModelBackend::MAX_MODEL_NAME_LEN),
+        ));
+    }
+    Ok(())
 }

@@ -274,6 +274,7 @@ impl TaskSpec {
         }
         self.retry.validate()?;
         self.limits.validate()?;
+        self.model.validate()?;
         if let Some(key) = &self.idempotency_key
             && (key.is_empty() || key.len() > 256)
         {

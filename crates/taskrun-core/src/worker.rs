@@ -24,10 +24,34 @@ pub struct WorkerInfo {
 
 impl WorkerInfo {
     pub const MAX_SLOTS: u32 = 4096;
+    /// Most agent names a Worker may list.
+    pub const MAX_AGENTS: usize = 1024;
+    /// Most agent digests a Worker may announce.
+    pub const MAX_DIGESTS: usize = 4096;
+    /// Most ModelBackends a Worker may announce.
+    pub const MAX_MODEL_BACKENDS: usize = 256;
+    /// Longest `version`, bytes.
+    pub const MAX_VERSION_LEN: usize = 128;
 
     pub fn validate(&self) -> Result<()> {
         if self.slots == 0 || self.slots > Self::MAX_SLOTS {
             return Err(Error::invalid("slots", self.slots, format!("must be 1 to {}", Self::MAX_SLOTS)));
+        }
+        for (field, len, max) in [
+            ("agents", self.agents.len(), Self::MAX_AGENTS),
+            ("digests", self.digests.len(), Self::MAX_DIGESTS),
+            ("model_backends", self.model_backends.len(), Self::MAX_MODEL_BACKENDS),
+        ] {
+            if len > max {
+                return Err(Error::invalid(field, format!("{len} entries"), format!("more than {max} entries")));
+            }
+        }
+        if self.version.len() > Self::MAX_VERSION_LEN {
+            return Err(Error::invalid(
+                "version",
+                format!("{} bytes", self.version.len()),
+                format!("longer than {} bytes", Self::MAX_VERSION_LEN),
+            ));
         }
         validate_labels("labels", &self.labels)?;
         for backend in &self.model_backends {

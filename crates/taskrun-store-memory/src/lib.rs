@@ -14,8 +14,9 @@ use taskrun_core::{
 use taskrun_store::index::{self, Indexes};
 use taskrun_store::logic::{self, OutputStep, TaskAggregate, Touched};
 use taskrun_store::{
-    AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, OnApplied, Page, PageRequest, Result,
-    RunChange, RunStore, StoreConfig, StoredAgent, TaskFilter, TaskStore, WorkerStore, encode_page_token,
+    AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, FailedRuns, OnApplied, Page,
+    PageRequest, Result, RunChange, RunStore, StoreConfig, StoredAgent, TaskFilter, TaskStore, WorkerStore,
+    encode_page_token,
 };
 
 /// The in-memory store.
@@ -83,6 +84,27 @@ impl Inner {
         }
         self.events.entry(agg.task.id.clone()).or_default().extend(touched.events);
         self.tasks.insert(agg.task.id.clone(), agg);
+    }
+
+    /// Fails those of `runs` that `worker` still holds, each in a change
+    /// of its own (see [`RunStore::fail_runs_of_worker`]).
+    fn fail_runs(&mut self, worker: &WorkerId, runs: &[RunId], reason: &str, now: Timestamp) -> FailedRuns {
+        let mut out = FailedRuns::default();
+        for id in runs {
+            let failed = self.task_of_run(id).and_then(|task| {
+                self.change(&task, |agg| {
+                    Ok(match agg.fail_lost_run(id, worker, reason, now)? {
+                        Some((touched, change)) => (touched, Some(change)),
+                        None => (Touched::default(), None),
+                    })
+                })
+            });
+            match failed {
+                Ok(change) => out.changes.extend(change),
+                Err(e) => out.errors.push((id.clone(), e)),
+            }
+        }
+        out
     }
 
     /// The Runs the indexes named (they follow every change made under the
@@ -235,21 +257,14 @@ impl RunStore for MemoryStore {
         Ok(change)
     }
 
-    async fn fail_runs_of_worker(&self, worker: &WorkerId, reason: &str, now: Timestamp) -> Result<Vec<RunChange>> {
+    async fn fail_runs_of_worker(&self, worker: &WorkerId, reason: &str, now: Timestamp) -> Result<FailedRuns> {
         let mut inner = self.lock();
         let lost = inner.indexes.of_worker(worker);
-        let mut changes = Vec::new();
-        for run in lost {
-            let task = inner.task_of_run(&run)?;
-            let change = inner.change(&task, |agg| {
-                Ok(match agg.fail_lost_run(&run, worker, reason, now)? {
-                    Some((touched, change)) => (touched, Some(change)),
-                    None => (Touched::default(), None),
-                })
-            })?;
-            changes.extend(change);
-        }
-        Ok(changes)
+        Ok(inner.fail_runs(worker, &lost, reason, now))
+    }
+
+    async fn fail_runs(&self, worker: &WorkerId, runs: &[RunId], reason: &str, now: Timestamp) -> Result<FailedRuns> {
+        Ok(self.lock().fail_runs(worker, runs, reason, now))
     }
 }
 
@@ -374,5 +389,46 @@ impl AgentStore for MemoryStore {
 
     async fn get_blob(&self, digest: &AgentDigest) -> Result<Vec<u8>> {
         self.lock().blobs.get(digest).cloned().ok_or_else(|| Error::not_found("blob", digest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use taskrun_core::RunStatus;
+    use taskrun_store::conformance::{new_task, spec};
+
+    use super::*;
+
+    /// One Run that cannot be failed (its Task's record is made
+    /// inconsistent by hand: the Worker's index lists a Run its Task lacks) does not
+    /// undo or hide the Runs failed around it.
+    #[tokio::test]
+    async fn a_run_that_cannot_be_failed_does_not_lose_the_others() {
+        let store = MemoryStore::new();
+        let worker: WorkerId = "w".parse().unwrap();
+        let now = Timestamp(1_000);
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let task = store.create_task(new_task(spec("echo"), now)).await.unwrap().into_inner();
+            let run = store.list_runs(&task.id).await.unwrap().remove(0);
+            store.assign_run(&run.id, &worker, 0, now).await.unwrap();
+            runs.push(run.id);
+        }
+        runs.sort();
+        let broken = runs[1].clone();
+        store.lock().tasks.get_mut(&broken.task_id().unwrap()).unwrap().runs.clear();
+
+        let failed = store.fail_runs_of_worker(&worker, "lost", now).await.expect("the runs were listed");
+        let mut changed: Vec<_> = failed.changes.iter().map(|c| c.run.id.clone()).collect();
+        changed.sort();
+        assert_eq!(changed, vec![runs[0].clone(), runs[2].clone()]);
+        assert_eq!(failed.errors.len(), 1, "{failed:?}");
+        assert_eq!(failed.errors[0].0, broken);
+        for id in [&runs[0], &runs[2]] {
+            assert_eq!(store.get_run(id).await.unwrap().status, RunStatus::Failed);
+        }
+        assert!(failed.errors[0].1.is_not_found(), "{}", failed.errors[0].1);
     }
 }

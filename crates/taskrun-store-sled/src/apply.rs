@@ -13,7 +13,9 @@
 //! caller prepares it again from a fresh snapshot (optimistic concurrency).
 //! After the batch is written, the applier updates the in-memory state
 //! and hands the whole batch to the committer, which answers every caller
-//! once its change is flushed.
+//! once its change is flushed. Once a flush has failed, the applier
+//! applies nothing more: each caller gets the storage error, and neither
+//! memory nor sled changes (see [`crate::commit`]).
 //!
 //! In memory ([`Memory`]): the aggregates of Tasks that have not ended (a
 //! bounded cache: a Task that is not there is read from sled) and the
@@ -358,6 +360,15 @@ fn run(shared: &Shared, t: &Trees) {
             let n = queue.submissions.len().min(MAX_BATCH);
             queue.submissions.drain(..n).collect()
         };
+        // Nothing is acknowledged after a failed flush, so nothing is
+        // applied: a call that returns an error has changed nothing.
+        if let Some(error) = shared.committer.failed() {
+            let error = format!("an earlier flush failed, the store takes no more changes: {error}");
+            for submission in submissions {
+                submission.deliver(Err(&error));
+            }
+            continue;
+        }
         // The cached versions the changes were prepared against. Only this
         // thread changes a cached Task's version, so they hold until the
         // batch is written; a Task cached meanwhile just makes its change
@@ -407,5 +418,48 @@ fn run(shared: &Shared, t: &Trees) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use taskrun_core::{AgentRef, Json, RunStatus, Task, TaskId, TaskSpec, Timestamp, WorkerId};
+    use taskrun_store::{Error, RunStore, StoreConfig, TaskStore};
+
+    use crate::{SledStore, records};
+
+    const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+    fn task() -> Task {
+        let spec = TaskSpec::new(AgentRef::latest("echo".parse().unwrap()), Json::parse("input", "{}").unwrap());
+        Task::new(TaskId::generate(), spec, T0, usize::MAX).unwrap()
+    }
+
+    /// Once a flush has failed, a call that returns an error has changed
+    /// nothing: not the Run in memory, not the indexes, not sled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_failed_flush_nothing_is_applied() {
+        let store = SledStore::temporary(StoreConfig::default()).unwrap();
+        let worker: WorkerId = "worker-1".parse().unwrap();
+        let created = store.create_task(task()).await.unwrap().into_inner();
+        let run = store.list_runs(&created.id).await.unwrap().remove(0);
+        let stored = records::load_task(&store.trees.tasks, &created.id).unwrap();
+
+        store.committer.fail_flushes();
+        // The change whose flush fails: applied before the failure was
+        // known, so its outcome is unknown; the caller gets the error.
+        let err = store.create_task(task()).await.unwrap_err();
+        assert!(matches!(err, Error::Storage(_)), "{err}");
+
+        // From now on every change is refused before it is applied.
+        let err = store.assign_run(&run.id, &worker, run.lease, T0).await.unwrap_err();
+        assert!(matches!(err, Error::Storage(_)), "{err}");
+        assert!(err.to_string().contains("injected flush failure"), "{err}");
+        assert_eq!(store.get_run(&run.id).await.unwrap().status, RunStatus::Pending);
+        assert!(store.active_runs_of_worker(&worker).await.unwrap().is_empty());
+        assert!(store.pending_runs(T0, 10).await.unwrap().iter().any(|r| r.id == run.id));
+        assert_eq!(records::load_task(&store.trees.tasks, &created.id).unwrap(), stored);
+        let err = store.create_task(task()).await.unwrap_err();
+        assert!(matches!(err, Error::Storage(_)), "{err}");
     }
 }

@@ -8,6 +8,12 @@
 //! database once (sled's log: the buffers not yet written are written,
 //! then one `sync_file_range` over the log file waits for the disk), then
 //! delivers them.
+//!
+//! Once a flush has failed, the committer acknowledges nothing more, and
+//! the applier asks [`CommitHandle::failed`] before each batch and applies
+//! none: a change would be acknowledged with an error, so it must change
+//! nothing. (The changes applied before the failure was known get the
+//! error too; whether they reached the disk is unknown.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -34,11 +40,23 @@ struct Shared {
     wake: Condvar,
     flushes: AtomicU64,
     acks: AtomicU64,
+    /// Tests: every flush from now on fails.
+    #[cfg(test)]
+    fail_flushes: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes and syncs sled's log.
+    fn flush(&self, db: &sled::Db) -> std::result::Result<(), String> {
+        #[cfg(test)]
+        if self.fail_flushes.load(Ordering::SeqCst) {
+            return Err("injected flush failure".to_owned());
+        }
+        db.flush().map(drop).map_err(|e| e.to_string())
     }
 }
 
@@ -70,6 +88,8 @@ impl Committer {
             wake: Condvar::new(),
             flushes: AtomicU64::new(0),
             acks: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_flushes: std::sync::atomic::AtomicBool::new(false),
         });
         let thread = std::thread::Builder::new()
             .name("taskrun-store-commit".into())
@@ -105,9 +125,21 @@ impl Committer {
     pub(crate) fn stats(&self) -> (u64, u64) {
         (self.shared.flushes.load(Ordering::Relaxed), self.shared.acks.load(Ordering::Relaxed))
     }
+
+    /// Tests: makes every flush from now on fail, as a failing disk would.
+    #[cfg(test)]
+    pub(crate) fn fail_flushes(&self) {
+        self.shared.fail_flushes.store(true, Ordering::SeqCst);
+    }
 }
 
 impl CommitHandle {
+    /// Why a flush failed, once one has: from then on nothing is
+    /// acknowledged, so nothing may be applied.
+    pub(crate) fn failed(&self) -> Option<String> {
+        self.shared.lock().failed.clone()
+    }
+
     /// Delivers `ack` after the next flush; `writes` is how many writes it
     /// acknowledges.
     pub(crate) fn after_flush(&self, writes: u64, ack: Ack) {
@@ -150,16 +182,15 @@ fn run(shared: &Shared, db: &sled::Db) {
             let writes = std::mem::take(&mut state.writes);
             (std::mem::take(&mut state.acks), writes)
         };
-        match db.flush() {
-            Ok(_) => {
+        match shared.flush(db) {
+            Ok(()) => {
                 shared.flushes.fetch_add(1, Ordering::Relaxed);
                 shared.acks.fetch_add(writes, Ordering::Relaxed);
                 for ack in acks {
                     ack(Ok(()));
                 }
             }
-            Err(e) => {
-                let error = e.to_string();
+            Err(error) => {
                 tracing::error!(error = %error, "sled flush failed; the store acknowledges no write from now on");
                 shared.lock().failed = Some(error.clone());
                 for ack in acks {
@@ -169,7 +200,7 @@ fn run(shared: &Shared, db: &sled::Db) {
         }
     }
     // Whatever is committed but not yet flushed goes to disk too.
-    if let Err(e) = db.flush() {
+    if let Err(e) = shared.flush(db) {
         tracing::error!(error = %e, "final sled flush failed");
     }
 }

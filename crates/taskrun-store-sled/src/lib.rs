@@ -59,8 +59,9 @@ use taskrun_core::{
 use taskrun_store::index;
 use taskrun_store::logic::{self, OutputStep, TaskAggregate, Touched, TouchedRun};
 use taskrun_store::{
-    AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, OnApplied, Page, PageRequest, Result,
-    RunChange, RunStore, StoreConfig, StoredAgent, TaskFilter, TaskStore, WorkerStore, encode_page_token,
+    AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, FailedRuns, OnApplied, Page,
+    PageRequest, Result, RunChange, RunStore, StoreConfig, StoredAgent, TaskFilter, TaskStore, WorkerStore,
+    encode_page_token,
 };
 
 use crate::apply::{Applier, CACHE_CAP, Install, Installed, Memory, Snapshot};
@@ -484,22 +485,30 @@ impl RunStore for SledStore {
             .await
     }
 
-    async fn fail_runs_of_worker(&self, worker: &WorkerId, reason: &str, now: Timestamp) -> Result<Vec<RunChange>> {
-        let ids = self.memory().indexes.of_worker(worker);
-        let mut changes = Vec::new();
-        for id in ids {
-            let task = self.task_of_run(&id)?;
-            let change = self
-                .change(&task, |agg| {
-                    Ok(match agg.fail_lost_run(&id, worker, reason, now)? {
+    async fn fail_runs_of_worker(&self, worker: &WorkerId, reason: &str, now: Timestamp) -> Result<FailedRuns> {
+        let lost = self.memory().indexes.of_worker(worker);
+        self.fail_runs(worker, &lost, reason, now).await
+    }
+
+    async fn fail_runs(&self, worker: &WorkerId, runs: &[RunId], reason: &str, now: Timestamp) -> Result<FailedRuns> {
+        let mut out = FailedRuns::default();
+        for id in runs {
+            let failed = async {
+                let task = self.task_of_run(id)?;
+                self.change(&task, |agg| {
+                    Ok(match agg.fail_lost_run(id, worker, reason, now)? {
                         Some((touched, change)) => (touched, Some(change)),
                         None => (Touched::default(), None),
                     })
                 })
-                .await?;
-            changes.extend(change);
+                .await
+            };
+            match failed.await {
+                Ok(change) => out.changes.extend(change),
+                Err(e) => out.errors.push((id.clone(), e)),
+            }
         }
-        Ok(changes)
+        Ok(out)
     }
 }
 
@@ -729,5 +738,51 @@ impl AgentStore for SledStore {
             .map_err(storage)?
             .map(|b| b.to_vec())
             .ok_or_else(|| Error::not_found("blob", digest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use taskrun_store::conformance::{new_task, spec};
+
+    use super::*;
+
+    /// One Run that cannot be failed (its Task's cached aggregate is made
+    /// inconsistent by hand: the Worker's index lists a Run its Task lacks) does not
+    /// undo or hide the Runs failed around it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_that_cannot_be_failed_does_not_lose_the_others() {
+        let store = SledStore::temporary(StoreConfig::default()).unwrap();
+        let worker: WorkerId = "w".parse().unwrap();
+        let now = Timestamp(1_000);
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let task = store.create_task(new_task(spec("echo"), now)).await.unwrap().into_inner();
+            let run = store.list_runs(&task.id).await.unwrap().remove(0);
+            store.assign_run(&run.id, &worker, 0, now).await.unwrap();
+            runs.push(run.id);
+        }
+        runs.sort();
+        let broken = runs[1].clone();
+        {
+            let mut memory = store.memory();
+            let snapshot = memory.snapshot(&broken.task_id().unwrap()).unwrap();
+            let mut agg = TaskAggregate::clone(&snapshot.agg);
+            agg.runs.clear();
+            memory.load(agg, snapshot.tail.to_vec());
+        }
+
+        let failed = store.fail_runs_of_worker(&worker, "lost", now).await.expect("the runs were listed");
+        let mut changed: Vec<_> = failed.changes.iter().map(|c| c.run.id.clone()).collect();
+        changed.sort();
+        assert_eq!(changed, vec![runs[0].clone(), runs[2].clone()]);
+        assert_eq!(failed.errors.len(), 1, "{failed:?}");
+        assert_eq!(failed.errors[0].0, broken);
+        for id in [&runs[0], &runs[2]] {
+            assert_eq!(store.get_run(id).await.unwrap().status, RunStatus::Failed);
+        }
+        assert!(failed.errors[0].1.is_not_found(), "{}", failed.errors[0].1);
     }
 }

@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             cancel_task_cancels_runs_and_returns_active_ones,
             fail_task_ends_it_without_a_retry,
             worker_loss_fails_runs_and_fences_the_worker,
+            failing_named_runs_skips_those_the_worker_no_longer_holds,
             concurrent_writers_keep_invariants,
             concurrent_finishes_of_one_run_exactly_one_wins,
             output_is_deduplicated_and_ordered,
@@ -903,7 +904,9 @@ where
     let lease3 = run_it(&*store, &r3[0], &worker(2), T0).await;
     run_it(&*store, &r4[0], &worker(1), T0).await;
 
-    let mut changes = store.fail_runs_of_worker(&worker(1), "worker lost", at(10)).await.unwrap();
+    let failed = store.fail_runs_of_worker(&worker(1), "worker lost", at(10)).await.unwrap();
+    assert!(failed.errors.is_empty(), "{:?}", failed.errors);
+    let mut changes = failed.changes;
     changes.sort_by(|a, b| a.run.task_id.cmp(&b.run.task_id));
     assert_eq!(changes.len(), 3);
     for change in &changes {
@@ -928,7 +931,53 @@ where
     assert_eq!(store.active_runs_of_worker(&worker(2)).await.unwrap().len(), 1);
     assert_eq!(store.get_run(&r3[0].id).await.unwrap().status, RunStatus::Running);
     store.finish_run(&r3[0].id, lease3, completed("3"), at(12)).await.unwrap();
-    assert!(store.fail_runs_of_worker(&worker(1), "again", at(13)).await.unwrap().is_empty());
+    let again = store.fail_runs_of_worker(&worker(1), "again", at(13)).await.unwrap();
+    assert!(again.changes.is_empty() && again.errors.is_empty(), "{again:?}");
+    for t in [&t1, &t2, &t3, &t4] {
+        assert_invariants(&*store, &t.id).await;
+    }
+}
+
+/// A reconnecting Worker that lacks some of its Runs has exactly those
+/// failed: a Run it finished, another Worker's Run and an unknown Run are
+/// skipped, and its other Runs are left alone.
+pub async fn failing_named_runs_skips_those_the_worker_no_longer_holds<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let (t1, r1) = create(&*store, spec("echo")).await;
+    let (t2, r2) = create(&*store, spec("echo")).await;
+    let (t3, r3) = create(&*store, spec("echo")).await;
+    let (t4, r4) = create(&*store, spec("echo")).await;
+    store.assign_run(&r1[0].id, &worker(1), 0, T0).await.unwrap();
+    let lease2 = run_it(&*store, &r2[0], &worker(1), T0).await;
+    let lease3 = run_it(&*store, &r3[0], &worker(1), T0).await;
+    store.finish_run(&r3[0].id, lease3, completed("3"), at(1)).await.unwrap();
+    run_it(&*store, &r4[0], &worker(2), T0).await;
+    let unknown = taskrun_core::RunId::of(&TaskId::generate(), 0, 1);
+
+    let runs = [r1[0].id.clone(), r3[0].id.clone(), r4[0].id.clone(), unknown.clone()];
+    let failed = store.fail_runs(&worker(1), &runs, "not on the worker", at(10)).await.unwrap();
+    assert_eq!(failed.changes.len(), 1, "{failed:?}");
+    let change = &failed.changes[0];
+    assert_eq!(change.run.id, r1[0].id);
+    assert_eq!(change.run.status, RunStatus::Failed);
+    assert_eq!(change.run.lease, 2, "the lease moved on: the worker is fenced");
+    assert_eq!(change.run.error.as_deref(), Some("not on the worker"));
+    assert!(change.retry.is_some());
+    // The unknown Run is reported, not fatal.
+    assert_eq!(failed.errors.len(), 1, "{failed:?}");
+    assert_eq!(failed.errors[0].0, unknown);
+    assert!(failed.errors[0].1.is_not_found(), "{}", failed.errors[0].1);
+
+    assert_eq!(store.get_run(&r2[0].id).await.unwrap().status, RunStatus::Running);
+    assert_eq!(store.get_run(&r3[0].id).await.unwrap().status, RunStatus::Completed);
+    assert_eq!(store.get_run(&r4[0].id).await.unwrap().status, RunStatus::Running);
+    let left: Vec<_> = store.active_runs_of_worker(&worker(1)).await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(left, vec![r2[0].id.clone()]);
+    store.finish_run(&r2[0].id, lease2, completed("2"), at(11)).await.unwrap();
     for t in [&t1, &t2, &t3, &t4] {
         assert_invariants(&*store, &t.id).await;
     }
@@ -1162,7 +1211,9 @@ where
 }
 
 /// The store remembers which chunks it holds as ranges of seqs; a Worker
-/// that leaves gap after gap is refused before the Run's record grows.
+/// that leaves gap after gap is refused before the Run's record grows. In
+/// the terminal report, such a chunk is dropped (with the chunks after it)
+/// and the Run still ends, as with output past the cap.
 pub async fn output_with_too_many_gaps_is_refused<F, Fut>(make: F)
 where
     F: Fn(StoreConfig) -> Fut,
@@ -1188,6 +1239,19 @@ where
     assert_eq!(store.append_output(&run.id, lease, 3, "x".into(), T0).await.unwrap(), AppendOutcome::Duplicate);
     store.append_output(&run.id, lease, 2 * max + 3, "z".into(), T0).await.unwrap();
     assert_eq!(output_of(&all_events(&*store, &task.id).await).len(), stored + 3);
+    assert_invariants(&*store, &task.id).await;
+
+    // The set is full again. Trailing output: the chunk that extends the
+    // last range is stored; the one that would open a gap, and the one
+    // after it, are dropped; the Run ends.
+    let trailing = vec![(2 * max + 4, "w".to_owned()), (2 * max + 6, "v".to_owned()), (2 * max + 7, "u".to_owned())];
+    let change = store.finish_run_with_output(&run.id, lease, trailing, completed("1"), at(1)).await.unwrap();
+    assert_eq!(change.run.status, RunStatus::Completed);
+    assert_eq!(change.task.status, TaskStatus::Completed);
+    assert_eq!(store.get_run(&run.id).await.unwrap().status, RunStatus::Completed);
+    let output = output_of(&all_events(&*store, &task.id).await);
+    assert_eq!(output.len(), stored + 4);
+    assert_eq!(output.last(), Some(&(run.id.to_string(), 2 * max + 4, "w".to_owned())));
     assert_invariants(&*store, &task.id).await;
 }
 

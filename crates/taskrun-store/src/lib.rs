@@ -183,6 +183,17 @@ impl RunChange {
     }
 }
 
+/// What failing a Worker's Runs did ([`RunStore::fail_runs_of_worker`]).
+/// Each Run is failed in a change of its own, so one that could not be
+/// failed does not undo the others.
+#[derive(Debug, Default)]
+pub struct FailedRuns {
+    /// One per Run failed, in the order they were failed.
+    pub changes: Vec<RunChange>,
+    /// The Runs that could not be failed, and why; each is as it was.
+    pub errors: Vec<(RunId, Error)>,
+}
+
 /// What cancelling (or failing) a Task did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelOutcome {
@@ -315,8 +326,20 @@ pub trait RunStore: Send + Sync {
 
     /// The Worker is lost: each of its active Runs gets a new lease (so the
     /// Worker is fenced off) and fails with `reason`, exactly as a failed
-    /// finish would (retry, Task status, events). One change per Run.
-    async fn fail_runs_of_worker(&self, worker: &WorkerId, reason: &str, now: Timestamp) -> Result<Vec<RunChange>>;
+    /// finish would (retry, Task status, events).
+    ///
+    /// Each Run changes in a step of its own: a Run that cannot be failed
+    /// is reported in [`FailedRuns::errors`] and stays as it was, and the
+    /// Runs failed before and after it stay failed ([`FailedRuns::changes`],
+    /// which the caller must publish). An `Err` means the Worker's Runs
+    /// could not be listed, and nothing changed.
+    async fn fail_runs_of_worker(&self, worker: &WorkerId, reason: &str, now: Timestamp) -> Result<FailedRuns>;
+
+    /// [`RunStore::fail_runs_of_worker`] for only those of `runs` that are
+    /// still active and held by `worker` (the others are skipped: they
+    /// ended, or moved on, since the caller looked). Used when a Worker
+    /// reconnects without some Runs the store says it holds.
+    async fn fail_runs(&self, worker: &WorkerId, runs: &[RunId], reason: &str, now: Timestamp) -> Result<FailedRuns>;
 }
 
 /// The TaskEvent log: status changes and output, per Task, numbered from 1.

@@ -391,7 +391,11 @@ impl TaskAggregate {
     /// Stores the Run's trailing output (chunks as [`append_output`] takes
     /// them: a (run, seq) stored already is skipped, and nothing from the
     /// chunk that passes the cap on) and ends the Run, as one change; see
-    /// [`crate::RunStore::finish_run_with_output`].
+    /// [`crate::RunStore::finish_run_with_output`]. A chunk that would leave
+    /// more than [`SeqSet::MAX_RANGES`] gaps is treated like one past the
+    /// cap: it and the chunks after it are dropped, and the Run still ends
+    /// (refusing the whole report would leave the Run running for good,
+    /// since its Worker resends the same report).
     pub fn finish_with_output(
         &mut self,
         id: &RunId,
@@ -406,6 +410,9 @@ impl TaskAggregate {
         let mut events = Vec::new();
         for (seq, data) in output {
             let run = &mut self.runs[i];
+            if !data.is_empty() && !run.output_seqs.has_room_for(seq) {
+                break;
+            }
             match append_output(&mut self.meta, run, lease, seq, data, config, now)? {
                 OutputStep::Append(event) => events.push(event),
                 OutputStep::Duplicate => {}

@@ -69,6 +69,31 @@ fn json_opt(field: &'static str, text: Option<String>) -> Result<Option<Json>> {
     text.map(|text| json(field, text)).transpose()
 }
 
+/// Refuses a list of more than `max` entries: checked before any entry is
+/// looked at, so a message's size alone bounds the work it costs.
+fn at_most_entries(field: &'static str, len: usize, max: usize) -> Result<()> {
+    if len > max {
+        return Err(InvalidMessage::Invalid {
+            field: field.into(),
+            value: format!("{len} entries"),
+            reason: format!("more than {max} entries"),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses text of more than `max` bytes.
+fn at_most_bytes(field: &'static str, text: &str, max: usize) -> Result<()> {
+    if text.len() > max {
+        return Err(InvalidMessage::Invalid {
+            field: field.into(),
+            value: format!("{} bytes", text.len()),
+            reason: format!("longer than {max} bytes"),
+        });
+    }
+    Ok(())
+}
+
 /// Checks `min <= value <= max` (`None`: no bound above).
 fn in_range(field: &'static str, value: i64, min: i64, max: Option<i64>) -> Result<i64> {
     if value < min || max.is_some_and(|max| value > max) {

@@ -62,11 +62,13 @@ impl TryFrom<pb::ModelRequirement> for ModelRequirement {
                 });
             }
         }
-        Ok(ModelRequirement {
+        let requirement = ModelRequirement {
             min_context_window: r.min_context_window.map(|w| to_u32("min_context_window", w, 1, None)).transpose()?,
             modalities: modalities_from_wire("modalities", &r.modalities)?,
             provider: r.provider,
             model_name: r.model_name,
-        })
+        };
+        requirement.validate().map_err(|e| InvalidMessage::from_validation("model.", e))?;
+        Ok(requirement)
     }
 }

@@ -5,7 +5,7 @@
 use taskrun_core::{OutputChunk, RunId, RunOutcome, RunStatus, Timestamp};
 
 use super::enums::run_status_from_wire;
-use super::{Result, json, parse, timestamp, to_u64, wire_i64};
+use super::{Result, at_most_bytes, at_most_entries, json, parse, timestamp, to_u64, wire_i64};
 use crate::{InvalidMessage, pb};
 
 /// Where a Run got to, as a RunStatusUpdate says.
@@ -48,6 +48,14 @@ pub struct RunStatusReport {
 impl RunStatusReport {
     pub const MIN_NONCE_LEN: usize = 16;
     pub const MAX_NONCE_LEN: usize = 128;
+    /// Longest `result_json`, bytes: the most any Worker may be configured
+    /// to return (taskrun-worker's `MAX_RESULT_BYTES`).
+    pub const MAX_RESULT_BYTES: usize = 8 << 20;
+    /// Longest `error`, bytes: a Worker cuts longer text to this
+    /// (taskrun-worker's `MAX_ERROR_BYTES`).
+    pub const MAX_ERROR_BYTES: usize = 64 << 10;
+    /// Most `trailing_output` pieces (a Worker sends at most one).
+    pub const MAX_TRAILING_PIECES: usize = 1024;
 }
 
 impl From<RunStatusReport> for pb::RunStatusUpdate {
@@ -102,6 +110,7 @@ impl TryFrom<pb::RunStatusUpdate> for RunStatusReport {
                 let Some(result) = u.result_json else {
                     return Err(InvalidMessage::Missing("result_json".into()));
                 };
+                at_most_bytes("result_json", &result, RunStatusReport::MAX_RESULT_BYTES)?;
                 RunProgress::Finished(RunOutcome::Completed { result: json("result_json", result)? })
             }
             RunStatus::Failed | RunStatus::Cancelled => {
@@ -109,6 +118,7 @@ impl TryFrom<pb::RunStatusUpdate> for RunStatusReport {
                 let Some(error) = u.error else {
                     return Err(InvalidMessage::Missing("error".into()));
                 };
+                at_most_bytes("error", &error, RunStatusReport::MAX_ERROR_BYTES)?;
                 RunProgress::Finished(if status == RunStatus::Failed {
                     RunOutcome::Failed { error }
                 } else {
@@ -161,6 +171,7 @@ fn trailing(
             reason: "is sent only with a terminal status",
         });
     }
+    at_most_entries("trailing_output", pieces.len(), RunStatusReport::MAX_TRAILING_PIECES)?;
     let mut out = Vec::with_capacity(pieces.len());
     let mut previous = 0;
     for (i, piece) in pieces.into_iter().enumerate() {

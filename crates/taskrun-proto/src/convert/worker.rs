@@ -1,11 +1,11 @@
 //! WorkerInfo and Worker.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use taskrun_core::{AgentDigest, AgentName, ModelBackend, Worker, WorkerInfo};
 
 use super::enums::worker_state_from_wire;
-use super::{Result, indexed, parse, required, timestamp, to_u32, wire_i32};
+use super::{Result, at_most_bytes, at_most_entries, indexed, parse, required, timestamp, to_u32, wire_i32};
 use crate::{InvalidMessage, pb};
 
 impl From<WorkerInfo> for pb::WorkerInfo {
@@ -22,10 +22,17 @@ impl From<WorkerInfo> for pb::WorkerInfo {
     }
 }
 
+/// Every list and the version are bounded (see [`WorkerInfo`]'s `MAX_…`),
+/// and checked for size before anything in them is parsed: a hello comes
+/// from whoever connects.
 impl TryFrom<pb::WorkerInfo> for WorkerInfo {
     type Error = InvalidMessage;
     fn try_from(w: pb::WorkerInfo) -> Result<WorkerInfo> {
         let id = parse("worker_id", &w.worker_id)?;
+        at_most_entries("agents", w.agents.len(), WorkerInfo::MAX_AGENTS)?;
+        at_most_entries("digests", w.digests.len(), WorkerInfo::MAX_DIGESTS)?;
+        at_most_entries("model_backends", w.model_backends.len(), WorkerInfo::MAX_MODEL_BACKENDS)?;
+        at_most_bytes("version", &w.version, WorkerInfo::MAX_VERSION_LEN)?;
         let mut agents = BTreeSet::new();
         for (i, text) in w.agents.iter().enumerate() {
             let name: AgentName = parse(indexed("agents", i), text)?;
@@ -41,9 +48,10 @@ impl TryFrom<pb::WorkerInfo> for WorkerInfo {
             }
         }
         let mut model_backends: Vec<ModelBackend> = Vec::with_capacity(w.model_backends.len());
+        let mut names = HashSet::with_capacity(w.model_backends.len());
         for (i, backend) in w.model_backends.into_iter().enumerate() {
             let backend = ModelBackend::try_from(backend).map_err(|e| e.under_index("model_backends", i))?;
-            if model_backends.iter().any(|b| b.name == backend.name) {
+            if !names.insert(backend.name.clone()) {
                 return Err(duplicate("name".into(), &backend.name).under_index("model_backends", i));
             }
             model_backends.push(backend);

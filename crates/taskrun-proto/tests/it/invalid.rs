@@ -6,7 +6,7 @@
 use std::fmt::Debug;
 
 use expect_test::{Expect, expect};
-use taskrun_core::{AgentManifest, Run, TaskEvent, TaskSpec, Worker, WorkerInfo};
+use taskrun_core::{AgentDigest, AgentManifest, ModelBackend, Run, TaskEvent, TaskSpec, Worker, WorkerInfo};
 use taskrun_proto::{InvalidMessage, RunOutputReport, RunStatusReport, pb};
 
 use crate::samples;
@@ -152,6 +152,36 @@ fn create_task_request_malformed_values() {
         expect![[r#"
             spec.model.provider is set but empty (leave it unset to accept any)
             Inconsistent { field: "spec.model.provider", reason: "is set but empty (leave it unset to accept any)" }"#]],
+    );
+}
+
+/// A ModelRequirement no ModelBackend could meet (past the limits
+/// ModelBackend::validate applies) is refused, not left to wait forever.
+#[test]
+fn create_task_request_model_beyond_any_backend() {
+    let mut at_limits = samples::full_spec();
+    at_limits.model.provider = Some("p".repeat(ModelBackend::MAX_PROVIDER_LEN));
+    at_limits.model.model_name = Some("m".repeat(ModelBackend::MAX_MODEL_NAME_LEN));
+    let wire = pb::CreateTaskRequest::from(at_limits.clone());
+    assert_eq!(TaskSpec::try_from(wire), Ok(at_limits));
+
+    spec(
+        |s| model(s).provider = Some("p".repeat(65)),
+        expect![[r#"
+            invalid spec.model.provider "ppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp": longer than 64 bytes
+            Invalid { field: "spec.model.provider", value: "ppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp", reason: "longer than 64 bytes" }"#]],
+    );
+    spec(
+        |s| model(s).provider = Some("open ai".into()),
+        expect![[r#"
+            invalid spec.model.provider "open ai": character ' ' is not allowed (use a-z, A-Z, 0-9, '.', '_', '-')
+            Invalid { field: "spec.model.provider", value: "open ai", reason: "character ' ' is not allowed (use a-z, A-Z, 0-9, '.', '_', '-')" }"#]],
+    );
+    spec(
+        |s| model(s).model_name = Some("m".repeat(257)),
+        expect![[r#"
+            invalid spec.model.model_name "mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm...": must be 1 to 256 bytes
+            Invalid { field: "spec.model.model_name", value: "mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm...", reason: "must be 1 to 256 bytes" }"#]],
     );
 }
 
@@ -594,6 +624,49 @@ fn worker_info() {
     );
 }
 
+/// A hello comes from whoever connects: every list and the version are
+/// capped, and the caps are checked before any entry is parsed.
+#[test]
+fn worker_info_caps() {
+    let mut at_caps = samples::worker_infos()[1].clone();
+    at_caps.agents = (0..WorkerInfo::MAX_AGENTS).map(|i| format!("agent-{i}").parse().unwrap()).collect();
+    at_caps.digests = (0..WorkerInfo::MAX_DIGESTS).map(|i| AgentDigest::of(&i.to_le_bytes())).collect();
+    at_caps.model_backends = (0..WorkerInfo::MAX_MODEL_BACKENDS)
+        .map(|i| ModelBackend { name: format!("backend-{i}"), ..samples::worker_infos()[1].model_backends[0].clone() })
+        .collect();
+    at_caps.version = "v".repeat(WorkerInfo::MAX_VERSION_LEN);
+    assert_eq!(WorkerInfo::try_from(pb::WorkerInfo::from(at_caps.clone())), Ok(at_caps));
+
+    let info = || pb::WorkerInfo::from(samples::worker_infos()[1].clone());
+    let w = |mutate: fn(&mut pb::WorkerInfo), expect| check::<_, WorkerInfo>(info(), mutate, expect);
+    // Names that would not parse: the count is refused first.
+    w(
+        |w| w.agents = vec!["Echo".into(); 1025],
+        expect![[r#"
+            invalid agents "1025 entries": more than 1024 entries
+            Invalid { field: "agents", value: "1025 entries", reason: "more than 1024 entries" }"#]],
+    );
+    w(
+        |w| w.digests = vec![w.digests[0].clone(); 4097],
+        expect![[r#"
+            invalid digests "4097 entries": more than 4096 entries
+            Invalid { field: "digests", value: "4097 entries", reason: "more than 4096 entries" }"#]],
+    );
+    // Repeats: without the cap, each would be compared with the others.
+    w(
+        |w| w.model_backends = vec![w.model_backends[0].clone(); 257],
+        expect![[r#"
+            invalid model_backends "257 entries": more than 256 entries
+            Invalid { field: "model_backends", value: "257 entries", reason: "more than 256 entries" }"#]],
+    );
+    w(
+        |w| w.version = "v".repeat(129),
+        expect![[r#"
+            invalid version "129 bytes": longer than 128 bytes
+            Invalid { field: "version", value: "129 bytes", reason: "longer than 128 bytes" }"#]],
+    );
+}
+
 #[test]
 fn worker() {
     let worker = || pb::Worker::from(samples::workers()[1].clone());
@@ -824,6 +897,64 @@ fn run_status_update() {
         expect![[r#"
             last_output_seq must be the seq of the last trailing_output piece
             Inconsistent { field: "last_output_seq", reason: "must be the seq of the last trailing_output piece" }"#]],
+    );
+}
+
+/// A terminal report's result, error and trailing output are capped: the
+/// control plane does not rely on the Worker keeping to its own caps.
+#[test]
+fn run_status_update_caps() {
+    let completed = || pb::RunStatusUpdate::from(samples::status_reports()[1].clone());
+    let failed = || pb::RunStatusUpdate::from(samples::status_reports()[2].clone());
+    let quoted = |len: usize| format!("\"{}\"", "r".repeat(len - 2));
+
+    let mut at_caps = completed();
+    at_caps.result_json = Some(quoted(RunStatusReport::MAX_RESULT_BYTES));
+    at_caps.trailing_output = (1..=RunStatusReport::MAX_TRAILING_PIECES as i64)
+        .map(|seq| pb::RunOutputPiece { seq, data: "x".into() })
+        .collect();
+    at_caps.last_output_seq = RunStatusReport::MAX_TRAILING_PIECES as i64;
+    RunStatusReport::try_from(at_caps).unwrap();
+    let mut at_caps = failed();
+    at_caps.error = Some("e".repeat(RunStatusReport::MAX_ERROR_BYTES));
+    RunStatusReport::try_from(at_caps).unwrap();
+
+    let mut wire = completed();
+    wire.result_json = Some(quoted(RunStatusReport::MAX_RESULT_BYTES + 1));
+    check::<_, RunStatusReport>(
+        wire,
+        |_| {},
+        expect![[r#"
+        invalid result_json "8388609 bytes": longer than 8388608 bytes
+        Invalid { field: "result_json", value: "8388609 bytes", reason: "longer than 8388608 bytes" }"#]],
+    );
+    let mut wire = failed();
+    wire.error = Some("e".repeat(RunStatusReport::MAX_ERROR_BYTES + 1));
+    check::<_, RunStatusReport>(
+        wire,
+        |_| {},
+        expect![[r#"
+        invalid error "65537 bytes": longer than 65536 bytes
+        Invalid { field: "error", value: "65537 bytes", reason: "longer than 65536 bytes" }"#]],
+    );
+    let mut wire = pb::RunStatusUpdate::from(samples::status_reports()[3].clone());
+    wire.error = Some("c".repeat(RunStatusReport::MAX_ERROR_BYTES + 1));
+    check::<_, RunStatusReport>(
+        wire,
+        |_| {},
+        expect![[r#"
+        invalid error "65537 bytes": longer than 65536 bytes
+        Invalid { field: "error", value: "65537 bytes", reason: "longer than 65536 bytes" }"#]],
+    );
+    let mut wire = failed();
+    wire.trailing_output = (1..=1025).map(|seq| pb::RunOutputPiece { seq, data: "x".into() }).collect();
+    wire.last_output_seq = 1025;
+    check::<_, RunStatusReport>(
+        wire,
+        |_| {},
+        expect![[r#"
+        invalid trailing_output "1025 entries": more than 1024 entries
+        Invalid { field: "trailing_output", value: "1025 entries", reason: "more than 1024 entries" }"#]],
     );
 }
 

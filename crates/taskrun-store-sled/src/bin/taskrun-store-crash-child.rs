@@ -114,7 +114,7 @@ async fn writer(store: Arc<dyn Store>, tag: String, n: u64, mut rng: Rng) -> Box
             };
             ack(format!("assigned {} {lease}", run.id));
             if rng.below(8) == 0 {
-                for change in store.fail_runs_of_worker(&me, "worker lost", now()).await? {
+                for change in store.fail_runs_of_worker(&me, "worker lost", now()).await?.changes {
                     ack(format!("lost {} {}", change.run.id, change.run.lease));
                 }
                 continue;

@@ -174,6 +174,13 @@ impl WorkerConfig {
         if self.slots == 0 || self.slots > taskrun_core::WorkerInfo::MAX_SLOTS {
             return Err(Error::Config(format!("slots must be 1 to {}", taskrun_core::WorkerInfo::MAX_SLOTS)));
         }
+        if self.agents.len() > taskrun_core::WorkerInfo::MAX_AGENTS {
+            return Err(Error::Config(format!(
+                "agents lists {} agents; a Worker may name at most {} (leave it empty to accept any agent)",
+                self.agents.len(),
+                taskrun_core::WorkerInfo::MAX_AGENTS
+            )));
+        }
         let url = self.control_plane.as_str();
         let host = url
             .strip_prefix("http://")

@@ -230,7 +230,9 @@ impl Worker {
         WorkerInfo {
             id: c.id.clone(),
             agents: c.agents.clone(),
-            digests: lock(&self.0.agents).keys().copied().collect(),
+            // A placement hint: past the cap the control plane accepts in a
+            // hello, the rest go unannounced (and are fetched again if need be).
+            digests: lock(&self.0.agents).keys().copied().take(WorkerInfo::MAX_DIGESTS).collect(),
             model_backends: self.0.backends.describe(),
             labels: c.labels.clone(),
             slots: c.slots,
