@@ -304,6 +304,16 @@ mod tests {
         assert!(!error.contains("os error"), "{error}");
     }
 
+    /// A Worker may name as many agents as a hello may carry, no more.
+    #[test]
+    fn an_agent_list_longer_than_a_hello_carries_is_refused() {
+        let names = |n: usize| (0..n).map(|i| format!("\"agent-{i}\"")).collect::<Vec<_>>().join(", ");
+        let at = |n: usize| WorkerConfig::from_toml(&format!("{BASE}agents = [{}]\n", names(n))).expect("parses");
+        at(taskrun_core::WorkerInfo::MAX_AGENTS).validate().expect("at the cap");
+        let error = at(taskrun_core::WorkerInfo::MAX_AGENTS + 1).validate().expect_err("over the cap").to_string();
+        assert!(error.contains("agents lists 1025 agents; a Worker may name at most 1024"), "{error}");
+    }
+
     #[test]
     fn sandbox_settings_that_contradict_are_refused() {
         let check = |sandbox: &str, expected: &str| {
