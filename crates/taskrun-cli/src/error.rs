@@ -118,18 +118,7 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// carries (a `"{path}: {source}"` message that also names `source` as
 /// its cause) is not repeated.
 pub fn message(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let part = one_line(&cause.to_string());
-        if part.is_empty() || text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
+    taskrun_core::error_line(&**error)
 }
 
 /// `text` on one line: line breaks become spaces, surrounding blanks go.

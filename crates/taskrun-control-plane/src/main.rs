@@ -115,22 +115,10 @@ fn report(error: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// `error` and its causes on one line, joined by ": ", each said once: a
-/// cause whose text its wrapper already carries (`"{path}: {source}"`
-/// that also names `source` as its cause) is skipped.
+/// `error` and its causes on one line, each said once
+/// ([`taskrun_core::error_line`]).
 fn error_line(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let part = cause.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-        if part.is_empty() || text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
+    taskrun_core::error_line(&**error)
 }
 
 /// Ctrl-C or SIGTERM.

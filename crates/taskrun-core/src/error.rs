@@ -39,3 +39,52 @@ impl Error {
         }
     }
 }
+
+/// `error` and its causes on one line, joined by ": ", each said once: a
+/// cause whose text its wrapper already carries (a `"{path}: {source}"`
+/// message that also names `source` as its cause) is skipped, and line
+/// breaks inside a message become spaces. How the binaries print a failure.
+pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        let part = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        if !part.is_empty() && !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::error_line;
+
+    #[derive(Debug)]
+    struct Wrapped(&'static str, Option<Box<Wrapped>>);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn causes_are_joined_once_on_one_line() {
+        let io = Wrapped("no such file\nor directory", None);
+        // A wrapper that already says its cause, then one that does not.
+        let path = Wrapped("k.key: no such file or directory", Some(Box::new(io)));
+        let top = Wrapped("cannot load the key", Some(Box::new(path)));
+        assert_eq!(error_line(&top), "cannot load the key: k.key: no such file or directory");
+    }
+}
