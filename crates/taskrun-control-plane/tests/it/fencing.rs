@@ -129,6 +129,26 @@ async fn a_stale_workers_completion_is_refused_and_changes_nothing() {
     drop(stale);
 }
 
+/// The output a finished Task's event log holds, in order.
+async fn stored_output(cluster: &Cluster, task_id: String) -> String {
+    let events: Vec<_> = cluster
+        .tasks()
+        .await
+        .watch_task(pb::WatchTaskRequest { task_id, after_cursor: 0 })
+        .await
+        .expect("watch")
+        .into_inner()
+        .collect()
+        .await;
+    events
+        .into_iter()
+        .filter_map(|e| match e.expect("event").event.and_then(|e| e.kind) {
+            Some(pb::task_event::Kind::Output(chunk)) => Some(chunk.data),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A cluster on sled with `echo` published, one echo Task, and a raw
 /// Worker named `name` holding its assignment.
 async fn assigned(name: &str) -> (Cluster, String, RawWorker, pb::RunAssignment) {
@@ -174,25 +194,7 @@ async fn terminal_reports_are_acked_and_resends_are_duplicates() {
     assert_eq!(status_of(&got), TaskStatus::Completed);
     assert_eq!(got.task.and_then(|t| t.result_json).as_deref(), Some(r#""done""#));
     // The duplicated chunk was stored once.
-    let events: Vec<_> = {
-        use tokio_stream::StreamExt;
-        cluster
-            .tasks()
-            .await
-            .watch_task(pb::WatchTaskRequest { task_id, after_cursor: 0 })
-            .await
-            .expect("watch")
-            .into_inner()
-            .collect()
-            .await
-    };
-    let output: String = events
-        .into_iter()
-        .filter_map(|e| match e.expect("event").event.and_then(|e| e.kind) {
-            Some(pb::task_event::Kind::Output(c)) => Some(c.data),
-            _ => None,
-        })
-        .collect();
+    let output = stored_output(&cluster, task_id).await;
     assert_eq!(output, "ab");
 }
 
@@ -399,21 +401,6 @@ async fn output_for_another_workers_run_is_dropped() {
     holder.send(completed(&assignment, r#""real""#));
     let got = cluster.wait_terminal(&task_id, Duration::from_secs(10)).await;
     assert_eq!(got.task.as_ref().and_then(|t| t.result_json.as_deref()), Some(r#""real""#));
-    let events: Vec<_> = cluster
-        .tasks()
-        .await
-        .watch_task(pb::WatchTaskRequest { task_id, after_cursor: 0 })
-        .await
-        .expect("watch")
-        .into_inner()
-        .collect()
-        .await;
-    let output: String = events
-        .into_iter()
-        .filter_map(|e| match e.expect("event").event.and_then(|e| e.kind) {
-            Some(pb::task_event::Kind::Output(chunk)) => Some(chunk.data),
-            _ => None,
-        })
-        .collect();
+    let output = stored_output(&cluster, task_id).await;
     assert_eq!(output, "real");
 }
