@@ -184,12 +184,12 @@ impl pb::agent_service_server::AgentService for AgentApi {
                 envelope: stored.envelope,
             })),
         };
-        let chunks: Vec<Result<pb::FetchAgentResponse, Status>> =
-            std::iter::once(Ok(header))
-                .chain(blob[offset..].chunks(FETCH_CHUNK_BYTES).map(|c| {
-                    Ok(pb::FetchAgentResponse { part: Some(pb::fetch_agent_response::Part::Chunk(c.to_vec())) })
-                }))
-                .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+        // Each chunk is copied out of the component as the stream is polled,
+        // so a fetch holds the component once, not twice.
+        let chunks = (offset..blob.len()).step_by(FETCH_CHUNK_BYTES).map(move |start| {
+            let end = blob.len().min(start + FETCH_CHUNK_BYTES);
+            Ok(pb::FetchAgentResponse { part: Some(pb::fetch_agent_response::Part::Chunk(blob[start..end].to_vec())) })
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(std::iter::once(Ok(header)).chain(chunks)))))
     }
 }

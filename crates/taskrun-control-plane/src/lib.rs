@@ -21,6 +21,7 @@ mod task_service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use agent_service::FETCH_CHUNK_BYTES;
 pub use config::Config;
 pub use server::Server;
 pub use state::{ControlPlane, PlacementStats};

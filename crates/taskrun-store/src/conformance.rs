@@ -1502,11 +1502,16 @@ where
         let store = store.clone();
         async move { store.pending_runs(t, 10).await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>() }
     };
-    assert!(!ids_at(at(1099)).await.contains(&retry.id));
+    // Until then the lower priorities' due Runs come next: the retry waits
+    // at the tail of its priority's queue, not at the head of the line.
+    assert_eq!(ids_at(at(1099)).await, vec![high_b[0].id.clone(), zero[0].id.clone(), low[0].id.clone()]);
     assert_eq!(
         ids_at(at(1100)).await,
         vec![high_b[0].id.clone(), retry.id.clone(), zero[0].id.clone(), low[0].id.clone()]
     );
+    // A limit that ends inside a lower priority's queue.
+    let first_three: Vec<_> = store.pending_runs(at(1100), 3).await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(first_three, vec![high_b[0].id.clone(), retry.id.clone(), zero[0].id.clone()]);
 }
 
 // ---------------------------------------------------------------- workers

@@ -7,7 +7,7 @@
 //! opens (the sled store from its open Tasks' state records) instead of
 //! writing them: on disk they would cost two more writes per Run change.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use taskrun_core::{Run, RunId, RunStatus, Task, Timestamp, WorkerId};
 
@@ -64,7 +64,9 @@ fn order(priority: i32) -> u32 {
 
 #[derive(Debug, Default)]
 pub struct Indexes {
-    pending: BTreeSet<(u32, Timestamp, RunId)>,
+    /// PENDING Runs: a queue per priority (highest first), each by
+    /// `not_before`, then run id.
+    pending: BTreeMap<u32, BTreeSet<(Timestamp, RunId)>>,
     /// PENDING Runs with a schedule-to-start deadline, by deadline.
     deadlines: BTreeSet<(Timestamp, RunId)>,
     by_worker: HashMap<WorkerId, BTreeSet<RunId>>,
@@ -80,7 +82,7 @@ impl Indexes {
 
     pub fn insert(&mut self, e: &Entry) {
         if e.status == RunStatus::Pending {
-            self.pending.insert((order(e.priority), e.not_before, e.id.clone()));
+            self.pending.entry(order(e.priority)).or_default().insert((e.not_before, e.id.clone()));
             if let Some(d) = e.start_deadline {
                 self.deadlines.insert((d, e.id.clone()));
             }
@@ -94,7 +96,13 @@ impl Indexes {
 
     fn remove(&mut self, e: &Entry) {
         if e.status == RunStatus::Pending {
-            self.pending.remove(&(order(e.priority), e.not_before, e.id.clone()));
+            let priority = order(e.priority);
+            if let Some(queue) = self.pending.get_mut(&priority) {
+                queue.remove(&(e.not_before, e.id.clone()));
+                if queue.is_empty() {
+                    self.pending.remove(&priority);
+                }
+            }
             if let Some(d) = e.start_deadline {
                 self.deadlines.remove(&(d, e.id.clone()));
             }
@@ -111,12 +119,17 @@ impl Indexes {
     }
 
     /// Up to `limit` PENDING Runs due at `now`, in scheduling order.
+    ///
+    /// A priority's Runs are ordered by `not_before`, so the ones not yet
+    /// due (retries in their backoff) are its tail, and the walk stops at
+    /// each tail instead of reading it: O(answer + priorities), however
+    /// many Runs wait for a backoff.
     pub fn pending(&self, now: Timestamp, limit: usize) -> Vec<RunId> {
         self.pending
-            .iter()
-            .filter(|(_, not_before, _)| *not_before <= now)
+            .values()
+            .flat_map(|queue| queue.iter().take_while(move |(not_before, _)| *not_before <= now))
             .take(limit)
-            .map(|(_, _, id)| id.clone())
+            .map(|(_, id)| id.clone())
             .collect()
     }
 

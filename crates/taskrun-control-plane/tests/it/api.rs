@@ -167,3 +167,58 @@ async fn publish_refuses_what_does_not_verify() {
     let listed = agents.list_agents(pb::ListAgentsRequest::default()).await.expect("list").into_inner();
     assert_eq!(listed.agents.len(), 1);
 }
+
+/// The bytes FetchAgent streams for `digest` from `offset`, after checking
+/// that the header comes first and every chunk is within the chunk size.
+async fn fetched(cluster: &Cluster, digest: &str, offset: i64) -> Result<Vec<u8>, tonic::Status> {
+    use futures::StreamExt;
+    let request = pb::FetchAgentRequest { digest: digest.to_owned(), offset };
+    let mut stream = cluster.agents().await.fetch_agent(request).await?.into_inner();
+    let first = stream.next().await.expect("a header")?;
+    assert!(matches!(first.part, Some(pb::fetch_agent_response::Part::Header(_))), "the header comes first");
+    let mut bytes = Vec::new();
+    while let Some(message) = stream.next().await {
+        match message?.part {
+            Some(pb::fetch_agent_response::Part::Chunk(chunk)) => {
+                assert!(!chunk.is_empty() && chunk.len() <= taskrun_control_plane::FETCH_CHUNK_BYTES);
+                bytes.extend_from_slice(&chunk);
+            }
+            other => panic!("only chunks follow the header, got {other:?}"),
+        }
+    }
+    Ok(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_agent_streams_the_component_from_any_offset() {
+    let cluster = Cluster::start(StoreKind::Sled).await;
+    // The echo component with a custom section that makes it span chunks.
+    let mut component = std::fs::read(artifacts::ECHO).expect("echo component");
+    let name = b"padding";
+    let payload = vec![7u8; 600 * 1024];
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    component.push(0);
+    let mut size = section.len();
+    while size >= 0x80 {
+        component.push((size as u8 & 0x7f) | 0x80);
+        size >>= 7;
+    }
+    component.push(size as u8);
+    component.extend_from_slice(&section);
+    let manifest = publish_signed(&mut cluster.agents().await, &cluster.key, "padded", "1.0.0", &component)
+        .await
+        .expect("publish");
+
+    assert_eq!(fetched(&cluster, &manifest.digest, 0).await.expect("from the start"), component);
+    let middle = 300_001;
+    assert_eq!(
+        fetched(&cluster, &manifest.digest, middle).await.expect("from the middle"),
+        component[middle as usize..]
+    );
+    let end = component.len() as i64;
+    assert!(fetched(&cluster, &manifest.digest, end).await.expect("from the end").is_empty());
+    let past = fetched(&cluster, &manifest.digest, end + 1).await.expect_err("past the end");
+    assert_eq!(past.code(), Code::OutOfRange, "{past:?}");
+}
