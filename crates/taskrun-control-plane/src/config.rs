@@ -112,7 +112,9 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        let config: Config = toml::from_str(text).map_err(|e: toml::de::Error| {
+            Error::Config(taskrun_core::located(text, e.span().map(|s| s.start), e.message()))
+        })?;
         Ok(config)
     }
 
@@ -188,6 +190,10 @@ mod tests {
             assert!(error.contains(expected), "{toml:?}: {error}");
         }
         let error = Config::from_toml("[limits]\nmax_input = 1").expect_err("unknown key").to_string();
-        assert!(error.contains("unknown field `max_input`"), "{error}");
+        assert!(error.starts_with("config: line 2, column 1: unknown field `max_input`"), "{error}");
+        // Where and what on one line, not toml's caret drawing.
+        let error = Config::from_toml("listen = \"127.0.0.1:7000\"\nstore = 5\n").expect_err("bad type").to_string();
+        assert!(error.starts_with("config: line 2, column 9: "), "{error}");
+        assert!(!error.contains('\n') && !error.contains('|'), "{error}");
     }
 }

@@ -60,9 +60,43 @@ pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// A parse error in `text` as one line: `line L, column C: message`, where
+/// `offset` is the byte the error points at (columns count characters).
+/// Without an offset, the message alone. Config files say where they are
+/// wrong this way, instead of the multi-line caret drawing of TOML errors,
+/// which [`error_line`] would flatten into noise.
+pub fn located(text: &str, offset: Option<usize>, message: &str) -> String {
+    let message = message.trim();
+    let Some(before) = offset.and_then(|o| text.get(..o)) else {
+        return message.to_owned();
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..].chars().count() + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
 #[cfg(test)]
 mod line_tests {
-    use super::error_line;
+    use super::{error_line, located};
+
+    #[test]
+    fn located_counts_lines_and_characters() {
+        let text = "a = 1\nnamé = x\n";
+        let cases: &[(Option<usize>, &str)] = &[
+            (Some(0), "line 1, column 1: bad"),
+            (Some(4), "line 1, column 5: bad"),
+            (Some(6), "line 2, column 1: bad"),
+            // "namé = " is 8 bytes but 7 characters.
+            (Some(14), "line 2, column 8: bad"),
+            (None, "bad"),
+            // Past the end, or inside a character: no place to name.
+            (Some(99), "bad"),
+            (Some(10), "bad"),
+        ];
+        for (offset, expected) in cases {
+            assert_eq!(located(text, *offset, "bad\n"), *expected, "{offset:?}");
+        }
+    }
 
     #[derive(Debug)]
     struct Wrapped(&'static str, Option<Box<Wrapped>>);

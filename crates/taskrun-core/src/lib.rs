@@ -17,7 +17,7 @@ mod worker;
 
 pub use agent::{AgentManifest, AgentRef, AgentSelector, WIT_WORLD};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use error::{Error, Result, error_line};
+pub use error::{Error, Result, error_line, located};
 pub use ids::{AgentDigest, AgentName, AgentVersion, RunId, TaskId, WorkerId};
 pub use model::{Modality, ModelBackend, ModelRequirement};
 pub use run::{OutputChunk, Run, RunOutcome, TaskEvent, TaskEventKind};

@@ -150,7 +150,9 @@ impl TrustPolicy {
 
     /// Parses and validates a policy from TOML text.
     pub fn from_toml(text: &str) -> Result<TrustPolicy> {
-        let file: PolicyFile = toml::from_str(text).map_err(|e| Error::Policy { reason: e.to_string() })?;
+        let file: PolicyFile = toml::from_str(text).map_err(|e: toml::de::Error| Error::Policy {
+            reason: taskrun_core::located(text, e.span().map(|s| s.start), e.message()),
+        })?;
         if file.version != POLICY_VERSION {
             return Err(Error::Policy {
                 reason: format!("version is {}, this build reads version {POLICY_VERSION}", file.version),

@@ -84,7 +84,9 @@ impl RollbackState {
     }
 
     pub fn from_toml(text: &str) -> Result<RollbackState> {
-        let file: RollbackFile = toml::from_str(text).map_err(|e| Error::RollbackState { reason: e.to_string() })?;
+        let file: RollbackFile = toml::from_str(text).map_err(|e: toml::de::Error| Error::RollbackState {
+            reason: taskrun_core::located(text, e.span().map(|s| s.start), e.message()),
+        })?;
         if file.version != ROLLBACK_STATE_VERSION {
             return Err(Error::RollbackState {
                 reason: format!("version is {}, this build reads version {ROLLBACK_STATE_VERSION}", file.version),

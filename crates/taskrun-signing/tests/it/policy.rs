@@ -112,3 +112,11 @@ fn trusting_a_key_twice_is_refused() {
     assert!(p.untrust(&key(1).key_id()).is_some());
     assert!(p.trusted(&key(1).key_id()).is_none());
 }
+
+#[test]
+fn a_broken_policy_says_where_on_one_line() {
+    let text = "version = 1\n[[trusted]]\nkey_id = \"ed25519-28febadf08b06dad\"\npublic_key = 7\n";
+    let error = TrustPolicy::from_toml(text).expect_err("a number is no key").to_string();
+    assert!(error.starts_with("invalid trust policy: line 4, column 14: "), "{error}");
+    assert!(!error.contains('\n'), "{error}");
+}

@@ -115,7 +115,9 @@ fn default_slots() -> u32 {
 
 impl WorkerConfig {
     pub fn from_toml(text: &str) -> Result<WorkerConfig> {
-        toml::from_str(text).map_err(|e| Error::Config(toml_error(text, &e)))
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            Error::Config(taskrun_core::located(text, e.span().map(|s| s.start), e.message()))
+        })
     }
 
     pub fn from_file(path: &Path) -> Result<WorkerConfig> {
@@ -204,17 +206,6 @@ impl WorkerConfig {
         taskrun_core::validate_labels("labels", &self.labels).map_err(|e| Error::Config(e.to_string()))?;
         self.sandbox.validate()
     }
-}
-
-/// A TOML error on one line: where, then what (toml's own text draws the
-/// line with a caret over several lines).
-fn toml_error(text: &str, error: &toml::de::Error) -> String {
-    let Some(before) = error.span().and_then(|span| text.get(..span.start)) else {
-        return error.message().to_owned();
-    };
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    format!("line {line}, column {column}: {}", error.message())
 }
 
 impl SandboxSection {

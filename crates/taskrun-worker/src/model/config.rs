@@ -39,7 +39,9 @@ pub struct ModelBackendsConfig {
 
 impl ModelBackendsConfig {
     pub fn from_toml(text: &str) -> Result<ModelBackendsConfig> {
-        toml::from_str(text).map_err(|e| Error::ModelConfigParse(e.to_string()))
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            Error::ModelConfigParse(taskrun_core::located(text, e.span().map(|s| s.start), e.message()))
+        })
     }
 }
 
