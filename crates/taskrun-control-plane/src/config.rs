@@ -1,5 +1,10 @@
 //! Control-plane configuration: a TOML file, overridden by flags and
 //! environment variables in the binary.
+//!
+//! Relative paths in the file (`data_dir`, `trust_policy`) are read from
+//! the file's directory ([`Config::from_file`]); paths given any other way
+//! (flags, environment variables, defaults) stay relative to the working
+//! directory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -101,20 +106,51 @@ impl WorkersConfig {
     }
 }
 
+/// The keys of the file that name files or directories.
+#[derive(Debug, Deserialize)]
+struct PathKeys {
+    data_dir: Option<PathBuf>,
+    trust_policy: Option<PathBuf>,
+}
+
+/// `path` read from `dir`: as it is when absolute.
+fn in_dir(dir: &Path, path: PathBuf) -> PathBuf {
+    if path.is_absolute() { path } else { dir.join(path) }
+}
+
 impl Config {
-    /// Reads a TOML file; unknown keys are errors.
+    /// Reads a TOML file; unknown keys are errors. Relative paths in it are
+    /// read from the file's directory, as Cargo and Spin read theirs.
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
-        Config::from_toml(&text).map_err(|e| match e {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        Config::from_toml_in(&text, dir).map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
             other => other,
         })
     }
 
+    /// The config `text` sets, with its paths as written.
     pub fn from_toml(text: &str) -> Result<Config> {
         let config: Config = toml::from_str(text).map_err(|e: toml::de::Error| {
             Error::Config(taskrun_core::located(text, e.span().map(|s| s.start), e.message()))
         })?;
+        Ok(config)
+    }
+
+    /// The config `text` sets, with the relative paths it sets read from
+    /// `dir` (the directory of the file it came from). Paths it leaves to
+    /// their defaults stay relative to the working directory.
+    pub fn from_toml_in(text: &str, dir: &Path) -> Result<Config> {
+        let mut config = Config::from_toml(text)?;
+        // It parsed as a whole, so its path keys parse too.
+        let set: PathKeys = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        if let Some(data_dir) = set.data_dir {
+            config.data_dir = in_dir(dir, data_dir);
+        }
+        if let Some(trust_policy) = set.trust_policy {
+            config.trust_policy = Some(in_dir(dir, trust_policy));
+        }
         Ok(config)
     }
 

@@ -19,7 +19,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The TaskRun control plane: keeps Tasks and places their Runs on Workers.
 ///
 /// Settings come from the TOML file given with --config, then from the
-/// environment (TASKRUN_*), then from flags; later ones win.
+/// environment (TASKRUN_*), then from flags; later ones win. Relative paths
+/// in the file are read from the file's directory; those given as flags or
+/// variables, from the working directory.
 #[derive(Debug, Parser)]
 #[command(name = "taskrun-control-plane", version)]
 struct Args {

@@ -45,6 +45,7 @@ fn release(sessions: &mut HashMap<WorkerId, Session>, worker: &WorkerId, generat
         && s.generation == generation
     {
         s.reserved = s.reserved.saturating_sub(1);
+        s.answer_drain_if_settled();
     }
 }
 
@@ -160,15 +161,18 @@ impl ControlPlane {
         let worker = &reservation.worker;
         let sent = {
             let mut sessions = self.sessions();
-            release(&mut sessions, worker, reservation.generation);
-            reservation.settled = true;
-            match sessions.get_mut(worker) {
+            let sent = match sessions.get_mut(worker) {
                 Some(s) => {
                     s.active.insert(run.id.clone());
                     s.send(pb::run_server_message::Kind::Assignment(assignment))
                 }
                 None => false,
-            }
+            };
+            // After the send: a Worker that is draining gets the answer to
+            // its notice behind this assignment.
+            release(&mut sessions, worker, reservation.generation);
+            reservation.settled = true;
+            sent
         };
         if sent {
             info!(run_id = %run.id, task_id = %task.id, worker_id = %worker, lease = run.lease, "run assigned");

@@ -7,6 +7,14 @@
 //! report echoes the Run's lease; a report with a stale lease changes
 //! nothing and is answered FENCED. Terminal reports are acked, and the
 //! Worker resends them until they are.
+//!
+//! A Worker that shuts down gracefully says so (WorkerDraining, or
+//! `draining` in the hello of a stream it opens while draining): its
+//! session turns Draining, placement gives it nothing more, and once no
+//! placement on it is under way it is answered with Drain, behind the last
+//! assignment it will get. The drain lives in the session only: the store
+//! keeps the Worker's record as it was, so a restarted Worker takes Runs
+//! again.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -14,7 +22,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use taskrun_core::{RunId, Worker, WorkerId, WorkerInfo, WorkerState};
-use taskrun_proto::{InvalidMessage, RunOutputReport, RunProgress, RunStatusReport, pb};
+use taskrun_proto::{DrainNotice, InvalidMessage, RunOutputReport, RunProgress, RunStatusReport, pb};
 use taskrun_store::{AppendOutcome, Error as StoreError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -50,8 +58,13 @@ impl pb::run_service_server::RunService for RunApi {
         };
         let info = WorkerInfo::try_from(hello.info.ok_or(InvalidMessage::Missing("hello.info".into()))?)
             .map_err(|e| Status::from(e.under("hello.info")))?;
+        let draining = hello
+            .draining
+            .map(DrainNotice::try_from)
+            .transpose()
+            .map_err(|e| Status::from(e.under("hello.draining")))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let generation = cp.register(info.clone(), tx, &hello.in_flight).await?;
+        let generation = cp.register(info.clone(), tx, &hello.in_flight, draining).await?;
         let accepted = cp.accept(&info, &hello.in_flight).await;
         cp.kick.notify_one();
         tokio::spawn(session_loop(Arc::clone(&cp), info.id, generation, inbound));
@@ -154,11 +167,16 @@ impl ControlPlane {
     /// policies. Two live processes must not share a Worker id; if they
     /// do, each connection replaces the other and fails over the Runs the
     /// other holds.
+    ///
+    /// A hello with a drain notice (a Worker that connected again while it
+    /// drains) opens a session that stays Draining, and is answered with
+    /// Drain right after WorkerAccepted.
     async fn register(
         &self,
         info: WorkerInfo,
         tx: crate::state::Outbound,
         in_flight: &[pb::InFlightRun],
+        draining: Option<DrainNotice>,
     ) -> Result<u64, Status> {
         let id = info.id.clone();
         let _turn = self.worker_turn(&id).await;
@@ -193,6 +211,7 @@ impl ControlPlane {
                 active: HashSet::new(),
                 reserved: 0,
                 last_assigned: 0,
+                drain_answer: None,
             },
         );
         if let Some(old) = replaced {
@@ -231,10 +250,26 @@ impl ControlPlane {
                     missing.push(run.id);
                 }
             }
-            session.state = state;
+            match &draining {
+                // Its own drain is not stored: a restarted Worker takes Runs again.
+                Some(notice) => {
+                    session.state = WorkerState::Draining;
+                    session.drain_answer = Some(drain_answer(notice));
+                    session.answer_drain_if_settled();
+                }
+                None => session.state = state,
+            }
             (session.active.len(), missing)
         };
-        info!(worker_id = %id, generation, slots, active, missing = missing.len(), "worker connected");
+        info!(
+            worker_id = %id,
+            generation,
+            slots,
+            active,
+            missing = missing.len(),
+            draining = draining.is_some(),
+            "worker connected"
+        );
         if !missing.is_empty() {
             self.fail_missing_runs(&id, &missing).await;
         }
@@ -356,9 +391,30 @@ impl ControlPlane {
                 Ok(())
             }
             Some(ClientKind::Ack(_)) => Ok(()),
+            Some(ClientKind::Draining(notice)) => self.on_draining(worker, DrainNotice::try_from(notice)?),
             Some(ClientKind::Output(chunk)) => self.on_output(worker, chunk).await,
             Some(ClientKind::Status(update)) => self.on_status(worker, update).await,
         }
+    }
+
+    /// The Worker is shutting down: it gets no new Runs, and Drain once no
+    /// placement on it is under way.
+    fn on_draining(&self, worker: &WorkerId, notice: DrainNotice) -> Result<(), Status> {
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get_mut(worker) else { return Ok(()) };
+        if session.state != WorkerState::Draining {
+            info!(
+                worker_id = %worker,
+                active = session.active.len(),
+                deadline_unix_ms = notice.deadline.as_millis(),
+                reason = %notice.reason,
+                "worker draining: it gets no new runs"
+            );
+        }
+        session.state = WorkerState::Draining;
+        session.drain_answer = Some(drain_answer(&notice));
+        session.answer_drain_if_settled();
+        Ok(())
     }
 
     async fn on_output(&self, worker: &WorkerId, chunk: pb::RunOutputChunk) -> Result<(), Status> {
@@ -498,13 +554,19 @@ impl ControlPlane {
     /// if a newer connection of the Worker has registered since.
     pub(crate) async fn worker_lost(&self, worker: &WorkerId, generation: u64, reason: &str) {
         let _turn = self.worker_turn(worker).await;
-        {
+        let drained = {
             let mut sessions = self.sessions();
             if sessions.get(worker).is_none_or(|s| s.generation != generation) {
                 debug!(worker_id = %worker, generation, reason, "a replaced connection of the worker ended");
                 return;
             }
-            sessions.remove(worker);
+            sessions.remove(worker).is_some_and(|s| s.state == WorkerState::Draining && s.active.is_empty())
+        };
+        if drained {
+            // The end of a graceful shutdown: nothing to fail over.
+            info!(worker_id = %worker, reason, "drained worker disconnected");
+            self.mark_lost(worker).await;
+            return;
         }
         self.fail_over_now(worker, reason).await;
     }
@@ -526,13 +588,17 @@ impl ControlPlane {
     /// turn and has seen it has no session.
     async fn fail_over_now(&self, worker: &WorkerId, reason: &str) {
         warn!(worker_id = %worker, reason, "worker lost");
-        if let Err(e) = self.store.set_worker_state(worker, WorkerState::Lost).await {
-            warn!(worker_id = %worker, error = %e, "could not mark worker lost");
-        }
+        self.mark_lost(worker).await;
         match self.store.fail_runs_of_worker(worker, &format!("worker {worker} lost: {reason}"), self.clock.now()).await
         {
             Ok(failed) => self.settle_failed(worker, failed),
             Err(e) => warn!(worker_id = %worker, error = %e, "could not fail the runs of a lost worker"),
+        }
+    }
+
+    async fn mark_lost(&self, worker: &WorkerId) {
+        if let Err(e) = self.store.set_worker_state(worker, WorkerState::Lost).await {
+            warn!(worker_id = %worker, error = %e, "could not mark worker lost");
         }
     }
 
@@ -547,6 +613,16 @@ impl ControlPlane {
             warn!(worker_id = %worker, run_id = %run, error = %e, "could not fail a run over");
         }
         self.kick.notify_one();
+    }
+}
+
+/// The answer to a Worker's drain notice: no new Runs will come; Runs
+/// still going at its own deadline are stopped (by the Worker).
+fn drain_answer(notice: &DrainNotice) -> pb::Drain {
+    pb::Drain {
+        message_id: uuid::Uuid::now_v7().simple().to_string(),
+        reason: "the worker is draining: no new runs will come".to_owned(),
+        deadline_unix_ms: Some(notice.deadline.as_millis()),
     }
 }
 

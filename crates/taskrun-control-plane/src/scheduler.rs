@@ -8,7 +8,8 @@
 //! 2. A Worker is eligible for a Run when it is connected (not draining,
 //!    lost or revoked), has a free slot, accepts the agent, carries every
 //!    label the Task requires with the same value, and offers a ModelBackend
-//!    that meets the Task's requirement.
+//!    that meets the Task's requirement. A draining Worker (one that is
+//!    shutting down) takes nothing new, however well it would suit.
 //! 3. Among eligible Workers: one that already holds the agent's digest
 //!    (warm) wins; then the least loaded (lowest fraction of slots in use);
 //!    then the Worker that was given a Run longest ago, so equal Workers
@@ -59,6 +60,12 @@ impl WorkerSlot {
         if self.state != WorkerState::Connected {
             return Some(Refusal::NotConnected);
         }
+        self.misfit(run)
+    }
+
+    /// Why this Worker could not take `run` even if it were connected, or
+    /// `None` when it could.
+    fn misfit(&self, run: &PendingRun) -> Option<Refusal> {
         if !self.info.accepts_agent(&run.agent) {
             return Some(Refusal::Agent);
         }
@@ -149,11 +156,33 @@ pub fn room_left_after(pending: &[PendingRun], workers: &[WorkerSlot]) -> bool {
     workers.iter().any(|w| w.state == WorkerState::Connected && w.free() > 0)
 }
 
+/// How many draining Workers [`unschedulable_reason`] names at most.
+const DRAINING_NAMED: usize = 3;
+
 /// Why no Worker at all can take `run` — `None` when some Worker could
 /// (perhaps once a slot frees up): then the Run is waiting, not refused.
 /// Used for the Task's reason when its schedule-to-start timeout passes,
-/// and to count the Runs that new Tasks queue behind.
+/// and to count the Runs that new Tasks queue behind. Draining Workers that
+/// would suit the Run are named: they are why it found no home.
 pub fn unschedulable_reason(run: &PendingRun, workers: &[WorkerSlot]) -> Option<String> {
+    let why = unsuited_reason(run, workers)?;
+    let mut draining: Vec<&str> = workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Draining && matches!(w.misfit(run), None | Some(Refusal::Busy)))
+        .map(|w| w.info.id.as_str())
+        .collect();
+    if draining.is_empty() {
+        return Some(why);
+    }
+    draining.sort_unstable();
+    let more = draining.len().saturating_sub(DRAINING_NAMED);
+    draining.truncate(DRAINING_NAMED);
+    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    Some(format!("{why} (suitable but draining: {}{more})", draining.join(", ")))
+}
+
+/// [`unschedulable_reason`] without the draining Workers.
+fn unsuited_reason(run: &PendingRun, workers: &[WorkerSlot]) -> Option<String> {
     let mut closest: Option<Refusal> = None;
     let mut any_connected = false;
     for w in workers.iter().filter(|w| w.state == WorkerState::Connected) {

@@ -29,11 +29,27 @@ pub(crate) struct Session {
     /// Slots promised to placements whose store write is under way.
     pub reserved: u32,
     pub last_assigned: u64,
+    /// The answer to the Worker's drain notice, held back while a
+    /// placement on it is under way (see [`Session::answer_drain_if_settled`]).
+    pub drain_answer: Option<pb::Drain>,
 }
 
 impl Session {
     pub fn send(&self, kind: pb::run_server_message::Kind) -> bool {
         self.tx.send(Ok(pb::RunServerMessage { kind: Some(kind) })).is_ok()
+    }
+
+    /// Sends the held answer to the Worker's drain notice once no slot of
+    /// it is reserved: the Worker is draining, so no new reservation comes,
+    /// and every RunAssignment this stream will carry is then ahead of the
+    /// answer. Called with the sessions locked, after each send of an
+    /// assignment and each release of a reservation.
+    pub fn answer_drain_if_settled(&mut self) {
+        if self.reserved == 0
+            && let Some(answer) = self.drain_answer.take()
+        {
+            self.send(pb::run_server_message::Kind::Drain(answer));
+        }
     }
 }
 
@@ -140,6 +156,12 @@ impl ControlPlane {
         let mut ids: Vec<WorkerId> = self.sessions().keys().cloned().collect();
         ids.sort();
         ids
+    }
+
+    /// How placement sees a connected Worker now (`Draining` once it said
+    /// it shuts down); `None` when it has no session.
+    pub fn worker_state(&self, worker: &WorkerId) -> Option<WorkerState> {
+        self.sessions().get(worker).map(|s| s.state)
     }
 
     /// Tells WatchTask streams of the Tasks these events belong to that

@@ -12,7 +12,7 @@
 //!   `tonic::Status::invalid_argument` through `From`;
 //! - the Worker's RunStatusUpdate and RunOutputChunk convert to
 //!   [`RunStatusReport`] and [`RunOutputReport`]: core values plus the lease
-//!   they echo;
+//!   they echo; its WorkerDraining converts to [`DrainNotice`];
 //! - enum numbers inside messages convert with `*_from_wire(field, n)`.
 //!
 //! Generated clients have no `connect(url)` constructor (it would clash with
@@ -24,8 +24,8 @@ mod error;
 mod status;
 
 pub use convert::{
-    RunOutputReport, RunProgress, RunStatusReport, modality_from_wire, run_status_from_wire, task_status_from_wire,
-    worker_state_from_wire,
+    DrainNotice, RunOutputReport, RunProgress, RunStatusReport, modality_from_wire, run_status_from_wire,
+    task_status_from_wire, worker_state_from_wire,
 };
 pub use error::{FieldPath, InvalidMessage};
 pub use status::core_error_status;

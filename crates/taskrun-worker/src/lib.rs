@@ -14,7 +14,7 @@ pub mod model;
 pub mod sandbox;
 
 pub use cancel::CancelToken;
-pub use daemon::{AssignmentProbe, Worker, WorkerConfig, WorkerMetrics};
+pub use daemon::{AssignmentProbe, Drained, Worker, WorkerConfig, WorkerMetrics};
 pub use error::{Error, Result};
 pub use model::ModelBackends;
 pub use sandbox::{Outcome, OutputSink, Prepared, RunLimits, RunReport, RunRequest, Sandbox, SandboxConfig};

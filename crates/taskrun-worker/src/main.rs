@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use taskrun_worker::{Worker, WorkerConfig};
-use tracing::info;
+use tracing::{info, warn};
 
 /// mimalloc: fewer cycles in malloc/free than glibc under many small,
 /// short-lived allocations across threads (measured in docs/benchmarks.md).
@@ -18,7 +18,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// is given in a wasmtime sandbox, streams their output back.
 ///
 /// Settings come from the TOML file given with --config; flags and
-/// TASKRUN_* environment variables override it.
+/// TASKRUN_* environment variables override it. Relative paths in the file
+/// are read from the file's directory; those given as flags or variables,
+/// from the working directory.
+///
+/// SIGTERM or Ctrl-C drains the Worker: it takes no new Runs, lets those in
+/// flight finish for up to shutdown_grace_secs, then exits 0. A second
+/// signal stops it at once.
 #[derive(Debug, Parser)]
 #[command(name = "taskrun-worker", version)]
 struct Args {
@@ -66,15 +72,24 @@ async fn run(args: Args) -> Result<()> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
+    // Listening before the Worker starts: from here on a signal drains it.
+    let mut signals = Signals::new();
     let worker = Worker::new(config).context("cannot start the Worker")?;
     let running = {
         let worker = worker.clone();
         tokio::spawn(async move { worker.run().await })
     };
-    shutdown_signal().await;
-    info!("shutting down");
-    worker.shut_down();
+    let signal = signals.next().await;
+    info!(signal, "shutting down gracefully (a second SIGTERM or Ctrl-C stops at once)");
+    tokio::select! {
+        _ = worker.drain() => {}
+        signal = signals.next() => {
+            warn!(signal, "second signal: stopping at once; the runs in flight are failed over by the control plane");
+            worker.shut_down();
+        }
+    }
     running.await.context("worker task")??;
+    info!("worker exiting");
     Ok(())
 }
 
@@ -91,17 +106,49 @@ fn error_line(error: &anyhow::Error) -> String {
     taskrun_core::error_line(&**error)
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// SIGTERM and Ctrl-C (SIGINT), listened to from creation on, so that a
+/// second signal is seen however soon it follows the first.
+struct Signals {
     #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        return;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        let signals = {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
+        };
+        #[cfg(not(unix))]
+        let signals = Signals {};
+        signals
     }
-    let _ = tokio::signal::ctrl_c().await;
+
+    /// The next SIGTERM or Ctrl-C; its name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            if self.term.is_some() || self.int.is_some() {
+                return tokio::select! {
+                    () = recv(self.term.as_mut()) => "SIGTERM",
+                    () = recv(self.int.as_mut()) => "SIGINT",
+                };
+            }
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
 }
 
 #[cfg(test)]

@@ -37,14 +37,22 @@ impl RawWorker {
         slots: i32,
         in_flight: Vec<pb::InFlightRun>,
     ) -> (RawWorker, pb::WorkerAccepted) {
-        let (tx, rx) = mpsc::unbounded_channel();
         let info = pb::WorkerInfo { worker_id: id.into(), slots, version: "raw".into(), ..Default::default() };
-        let hello = pb::WorkerHello { info: Some(info), in_flight, sent_at_unix_ms: 0 };
+        let hello = pb::WorkerHello { info: Some(info), in_flight, sent_at_unix_ms: 0, draining: None };
+        RawWorker::connect_hello(cluster, hello).await.expect("connect")
+    }
+
+    /// Connects with `hello`; the control plane's refusal, if it refuses.
+    pub(crate) async fn connect_hello(
+        cluster: &Cluster,
+        hello: pb::WorkerHello,
+    ) -> Result<(RawWorker, pb::WorkerAccepted), tonic::Status> {
+        let (tx, rx) = mpsc::unbounded_channel();
         tx.send(pb::RunClientMessage { kind: Some(Up::Hello(hello)) }).expect("send hello");
         let mut client = pb::run_service_client::RunServiceClient::new(cluster.channel().await);
-        let mut rx = client.connect(UnboundedReceiverStream::new(rx)).await.expect("connect").into_inner();
-        match rx.message().await.expect("accepted").and_then(|m| m.kind) {
-            Some(Down::Accepted(accepted)) => (RawWorker { tx, rx }, accepted),
+        let mut rx = client.connect(UnboundedReceiverStream::new(rx)).await?.into_inner();
+        match rx.message().await?.and_then(|m| m.kind) {
+            Some(Down::Accepted(accepted)) => Ok((RawWorker { tx, rx }, accepted)),
             other => panic!("expected WorkerAccepted, got {other:?}"),
         }
     }

@@ -1,4 +1,6 @@
 mod api;
+mod config;
+mod drain;
 mod e2e;
 mod edges;
 mod fencing;

@@ -240,6 +240,88 @@ fn a_run_is_refused_only_when_every_worker_refuses_it() {
     }
 }
 
+/// A Worker that is shutting down takes nothing new, however well it suits
+/// (warm, idle): the Run goes to a colder, busier Worker, or waits. When a
+/// Run finds no home, the reason names the draining Workers that would
+/// have taken it, since they are why.
+#[test]
+fn a_draining_worker_gets_nothing_and_is_named_when_it_is_why() {
+    let draining = |id: &str| {
+        let mut w = worker(id, 4);
+        w.state = WorkerState::Draining;
+        Arc::make_mut(&mut w.info).digests.insert(AgentDigest::of(b"echo"));
+        w
+    };
+    let mut busy = worker("busy", 4);
+    busy.active = 3;
+    let mut workers = vec![draining("d1"), busy];
+    let got = placed(&[run(1, 0, 0), run(2, 0, 1)], &mut workers);
+    assert_eq!(got, [("run_0001".to_owned(), "busy".to_owned())], "one slot left, and not on the draining Worker");
+    assert_eq!(workers[0].active, 0);
+
+    let full = |mut w: WorkerSlot| {
+        w.active = w.info.slots;
+        w
+    };
+    let chat_only = |mut w: WorkerSlot| {
+        Arc::make_mut(&mut w.info).agents.insert("chat".parse().unwrap());
+        w
+    };
+    let gpu = |mut w: WorkerSlot| {
+        Arc::make_mut(&mut w.info).labels.insert("gpu".into(), "a100".into());
+        w
+    };
+    let plain = run(1, 0, 0);
+    let mut needs_gpu = run(2, 0, 0);
+    needs_gpu.worker_labels.insert("gpu".into(), "a100".into());
+    let cases: Vec<(&str, &PendingRun, Vec<WorkerSlot>, Option<&str>)> = vec![
+        (
+            "only a draining Worker",
+            &plain,
+            vec![draining("d1")],
+            Some("no connected worker (suitable but draining: d1)"),
+        ),
+        (
+            "a draining Worker and one that refuses the agent",
+            &plain,
+            vec![chat_only(worker("c", 4)), draining("d1")],
+            Some("no connected worker accepts agent echo (suitable but draining: d1)"),
+        ),
+        (
+            "a full draining Worker would still suit",
+            &plain,
+            vec![full(draining("d1"))],
+            Some("no connected worker (suitable but draining: d1)"),
+        ),
+        (
+            "a draining Worker that would refuse the agent is not named",
+            &plain,
+            vec![chat_only(draining("d1"))],
+            Some("no connected worker"),
+        ),
+        (
+            "only the draining Worker with the label is named",
+            &needs_gpu,
+            vec![draining("d1"), gpu(draining("d2")), worker("plain", 4)],
+            Some("no connected worker accepts agent echo and carries labels gpu=a100 (suitable but draining: d2)"),
+        ),
+        (
+            "many draining Workers",
+            &plain,
+            ["d5", "d2", "d4", "d1", "d3"].into_iter().map(draining).collect(),
+            Some("no connected worker (suitable but draining: d1, d2, d3 and 2 more)"),
+        ),
+        ("a busy connected Worker suits: the Run waits", &plain, vec![draining("d1"), full(worker("w", 2))], None),
+    ];
+    for (case, r, workers, want) in cases {
+        assert_eq!(unschedulable_reason(r, &workers).as_deref(), want, "{case}");
+    }
+    assert_eq!(
+        timeout_reason(&plain, &[draining("d1")], 10),
+        "not started within its schedule-to-start timeout (10 ms): no connected worker (suitable but draining: d1)"
+    );
+}
+
 /// The dispatcher reads further down the queue while a free Worker would
 /// be left idle by the Runs read so far.
 #[test]

@@ -1,6 +1,7 @@
 //! The Worker's reports on RunService.Connect that carry core values:
 //! RunStatusUpdate (a RunOutcome, or "started") and RunOutputChunk (an
-//! OutputChunk), each with the lease it echoes.
+//! OutputChunk), each with the lease it echoes; and its WorkerDraining
+//! notice.
 
 use taskrun_core::{OutputChunk, RunId, RunOutcome, RunStatus, Timestamp};
 
@@ -226,5 +227,37 @@ impl TryFrom<pb::RunOutputChunk> for RunOutputReport {
         let run_id = parse("run_id", &c.run_id)?;
         let lease = to_u64("lease", c.lease, 1, None)?;
         Ok(RunOutputReport { lease, chunk: OutputChunk { run_id, seq: to_u64("seq", c.seq, 1, None)?, data: c.data } })
+    }
+}
+
+/// A validated WorkerDraining: the Worker is shutting down and takes no new
+/// Runs; those still going at `deadline` are stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainNotice {
+    /// When the Worker's grace period ends, on its clock.
+    pub deadline: Timestamp,
+    /// Why, for logs; at most [`DrainNotice::MAX_REASON_BYTES`].
+    pub reason: String,
+}
+
+impl DrainNotice {
+    pub const MAX_REASON_BYTES: usize = 1024;
+}
+
+impl From<DrainNotice> for pb::WorkerDraining {
+    fn from(n: DrainNotice) -> pb::WorkerDraining {
+        pb::WorkerDraining { deadline_unix_ms: n.deadline.as_millis(), reason: n.reason }
+    }
+}
+
+impl TryFrom<pb::WorkerDraining> for DrainNotice {
+    type Error = InvalidMessage;
+    fn try_from(d: pb::WorkerDraining) -> Result<DrainNotice> {
+        if d.deadline_unix_ms == 0 {
+            return Err(InvalidMessage::Missing("deadline_unix_ms".into()));
+        }
+        to_u64("deadline_unix_ms", d.deadline_unix_ms, 1, None)?;
+        at_most_bytes("reason", &d.reason, DrainNotice::MAX_REASON_BYTES)?;
+        Ok(DrainNotice { deadline: timestamp(d.deadline_unix_ms), reason: d.reason })
     }
 }

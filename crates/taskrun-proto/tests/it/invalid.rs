@@ -7,7 +7,7 @@ use std::fmt::Debug;
 
 use expect_test::{Expect, expect};
 use taskrun_core::{AgentDigest, AgentManifest, ModelBackend, Run, TaskEvent, TaskSpec, Worker, WorkerInfo};
-use taskrun_proto::{InvalidMessage, RunOutputReport, RunStatusReport, pb};
+use taskrun_proto::{DrainNotice, InvalidMessage, RunOutputReport, RunStatusReport, pb};
 
 use crate::samples;
 
@@ -979,6 +979,30 @@ fn run_output_chunk() {
         expect![[r#"
         seq out of range: 0 (must be at least 1)
         OutOfRange { field: "seq", value: 0, min: 1, max: None }"#]],
+    );
+}
+
+#[test]
+fn worker_draining() {
+    let notice = || pb::WorkerDraining::from(samples::drain_notices()[1].clone());
+    let d = |mutate: fn(&mut pb::WorkerDraining), expect| check::<_, DrainNotice>(notice(), mutate, expect);
+    d(
+        |d| d.deadline_unix_ms = 0,
+        expect![[r#"
+            missing deadline_unix_ms
+            Missing("deadline_unix_ms")"#]],
+    );
+    d(
+        |d| d.deadline_unix_ms = -5,
+        expect![[r#"
+            deadline_unix_ms out of range: -5 (must be at least 1)
+            OutOfRange { field: "deadline_unix_ms", value: -5, min: 1, max: None }"#]],
+    );
+    d(
+        |d| d.reason = "r".repeat(DrainNotice::MAX_REASON_BYTES + 1),
+        expect![[r#"
+            invalid reason "1025 bytes": longer than 1024 bytes
+            Invalid { field: "reason", value: "1025 bytes", reason: "longer than 1024 bytes" }"#]],
     );
 }
 

@@ -66,6 +66,7 @@ fn tasks_runs_and_events() {
 fn worker_reports() {
     roundtrip::<pb::RunStatusUpdate, _>(samples::status_reports());
     roundtrip::<pb::RunOutputChunk, _>([samples::output_report()]);
+    roundtrip::<pb::WorkerDraining, _>(samples::drain_notices());
 }
 
 #[test]

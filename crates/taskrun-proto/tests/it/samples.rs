@@ -248,3 +248,12 @@ pub fn status_reports() -> Vec<taskrun_proto::RunStatusReport> {
 pub fn output_report() -> taskrun_proto::RunOutputReport {
     taskrun_proto::RunOutputReport { lease: 1, chunk: output_chunk() }
 }
+
+pub fn drain_notices() -> Vec<taskrun_proto::DrainNotice> {
+    use taskrun_proto::DrainNotice;
+    vec![
+        DrainNotice { deadline: at(30_000), reason: String::new() },
+        DrainNotice { deadline: at(1), reason: "SIGTERM".to_owned() },
+        DrainNotice { deadline: at(0), reason: "r".repeat(DrainNotice::MAX_REASON_BYTES) },
+    ]
+}

@@ -9,6 +9,7 @@
 //! trust_policy = "trust.toml"     # keys whose agents this Worker runs
 //! agents = []                     # agent names it runs; empty = any
 //! labels = { region = "eu" }
+//! shutdown_grace_secs = 30        # how long a drain lets Runs finish
 //!
 //! [sandbox]
 //! max_memory_mb = 256
@@ -20,6 +21,11 @@
 //! name = "default"
 //! provider = "echo"
 //! ```
+//!
+//! Relative paths in the file (`data_dir`, `trust_policy`) are read from
+//! the file's directory ([`WorkerConfig::from_file`]); paths given any
+//! other way (flags, [`WorkerConfig::new`], defaults) stay as they are,
+//! relative to the working directory.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,7 +33,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use taskrun_core::{AgentName, Labels, WorkerId};
 
-use super::MAX_RESULT_BYTES;
+use super::{MAX_RESULT_BYTES, MAX_SHUTDOWN_GRACE_SECS};
 use crate::model::BackendConfig;
 use crate::{Error, Result};
 
@@ -59,6 +65,18 @@ pub struct WorkerConfig {
     pub sandbox: SandboxSection,
     #[serde(default)]
     pub model_backends: Vec<BackendConfig>,
+    /// How long a drain (SIGTERM, Ctrl-C, [`Worker::drain`](crate::Worker::drain))
+    /// lets the Runs in flight finish before it stops them, seconds
+    /// (0 to [`MAX_SHUTDOWN_GRACE_SECS`]).
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+/// The keys of the file that name files or directories.
+#[derive(Debug, Deserialize)]
+struct PathKeys {
+    data_dir: Option<PathBuf>,
+    trust_policy: Option<PathBuf>,
 }
 
 /// Sandbox settings the operator may change. A Task's limits are cut to
@@ -113,13 +131,43 @@ fn default_slots() -> u32 {
     4
 }
 
+fn default_shutdown_grace_secs() -> u64 {
+    30
+}
+
+/// `path` read from `dir`: as it is when absolute.
+fn in_dir(dir: &Path, path: PathBuf) -> PathBuf {
+    if path.is_absolute() { path } else { dir.join(path) }
+}
+
 impl WorkerConfig {
+    /// The config `text` sets, with its paths as written (relative ones
+    /// stay relative to the working directory).
     pub fn from_toml(text: &str) -> Result<WorkerConfig> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
             Error::Config(taskrun_core::located(text, e.span().map(|s| s.start), e.message()))
         })
     }
 
+    /// The config `text` sets, with the relative paths it sets read from
+    /// `dir` (the directory of the file it came from). Paths it leaves to
+    /// their defaults stay relative to the working directory.
+    pub fn from_toml_in(text: &str, dir: &Path) -> Result<WorkerConfig> {
+        let mut config = WorkerConfig::from_toml(text)?;
+        // It parsed as a whole, so its path keys parse too.
+        let set: PathKeys = toml::from_str(text).map_err(|e| Error::Config(toml_error(text, &e)))?;
+        if let Some(data_dir) = set.data_dir {
+            config.data_dir = in_dir(dir, data_dir);
+        }
+        if let Some(trust_policy) = set.trust_policy {
+            config.trust_policy = in_dir(dir, trust_policy);
+        }
+        Ok(config)
+    }
+
+    /// Reads the TOML file at `path`. Relative paths in it are read from
+    /// the file's directory, as Cargo and Spin read theirs, so a Worker
+    /// started from any directory finds the same files.
     pub fn from_file(path: &Path) -> Result<WorkerConfig> {
         let shown = path.display();
         let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
@@ -128,8 +176,9 @@ impl WorkerConfig {
             )),
             _ => Error::Config(format!("{shown}: {e}")),
         })?;
+        let dir = path.parent().unwrap_or(Path::new(""));
         // `from_toml`'s error already says "worker config"; add the file only.
-        WorkerConfig::from_toml(&text).map_err(|e| match e {
+        WorkerConfig::from_toml_in(&text, dir).map_err(|e| match e {
             Error::Config(message) => Error::Config(format!("{shown}: {message}")),
             other => other,
         })
@@ -168,7 +217,13 @@ impl WorkerConfig {
             labels: Labels::new(),
             sandbox: SandboxSection::default(),
             model_backends: Vec::new(),
+            shutdown_grace_secs: default_shutdown_grace_secs(),
         }
+    }
+
+    /// How long a drain lets Runs finish (`shutdown_grace_secs`).
+    pub fn shutdown_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shutdown_grace_secs)
     }
 
     /// Checks the combination of settings.
@@ -204,6 +259,13 @@ impl WorkerConfig {
             )));
         }
         taskrun_core::validate_labels("labels", &self.labels).map_err(|e| Error::Config(e.to_string()))?;
+        if self.shutdown_grace_secs > MAX_SHUTDOWN_GRACE_SECS {
+            return Err(Error::Config(format!(
+                "shutdown_grace_secs must be 0 to {MAX_SHUTDOWN_GRACE_SECS} (seconds), not {}: a Run that needs \
+                 longer is better stopped and retried on another Worker",
+                self.shutdown_grace_secs
+            )));
+        }
         self.sandbox.validate()
     }
 }

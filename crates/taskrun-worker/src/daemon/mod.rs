@@ -13,6 +13,11 @@
 //!   plane's) and compiles exactly the verified bytes. A failed
 //!   verification fails the Run, and nothing is compiled.
 //! - It reconnects with exponential backoff and jitter.
+//! - It drains on request ([`Worker::drain`]; the binary does on SIGTERM
+//!   or Ctrl-C): it tells the control plane, which places no new Run on it,
+//!   lets the Runs it holds finish for up to `shutdown_grace_secs`, stops
+//!   and reports FAILED those still going then, waits for the acks and
+//!   closes the stream.
 //! - Nothing it sends is larger than [`MAX_RUN_MESSAGE_BYTES`], which would
 //!   end the stream and every Run on it: output goes in pieces of at most
 //!   [`MAX_OUTPUT_CHUNK_BYTES`], a result over `sandbox.max_result_bytes`
@@ -29,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use taskrun_core::{AgentDigest, Clock, RunId, SystemClock, Timestamp, WorkerInfo};
-use taskrun_proto::{MAX_RUN_MESSAGE_BYTES, pb};
+use taskrun_proto::{DrainNotice, MAX_RUN_MESSAGE_BYTES, pb};
 use taskrun_signing::{TrustPolicy, VerifiedAgent, Verifier};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +52,13 @@ pub const MAX_RESULT_BYTES: u64 = 8 << 20;
 /// The longest error text a terminal report carries, bytes; longer text
 /// (an agent's error message, a trap's backtrace) is cut.
 pub const MAX_ERROR_BYTES: usize = 64 << 10;
+
+/// The longest `shutdown_grace_secs` an operator may set: an hour.
+pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 3600;
+
+/// How long a drain waits, once its grace period is over and it stopped
+/// the Runs still going, for the control plane to ack their reports.
+pub const FINAL_REPORTS_WAIT: Duration = Duration::from_secs(10);
 
 // A terminal report holds a result or an error, at most one output piece,
 // and a few small fields: it must fit one message, with room to spare.
@@ -82,6 +94,9 @@ struct InFlight {
     lease: u64,
     cancel: CancelToken,
     cancel_reason: Option<String>,
+    /// Set when the end of a drain's grace period stopped the Run: the
+    /// error it is reported FAILED with (unless a CancelRun came first).
+    shutdown_error: Option<String>,
     started: bool,
     /// Every chunk sent, kept until the terminal report is acked so that
     /// a reconnect can resend what the control plane did not store.
@@ -113,10 +128,44 @@ struct Inner {
     nonces: Mutex<SeenNonces>,
     max_skew: Mutex<Duration>,
     counters: Counters,
+    /// Where a drain stands. Locked after `outbound` or `runs` when with
+    /// either.
+    drain: Mutex<DrainState>,
+    /// Woken when a Run is forgotten, the drain is answered or a session
+    /// ends: what [`Worker::drain`] waits on.
+    settled: tokio::sync::Notify,
     shutdown: CancellationToken,
     /// Set by [`Worker::kill`]: nothing more is sent.
     silenced: std::sync::atomic::AtomicBool,
     probe: Mutex<Probe>,
+}
+
+/// A drain's progress.
+#[derive(Debug, Default)]
+struct DrainState {
+    /// Set once draining: the notice every session carries from then on.
+    notice: Option<pb::WorkerDraining>,
+    /// The control plane answered the notice (Drain) on the current
+    /// session: no assignment follows it.
+    answered: bool,
+    /// A session is being set up or is up.
+    in_session: bool,
+    /// Set once the grace period is over: the error a Run stopped by the
+    /// shutdown is reported FAILED with. A Run assigned after that is
+    /// stopped at once.
+    stopping: Option<String>,
+}
+
+/// How a drain went ([`Worker::drain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Runs still going when the grace period ended: stopped, and reported
+    /// FAILED so that the control plane retries them elsewhere.
+    pub runs_stopped: usize,
+    /// Runs whose terminal report the control plane had not acked when the
+    /// Worker gave up waiting: it fails them over once it sees the Worker
+    /// gone.
+    pub reports_unacked: usize,
 }
 
 #[derive(Default)]
@@ -181,6 +230,13 @@ impl Worker {
             .map_err(|e| Error::Config(format!("rollback state: {e}")))?;
         let backends =
             ModelBackends::from_config(&ModelBackendsConfig { model_backends: config.model_backends.clone() })?;
+        if config.model_backends.is_empty() {
+            warn!(
+                worker_id = %config.id,
+                "no ModelBackends configured: agents that call a ModelBackend will get an error; configure one with \
+                 a [[model_backends]] entry in worker.toml (see docs/worker.md)"
+            );
+        }
         let s = &config.sandbox;
         let mb = |m: u64| usize::try_from(m.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let sandbox = Sandbox::new(SandboxConfig {
@@ -218,6 +274,8 @@ impl Worker {
             nonces: Mutex::new(SeenNonces::default()),
             max_skew: Mutex::new(Duration::from_secs(30)),
             counters: Counters::default(),
+            drain: Mutex::new(DrainState::default()),
+            settled: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),
             silenced: std::sync::atomic::AtomicBool::new(false),
             probe: Mutex::new(Probe::default()),
@@ -265,7 +323,131 @@ impl Worker {
         lock(&self.0.outbound).is_some()
     }
 
-    /// Stops: ends the session, cancels the Runs in flight.
+    /// Whether [`Worker::drain`] has begun.
+    pub fn is_draining(&self) -> bool {
+        lock(&self.0.drain).notice.is_some()
+    }
+
+    /// Drains and stops, for a graceful shutdown: tells the control plane
+    /// (which places no new Run here and answers with Drain), lets the Runs
+    /// in flight finish and waits for the acks of their reports, for up to
+    /// `shutdown_grace_secs`. Runs still going then are stopped and
+    /// reported FAILED ("worker … shut down"), so that the control plane
+    /// retries them on another Worker per their Tasks' policies, and their
+    /// acks get up to [`FINAL_REPORTS_WAIT`] more. An assignment that
+    /// crossed the notice on the wire is run like the others. Then the
+    /// session ends, as [`Worker::shut_down`] ends it, and [`Worker::run`]
+    /// returns.
+    ///
+    /// It returns as soon as nothing is in flight and the control plane
+    /// has answered (or no session is up, so no assignment can come).
+    pub async fn drain(&self) -> Drained {
+        let grace = self.0.config.shutdown_grace();
+        let until = tokio::time::Instant::now() + grace;
+        let in_flight = lock(&self.0.runs).len();
+        info!(
+            worker_id = %self.0.config.id,
+            grace_secs = grace.as_secs(),
+            in_flight,
+            "draining: no new runs; letting the runs in flight finish"
+        );
+        self.notify_draining(grace);
+        let mut runs_stopped = 0;
+        if !self.settled_by(until, Worker::drained).await {
+            runs_stopped = self.stop_for_shutdown(grace);
+            if runs_stopped > 0 {
+                warn!(
+                    worker_id = %self.0.config.id,
+                    runs_stopped,
+                    grace_secs = grace.as_secs(),
+                    "grace period over: runs still going are stopped and reported failed"
+                );
+            }
+            let until = tokio::time::Instant::now() + FINAL_REPORTS_WAIT;
+            self.settled_by(until, |w| lock(&w.0.runs).is_empty()).await;
+        }
+        let reports_unacked = lock(&self.0.runs).len();
+        if reports_unacked > 0 {
+            warn!(
+                worker_id = %self.0.config.id,
+                reports_unacked,
+                "the control plane did not ack every run's end: it fails those runs over once it sees this worker gone"
+            );
+        }
+        self.shut_down();
+        info!(worker_id = %self.0.config.id, runs_stopped, reports_unacked, "worker drained");
+        Drained { runs_stopped, reports_unacked }
+    }
+
+    /// Starts draining (once): records the notice and sends it on the
+    /// session, if one is up. A session set up from now on carries it in
+    /// its hello, or sends it as soon as it is up.
+    fn notify_draining(&self, grace: Duration) {
+        let deadline = self.0.clock.now().saturating_add(grace);
+        let outbound = lock(&self.0.outbound);
+        let mut drain = lock(&self.0.drain);
+        if drain.notice.is_some() {
+            return;
+        }
+        let notice: pb::WorkerDraining = DrainNotice { deadline, reason: "shutting down".to_owned() }.into();
+        drain.notice = Some(notice.clone());
+        if !self.0.silenced.load(Ordering::SeqCst)
+            && let Some(tx) = outbound.as_ref()
+        {
+            let _ = tx.send(pb::RunClientMessage { kind: Some(pb::run_client_message::Kind::Draining(notice)) });
+        }
+    }
+
+    /// Nothing is in flight, and no assignment can come: the control plane
+    /// answered the notice on this session, or no session is up (the next
+    /// one's hello says the Worker drains).
+    fn drained(&self) -> bool {
+        if !lock(&self.0.runs).is_empty() {
+            return false;
+        }
+        let drain = lock(&self.0.drain);
+        drain.answered || !drain.in_session
+    }
+
+    /// Waits until `done` holds or `until` passes; whether it holds.
+    async fn settled_by(&self, until: tokio::time::Instant, done: impl Fn(&Worker) -> bool) -> bool {
+        loop {
+            let changed = self.0.settled.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done(self) {
+                return true;
+            }
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep_until(until) => return done(self),
+            }
+        }
+    }
+
+    /// The grace period is over: stops every Run still going, to be
+    /// reported FAILED, and any assigned from now on. Returns how many.
+    fn stop_for_shutdown(&self, grace: Duration) -> usize {
+        let error = format!(
+            "worker {} shut down: the run was still going when its shutdown grace period of {} s ended",
+            self.0.config.id,
+            grace.as_secs()
+        );
+        let mut runs = lock(&self.0.runs);
+        lock(&self.0.drain).stopping = Some(error.clone());
+        let mut stopped = 0;
+        for (id, run) in runs.iter_mut().filter(|(_, r)| r.terminal.is_none()) {
+            info!(run_id = %id, "stopping run: the worker shuts down");
+            run.shutdown_error = Some(error.clone());
+            run.cancel.cancel();
+            stopped += 1;
+        }
+        stopped
+    }
+
+    /// Stops at once: ends the session, cancels the Runs in flight (their
+    /// reports are not waited for; the control plane fails them over when
+    /// it sees the stream end). See [`Worker::drain`] for a graceful stop.
     pub fn shut_down(&self) {
         self.0.shutdown.cancel();
         for run in lock(&self.0.runs).values() {

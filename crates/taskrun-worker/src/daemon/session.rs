@@ -32,6 +32,22 @@ fn nonce() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
+/// Marks the end of a session, however [`Worker::session`] returns: the
+/// drain's answer belonged to it, and a drain waiting on it looks again.
+struct SessionEnd<'a>(&'a Worker);
+
+impl Drop for SessionEnd<'_> {
+    fn drop(&mut self) {
+        let worker = self.0;
+        {
+            let mut drain = lock(&worker.0.drain);
+            drain.in_session = false;
+            drain.answered = false;
+        }
+        worker.0.settled.notify_waiters();
+    }
+}
+
 /// Resolves once `cancel` is cancelled (checked every 10 ms).
 async fn cancelled(cancel: &CancelToken) {
     while !cancel.is_cancelled() {
@@ -94,6 +110,8 @@ impl Worker {
 
     /// Connects, says hello, and serves the session until it ends.
     pub(super) async fn session(&self) -> Result<()> {
+        lock(&self.0.drain).in_session = true;
+        let _ended = SessionEnd(self);
         let channel = self.channel().await?;
         let url = self.0.config.control_plane.clone();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -112,10 +130,14 @@ impl Worker {
                 last_output_seq: r.outputs.last().map_or(0, |(s, _)| i64::try_from(*s).unwrap_or(i64::MAX)),
             })
             .collect();
+        // A Worker that drains says so from the start of every session.
+        let draining = lock(&self.0.drain).notice.clone();
+        let said_draining = draining.is_some();
         let hello = pb::WorkerHello {
             info: Some(self.info().into()),
             in_flight,
             sent_at_unix_ms: self.0.clock.now().as_millis(),
+            draining,
         };
         let _ = tx.send(pb::RunClientMessage { kind: Some(ClientKind::Hello(hello)) });
         // Matches the control plane's RunService server (taskrun-control-plane,
@@ -139,7 +161,15 @@ impl Worker {
         if self.0.silenced.load(Ordering::SeqCst) {
             return Ok(());
         }
-        *lock(&self.0.outbound) = Some(tx.clone());
+        {
+            let mut outbound = lock(&self.0.outbound);
+            *outbound = Some(tx.clone());
+            // A drain that began after the hello was made: say it now
+            // ([`Worker::drain`] found no session to say it on).
+            if !said_draining && let Some(notice) = lock(&self.0.drain).notice.clone() {
+                let _ = tx.send(pb::RunClientMessage { kind: Some(ClientKind::Draining(notice)) });
+            }
+        }
         *lock(&self.0.max_skew) = Duration::from_millis(accepted.max_clock_skew_ms.max(1000).unsigned_abs());
         self.0.counters.sessions.fetch_add(1, Ordering::Relaxed);
         info!(worker_id = %self.0.config.id, in_flight = accepted.in_flight.len(), "session established");
@@ -177,6 +207,7 @@ impl Worker {
         loop {
             tokio::select! {
                 _ = heartbeat.tick() => {
+                    let draining = self.is_draining();
                     let (free, active) = {
                         let runs = lock(&self.0.runs);
                         let busy = u32::try_from(runs.values().filter(|r| r.terminal.is_none()).count()).unwrap_or(u32::MAX);
@@ -184,7 +215,8 @@ impl Worker {
                             .iter()
                             .map(|(id, r)| pb::RunLease { run_id: id.to_string(), lease: i64::try_from(r.lease).unwrap_or(i64::MAX) })
                             .collect();
-                        (self.0.config.slots.saturating_sub(busy), active)
+                        let free = if draining { 0 } else { self.0.config.slots.saturating_sub(busy) };
+                        (free, active)
                     };
                     self.send(ClientKind::Heartbeat(pb::WorkerHeartbeat {
                         sent_at_unix_ms: self.0.clock.now().as_millis(),
@@ -216,6 +248,7 @@ impl Worker {
                     info!(run_id = %id, reason = %v.reason, "control plane says stop");
                     run.cancel.cancel();
                     runs.remove(&id);
+                    self.0.settled.notify_waiters();
                     continue;
                 }
                 let acked = u64::try_from(v.output_seq_acked).unwrap_or(0);
@@ -266,16 +299,29 @@ impl Worker {
                         warn!(run_id = %id, reason = %ack.reason, "fenced: the run is no longer ours");
                         run.cancel.cancel();
                         runs.remove(&id);
+                        self.0.settled.notify_waiters();
                     }
                     _ if run.terminal.is_some() => {
                         debug!(run_id = %id, outcome = ?outcome, "terminal report acked");
                         runs.remove(&id);
+                        self.0.settled.notify_waiters();
                     }
                     pb::RunAckOutcome::Rejected => warn!(run_id = %id, reason = %ack.reason, "report rejected"),
                     _ => {}
                 }
             }
-            Some(ServerKind::Drain(d)) => info!(reason = %d.reason, "asked to drain: no new runs will come"),
+            Some(ServerKind::Drain(d)) => {
+                let mut drain = lock(&self.0.drain);
+                if drain.notice.is_some() {
+                    // The answer to our notice: every assignment is ahead of it.
+                    debug!(reason = %d.reason, "the control plane answered the drain");
+                    drain.answered = true;
+                    drop(drain);
+                    self.0.settled.notify_waiters();
+                } else {
+                    info!(reason = %d.reason, "asked to drain: no new runs will come");
+                }
+            }
             Some(ServerKind::Accepted(_)) | None => {}
         }
     }
@@ -321,12 +367,20 @@ impl Worker {
             if runs.get(&id).is_some_and(|r| r.lease >= lease) {
                 return;
             }
+            // Past a drain's grace period, a Run that still arrives is
+            // stopped before it starts, and reported FAILED like the others.
+            // (Read with the Runs locked, as the drain sets it.)
+            let shutdown_error = lock(&self.0.drain).stopping.clone();
+            if shutdown_error.is_some() {
+                cancel.cancel();
+            }
             runs.insert(
                 id.clone(),
                 InFlight {
                     lease,
                     cancel: cancel.clone(),
                     cancel_reason: None,
+                    shutdown_error,
                     started: false,
                     outputs: Vec::new(),
                     terminal: None,
@@ -361,7 +415,7 @@ impl Worker {
             biased;
             prepared = self.agent(&manifest) => prepared,
             () = cancelled(&cancel) => {
-                self.finish(&id, lease, RunOutcome::Cancelled { reason: self.cancel_reason(&id) });
+                self.finish(&id, lease, self.stopped(&id));
                 return;
             }
             () = tokio::time::sleep(limits.deadline) => {
@@ -382,7 +436,7 @@ impl Worker {
             }
         };
         if cancel.is_cancelled() {
-            self.finish(&id, lease, RunOutcome::Cancelled { reason: self.cancel_reason(&id) });
+            self.finish(&id, lease, self.stopped(&id));
             return;
         }
         {
@@ -447,7 +501,7 @@ impl Worker {
             Ok(report) => {
                 debug!(run_id = %id, outcome = report.outcome.kind(), elapsed_ms = report.stats.elapsed.as_millis() as u64, "run ended");
                 match report.to_core() {
-                    RunOutcome::Cancelled { .. } => RunOutcome::Cancelled { reason: self.cancel_reason(&id) },
+                    RunOutcome::Cancelled { .. } => self.stopped(&id),
                     other => other,
                 }
             }
@@ -456,8 +510,17 @@ impl Worker {
         self.finish_with_seq(&id, lease, outcome, last_seq, trailing.into_iter().collect());
     }
 
-    fn cancel_reason(&self, id: &RunId) -> String {
-        lock(&self.0.runs).get(id).and_then(|r| r.cancel_reason.clone()).unwrap_or_else(|| "cancelled".to_owned())
+    /// How a Run that was stopped from outside ended: CANCELLED with the
+    /// CancelRun's reason, or FAILED when the Worker's shutdown stopped it
+    /// (so that it is retried elsewhere).
+    fn stopped(&self, id: &RunId) -> RunOutcome {
+        let runs = lock(&self.0.runs);
+        let run = runs.get(id);
+        match (run.and_then(|r| r.cancel_reason.clone()), run.and_then(|r| r.shutdown_error.clone())) {
+            (Some(reason), _) => RunOutcome::Cancelled { reason },
+            (None, Some(error)) => RunOutcome::Failed { error },
+            (None, None) => RunOutcome::Cancelled { reason: "cancelled".to_owned() },
+        }
     }
 
     fn finish(&self, id: &RunId, lease: u64, outcome: RunOutcome) {

@@ -1,15 +1,21 @@
 //! Integration tests of the worker runtime: the sandbox against every agent
 //! under `agents/`, the compiled-component cache, cancellation, the
 //! ModelBackend providers (the `openai` one against a local HTTP server),
-//! and the Worker's session with a real control plane (`session`).
+//! the Worker's session with a real control plane (`session`), its
+//! graceful drain (`drain`, and `signals` for the binary's SIGTERM) and
+//! its config file (`config`).
 
 mod cache;
 mod cancel;
+mod config;
+mod drain;
 mod examples;
 mod hostile;
 mod model;
 mod runtime;
 mod session;
+#[cfg(unix)]
+mod signals;
 mod support;
 
 /// Every agent under `agents/` has a test named after it (crate name in
