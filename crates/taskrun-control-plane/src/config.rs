@@ -144,7 +144,9 @@ impl Config {
     pub fn from_toml_in(text: &str, dir: &Path) -> Result<Config> {
         let mut config = Config::from_toml(text)?;
         // It parsed as a whole, so its path keys parse too.
-        let set: PathKeys = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        let set: PathKeys = toml::from_str(text).map_err(|e: toml::de::Error| {
+            Error::Config(taskrun_core::located(text, e.span().map(|s| s.start), e.message()))
+        })?;
         if let Some(data_dir) = set.data_dir {
             config.data_dir = in_dir(dir, data_dir);
         }

@@ -155,7 +155,9 @@ impl WorkerConfig {
     pub fn from_toml_in(text: &str, dir: &Path) -> Result<WorkerConfig> {
         let mut config = WorkerConfig::from_toml(text)?;
         // It parsed as a whole, so its path keys parse too.
-        let set: PathKeys = toml::from_str(text).map_err(|e| Error::Config(toml_error(text, &e)))?;
+        let set: PathKeys = toml::from_str(text).map_err(|e: toml::de::Error| {
+            Error::Config(taskrun_core::located(text, e.span().map(|s| s.start), e.message()))
+        })?;
         if let Some(data_dir) = set.data_dir {
             config.data_dir = in_dir(dir, data_dir);
         }
