@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use taskrun_core::{AgentName, AgentRef, AgentVersion, TaskId, TaskStatus};
+use taskrun_core::{AgentName, AgentRef, AgentVersion, RunId, TaskId, TaskStatus};
 use taskrun_signing::KeyId;
 
 use crate::parse;
@@ -60,6 +60,10 @@ pub enum TaskCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show only this Run of the Task, with its result however large
+        /// (the whole Task leaves out results that do not fit in one reply).
+        #[arg(long, value_name = "RUN_ID", value_parser = parse::run_id)]
+        run: Option<RunId>,
     },
     /// List Tasks, oldest first.
     List(ListArgs),

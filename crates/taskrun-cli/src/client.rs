@@ -87,9 +87,13 @@ impl Connection {
         remote(&self.url, status)
     }
 
-    /// GetTask, with errors as one-line messages.
-    pub async fn get_task(&self, task_id: &taskrun_core::TaskId) -> anyhow::Result<pb::GetTaskResponse> {
-        let request = pb::GetTaskRequest { task_id: task_id.to_string() };
+    /// GetTask (every Run, or only `run`), with errors as one-line messages.
+    pub async fn get_task(
+        &self,
+        task_id: &taskrun_core::TaskId,
+        run: Option<&taskrun_core::RunId>,
+    ) -> anyhow::Result<pb::GetTaskResponse> {
+        let request = pb::GetTaskRequest { task_id: task_id.to_string(), run_id: run.map(ToString::to_string) };
         Ok(self.tasks().get_task(request).await.map_err(|s| self.error(s))?.into_inner())
     }
 }

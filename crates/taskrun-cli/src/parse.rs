@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use taskrun_core::{AgentName, AgentRef, AgentVersion, Labels, TaskId, TaskStatus};
+use taskrun_core::{AgentName, AgentRef, AgentVersion, Labels, RunId, TaskId, TaskStatus};
 use taskrun_signing::KeyId;
 
 /// A duration such as `1500ms`, `30s`, `5m`, `2h`, `1d` or `1h30m`: one or
@@ -106,6 +106,15 @@ pub fn agent_version(text: &str) -> Result<AgentVersion, String> {
 
 pub fn task_id(text: &str) -> Result<TaskId, String> {
     text.parse::<TaskId>().map_err(|e| domain_message(text, e, "task ids look like task_0199..."))
+}
+
+pub fn run_id(text: &str) -> Result<RunId, String> {
+    const HINT: &str = "run ids look like task_0199….0.1: the Task's id, shard and attempt";
+    let id = text.parse::<RunId>().map_err(|e| domain_message(text, e, HINT))?;
+    match id.parts() {
+        Some(_) => Ok(id),
+        None => Err(format!("{text:?} is not a run id ({HINT})")),
+    }
 }
 
 pub fn task_status(text: &str) -> Result<TaskStatus, String> {

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use taskrun_core::{Json, Run, Task, TaskId, TaskSpec};
-use taskrun_proto::pb;
+use taskrun_core::{Json, Run, RunId, Task, TaskId, TaskSpec};
+use taskrun_proto::{RunReply, pb};
 
 use crate::cli::{CreateArgs, ListArgs, TaskCommand};
 use crate::client::{Connection, MAX_REQUEST_BYTES};
@@ -19,7 +19,7 @@ use crate::watch;
 pub async fn run(conn: Connection, command: TaskCommand) -> anyhow::Result<ExitCode> {
     match command {
         TaskCommand::Create(args) => create(conn, args).await,
-        TaskCommand::Get { task_id, json } => get(conn, &task_id, json).await,
+        TaskCommand::Get { task_id, json, run } => get(conn, &task_id, run.as_ref(), json).await,
         TaskCommand::List(args) => list(conn, args).await,
         TaskCommand::Cancel { task_id, reason } => cancel(conn, &task_id, reason).await,
         TaskCommand::Watch { task_id, cursor } => watch::watch(&conn, &task_id, cursor).await,
@@ -147,13 +147,25 @@ async fn create(conn: Connection, args: CreateArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::from(EXIT_OK))
 }
 
-async fn get(conn: Connection, id: &TaskId, json: bool) -> anyhow::Result<ExitCode> {
-    let (task, runs) = fetch(&conn, id).await?;
+async fn get(conn: Connection, id: &TaskId, run: Option<&RunId>, json: bool) -> anyhow::Result<ExitCode> {
+    if let Some(run) = run
+        && run.task_id().as_ref() != Some(id)
+    {
+        return Err(usage(format!("--run {run} is not a Run of task {id}: a Run's id starts with its Task's")));
+    }
+    let (task, runs) = fetch_runs(&conn, id, run).await?;
     if json {
         output::print_json(&TaskWithRuns {
             task: TaskView::of(&task)?,
             runs: runs.iter().map(RunView::of).collect::<anyhow::Result<_>>()?,
         })?;
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    if run.is_some() {
+        let Some(reply) = runs.first() else {
+            anyhow::bail!("the control plane answered without the Run");
+        };
+        write_stdout(&run_fields(&task, &reply.run))?;
         return Ok(ExitCode::from(EXIT_OK));
     }
     let spec = &task.spec;
@@ -187,7 +199,12 @@ async fn get(conn: Connection, id: &TaskId, json: bool) -> anyhow::Result<ExitCo
     text.push('\n');
     let rows: Vec<Vec<String>> = runs
         .iter()
-        .map(|r| {
+        .map(|RunReply { run: r, result_omitted_bytes }| {
+            let result = match (&r.result, result_omitted_bytes) {
+                (Some(result), _) => output::bytes(result.len() as u64),
+                (None, Some(n)) => format!("left out ({})", output::bytes(*n)),
+                (None, None) => "-".to_owned(),
+            };
             vec![
                 r.id.to_string(),
                 r.shard.to_string(),
@@ -196,27 +213,67 @@ async fn get(conn: Connection, id: &TaskId, json: bool) -> anyhow::Result<ExitCo
                 r.worker_id.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
                 output::time_opt(r.started_at),
                 output::time_opt(r.finished_at),
+                result,
                 r.error.as_deref().map_or_else(|| "-".to_owned(), |e| output::truncate(e, 60)),
             ]
         })
         .collect();
     text.push_str(&output::table(
-        &["RUN", "SHARD", "ATTEMPT", "STATUS", "WORKER", "STARTED", "FINISHED", "ERROR"],
+        &["RUN", "SHARD", "ATTEMPT", "STATUS", "WORKER", "STARTED", "FINISHED", "RESULT", "ERROR"],
         &rows,
     ));
     write_stdout(&text)?;
+    if let Some(left_out) = runs.iter().find(|r| r.result_omitted_bytes.is_some()) {
+        note(format!(
+            "results marked \"left out\" did not fit in one reply; show one with `taskrun task get {id} --run {}`",
+            left_out.run.id
+        ));
+    }
     Ok(ExitCode::from(EXIT_OK))
 }
 
-/// A Task and its Runs, converted and checked.
-pub async fn fetch(conn: &Connection, id: &TaskId) -> anyhow::Result<(Task, Vec<Run>)> {
-    let response = conn.get_task(id).await?;
+/// `task get --run` as text: the Run's fields, its result cut like a
+/// Task's (`--json` prints it whole).
+fn run_fields(task: &Task, r: &Run) -> String {
+    let mut pairs = vec![
+        ("Run", r.id.to_string()),
+        ("Task", task.id.to_string()),
+        ("Task status", task.status.to_string()),
+        ("Shard", r.shard.to_string()),
+        ("Attempt", r.attempt.to_string()),
+        ("Lease", r.lease.to_string()),
+        ("Status", r.status.to_string()),
+        ("Worker", r.worker_id.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)),
+        ("Created", output::time(r.created_at)),
+        ("Started", output::time_opt(r.started_at)),
+        ("Finished", output::time_opt(r.finished_at)),
+    ];
+    if let Some(result) = &r.result {
+        pairs.push(("Result", output::truncate(result.as_str(), 200)));
+        pairs.push(("Result size", output::bytes(result.len() as u64)));
+    }
+    if let Some(error) = &r.error {
+        pairs.push(("Error", error.clone()));
+    }
+    output::fields(&pairs)
+}
+
+/// A Task and its Runs, converted and checked. A Run whose result did not
+/// fit in the reply comes without it.
+pub async fn fetch(conn: &Connection, id: &TaskId) -> anyhow::Result<(Task, Vec<RunReply>)> {
+    fetch_runs(conn, id, None).await
+}
+
+/// A Task and its Runs, or only `run` (with its result), converted and
+/// checked.
+async fn fetch_runs(conn: &Connection, id: &TaskId, run: Option<&RunId>) -> anyhow::Result<(Task, Vec<RunReply>)> {
+    let response = conn.get_task(id, run).await?;
     let task = Task::try_from(response.task.context("the control plane answered without the Task")?)
         .context("the control plane sent an invalid Task")?;
     let runs = response
         .runs
         .into_iter()
-        .map(Run::try_from)
+        .map(RunReply::try_from)
         .collect::<Result<Vec<_>, _>>()
         .context("the control plane sent an invalid Run")?;
     Ok((task, runs))
@@ -399,11 +456,15 @@ struct RunView {
     started_at_unix_ms: Option<i64>,
     finished_at_unix_ms: Option<i64>,
     result: Option<Box<RawValue>>,
+    /// Set when the reply left the result out: its size in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result_omitted_bytes: Option<u64>,
     error: Option<String>,
 }
 
 impl RunView {
-    fn of(r: &Run) -> anyhow::Result<RunView> {
+    fn of(reply: &RunReply) -> anyhow::Result<RunView> {
+        let r = &reply.run;
         Ok(RunView {
             run_id: r.id.to_string(),
             shard: r.shard,
@@ -416,6 +477,7 @@ impl RunView {
             started_at_unix_ms: r.started_at.map(|t| t.as_millis()),
             finished_at_unix_ms: r.finished_at.map(|t| t.as_millis()),
             result: r.result.as_ref().map(|j| output::raw_json(j.as_str())).transpose()?,
+            result_omitted_bytes: reply.result_omitted_bytes,
             error: r.error.clone(),
         })
     }

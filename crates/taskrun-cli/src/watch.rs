@@ -201,7 +201,7 @@ impl Watcher<'_> {
     async fn refresh_runs(&mut self) -> anyhow::Result<()> {
         let (task, runs) = crate::task::fetch(self.conn, self.task_id).await?;
         self.fan_out = task.spec.fan_out;
-        for run in runs {
+        for taskrun_proto::RunReply { run, .. } in runs {
             self.runs.insert(run.id, RunInfo { shard: run.shard, attempt: run.attempt, worker: run.worker_id });
         }
         Ok(())

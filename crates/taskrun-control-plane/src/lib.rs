@@ -25,7 +25,7 @@ pub use agent_service::FETCH_CHUNK_BYTES;
 pub use config::Config;
 pub use server::Server;
 pub use state::{ControlPlane, PlacementStats};
-pub use task_service::{LIST_PAGE_BYTES, MAX_CANCEL_REASON_BYTES};
+pub use task_service::{GET_TASK_BYTES, LIST_PAGE_BYTES, MAX_CANCEL_REASON_BYTES};
 
 /// Why the control plane could not start or stop.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use taskrun_core::{AgentManifest, AgentSelector, Task, TaskEventKind, TaskId, TaskSpec};
+use taskrun_core::{AgentManifest, AgentSelector, Run, RunId, Task, TaskEventKind, TaskId, TaskSpec};
 use taskrun_proto::{pb, task_status_from_wire};
 use taskrun_store::{CreateOutcome, OnApplied, PageRequest, StoredAgent, TaskFilter, encode_page_token};
 use tonic::{Request, Response, Status};
@@ -23,6 +23,13 @@ pub const MAX_CANCEL_REASON_BYTES: usize = 1024;
 /// read a page however large its Tasks are. A shorter page still has a
 /// `next_page_token`.
 pub const LIST_PAGE_BYTES: usize = 3 << 20;
+
+/// The most bytes a GetTask reply fills with its Task and Runs before it
+/// leaves Run results out (the Task, its result and every Run are always
+/// sent): under gRPC's usual 4 MiB message limit, like [`LIST_PAGE_BYTES`].
+/// A Run sent without its result says so, and GetTask with its id fetches
+/// that result.
+pub const GET_TASK_BYTES: usize = 3 << 20;
 
 /// The TaskService handlers.
 #[derive(Debug, Clone)]
@@ -125,13 +132,28 @@ impl pb::task_service_server::TaskService for TaskApi {
 
     #[instrument(skip_all)]
     async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let id: TaskId = parse_field("task_id", &request.get_ref().task_id)?;
-        let task = self.0.store.get_task(&id).await.map_err(store_status)?;
-        let runs = self.0.store.list_runs(&id).await.map_err(store_status)?;
-        Ok(Response::new(pb::GetTaskResponse {
-            task: Some(task.into()),
-            runs: runs.into_iter().map(Into::into).collect(),
-        }))
+        let req = request.into_inner();
+        let id: TaskId = parse_field("task_id", &req.task_id)?;
+        let run_id: Option<RunId> = match req.run_id.as_deref() {
+            None | Some("") => None,
+            Some(run_id) => Some(parse_field("run_id", run_id)?),
+        };
+        let task = pb::Task::from(self.0.store.get_task(&id).await.map_err(store_status)?);
+        let runs = match run_id {
+            Some(run_id) => {
+                // A Run id names its Task: one of another Task is not this
+                // Task's, even if it exists.
+                if run_id.task_id().as_ref() != Some(&id) {
+                    return Err(Status::not_found(format!("run {run_id} is not a Run of task {id}")));
+                }
+                vec![self.0.store.get_run(&run_id).await.map_err(store_status)?.into()]
+            }
+            None => {
+                let runs = self.0.store.list_runs(&id).await.map_err(store_status)?;
+                runs_within(GET_TASK_BYTES.saturating_sub(taskrun_proto::encoded_len(&task)), runs)
+            }
+        };
+        Ok(Response::new(pb::GetTaskResponse { task: Some(task), runs }))
     }
 
     #[instrument(skip_all)]
@@ -217,6 +239,25 @@ impl pb::task_service_server::TaskService for TaskApi {
         let cursor = req.after_cursor.unsigned_abs();
         Ok(Response::new(Box::pin(watch_stream(cp, id, cursor))))
     }
+}
+
+/// `runs` for a reply with `budget` bytes left: every Run, in order, each
+/// with its result if the reply still fits in the budget with it, and
+/// without it (the result's size said) otherwise.
+fn runs_within(budget: usize, runs: Vec<Run>) -> Vec<pb::Run> {
+    let mut used = 0;
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        let mut wire = pb::Run::from(run);
+        let mut size = taskrun_proto::encoded_len(&wire);
+        if used + size > budget {
+            wire.omit_result();
+            size = taskrun_proto::encoded_len(&wire);
+        }
+        used += size;
+        out.push(wire);
+    }
+    out
 }
 
 /// Stored events after `cursor`, then live ones, until the Task is terminal

@@ -10,6 +10,8 @@
 //!   [`InvalidMessage`] that names the field by its path in the message
 //!   (e.g. `spec.retry.max_attempts`), which becomes a
 //!   `tonic::Status::invalid_argument` through `From`;
+//! - a Run in a GetTask reply converts to [`RunReply`]: the Run, and the
+//!   size of its result if the reply left the result out;
 //! - the Worker's RunStatusUpdate and RunOutputChunk convert to
 //!   [`RunStatusReport`] and [`RunOutputReport`]: core values plus the lease
 //!   they echo; its WorkerDraining converts to [`DrainNotice`];
@@ -24,7 +26,7 @@ mod error;
 mod status;
 
 pub use convert::{
-    DrainNotice, RunOutputReport, RunProgress, RunStatusReport, modality_from_wire, run_status_from_wire,
+    DrainNotice, RunOutputReport, RunProgress, RunReply, RunStatusReport, modality_from_wire, run_status_from_wire,
     task_status_from_wire, worker_state_from_wire,
 };
 pub use error::{FieldPath, InvalidMessage};

@@ -44,12 +44,15 @@ const MAX_BATCH: usize = 1024;
 /// Most Task aggregates kept in memory.
 pub(crate) const CACHE_CAP: usize = 100_000;
 
-/// A Task as memory holds it: its aggregate, its events tail (as in its
-/// state record) and the version they have.
+/// A Task as memory holds it: its aggregate (with every result), its
+/// events tail (as in its state record), whether that state record holds
+/// results inline ([`records::Loaded::results_inline`]) and the version
+/// they have.
 #[derive(Debug, Clone)]
 pub(crate) struct Snapshot {
     pub agg: Arc<TaskAggregate>,
     pub tail: Arc<Vec<TaskEvent>>,
+    pub results_inline: bool,
     pub version: u64,
 }
 
@@ -71,15 +74,16 @@ impl Memory {
         self.tasks.len()
     }
 
-    /// Caches a Task read from sled under a new version. Only call it when
-    /// the Task is not cached, and with what sled holds now.
-    pub(crate) fn load(&mut self, agg: TaskAggregate, tail: Vec<TaskEvent>) -> Snapshot {
-        self.put(Arc::new(agg), Arc::new(tail))
+    /// Caches a Task read from sled, every result read, under a new
+    /// version. Only call it when the Task is not cached, and with what
+    /// sled holds now.
+    pub(crate) fn load(&mut self, loaded: records::Loaded) -> Snapshot {
+        self.put(Arc::new(loaded.agg), Arc::new(loaded.tail), loaded.results_inline)
     }
 
-    fn put(&mut self, agg: Arc<TaskAggregate>, tail: Arc<Vec<TaskEvent>>) -> Snapshot {
+    fn put(&mut self, agg: Arc<TaskAggregate>, tail: Arc<Vec<TaskEvent>>, results_inline: bool) -> Snapshot {
         self.next_version += 1;
-        let snapshot = Snapshot { agg, tail, version: self.next_version };
+        let snapshot = Snapshot { agg, tail, results_inline, version: self.next_version };
         self.tasks.insert(snapshot.agg.task.id.clone(), snapshot.clone());
         snapshot
     }
@@ -88,13 +92,13 @@ impl Memory {
         self.tasks.remove(task);
     }
 
-    /// After a commit: the Task is now `agg` with `tail`. Ended Tasks
-    /// leave the cache.
+    /// After a commit: the Task is now `agg` with `tail`, its state record
+    /// without results. Ended Tasks leave the cache.
     fn install(&mut self, agg: &Arc<TaskAggregate>, tail: &Arc<Vec<TaskEvent>>) {
         if agg.task.status.is_terminal() {
             self.forget(&agg.task.id);
         } else {
-            self.put(agg.clone(), tail.clone());
+            self.put(agg.clone(), tail.clone(), false);
         }
     }
 
@@ -121,6 +125,10 @@ pub(crate) struct Install {
     /// The events tail after the change (in `state`).
     pub tail: Arc<Vec<TaskEvent>>,
     pub state: Vec<u8>,
+    /// Result records, (key, value): one per Run the change completed (and,
+    /// once, one per COMPLETED Run of a state record that held results
+    /// inline).
+    pub results: Vec<(Vec<u8>, Vec<u8>)>,
     /// A new Task's head record.
     pub head: Option<Vec<u8>>,
     /// An events record, if the tail was moved into one: (key, value).
@@ -158,7 +166,10 @@ struct Batch {
 
 fn read_task(tasks: &sled::Tree, id: &TaskId) -> Result<Task> {
     match records::load_task(tasks, id)? {
-        Some((agg, _)) => Ok(agg.task),
+        Some(mut loaded) => {
+            loaded.read_results(tasks, |_| false)?;
+            Ok(loaded.agg.task)
+        }
         None => Err(Error::corrupt("task", id.as_str(), "missing")),
     }
 }
@@ -203,6 +214,9 @@ impl Submission {
             w.remove(records::state_key(&i.task, true));
         }
         if let Some((k, v)) = &i.events {
+            w.insert(k.as_slice(), v.as_slice());
+        }
+        for (k, v) in &i.results {
             w.insert(k.as_slice(), v.as_slice());
         }
         batch.changed.insert(i.task.clone());

@@ -7,8 +7,9 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `tasks` | `h` task id | the Task's id, spec, creation time: written once |
-//! | `tasks` | `p` task id | a Task that has not ended: status, result, error, event counter, every Run ([`RunRecord`](taskrun_store::logic::RunRecord), with the seqs of its stored output) and the latest TaskEvents (the tail) |
+//! | `tasks` | `p` task id | a Task that has not ended: status, error, event counter, every Run ([`RunRecord`](taskrun_store::logic::RunRecord), with the seqs of its stored output, without its result) and the latest TaskEvents (the tail) |
 //! | `tasks` | `s` task id | the same, once the Task ended (the change that ends a Task moves the record) |
+//! | `tasks` | `r` task id, 0, shard, attempt (u32 BE) | a COMPLETED Run's result, written once by the change that completes it; a COMPLETED Task's result is its shard 0's |
 //! | `tasks` | `e` task id, 0, first seq (u64 BE) | TaskEvents moved out of the tail, in order |
 //! | `tasks` | `i` idempotency key | task id |
 //! | `workers` | worker id | [`Worker`] |
@@ -20,8 +21,16 @@
 //! The layout keeps a change to one write, the Task's state record (the
 //! Task's Runs and latest events live in it; when the Task ends the record
 //! moves from `p` to `s`, one more write), plus an events record each time
-//! the events in the state record pass 2 KiB. A Task with little output is
-//! two writes when it is created and two when it ends. A Run's id names its
+//! the events in the state record pass 2 KiB, plus a result record for
+//! each Run the change completes. Results stay out of the state record, so
+//! a change to a fan-out Task never rewrites the results of its other
+//! Runs; loading a Task reads them back from their records (state records
+//! written before result records existed hold them inline, and those are
+//! kept; the Task's next change moves them out). The change that ends a
+//! Task is the exception: its `s` record is never written again, so the
+//! results of the Runs that change completed stay inline in it. A Task
+//! with little output is two writes when it is created and two when it
+//! ends. A Run's id names its
 //! Task ([`RunId::task_id`]), so no index maps one to the other. The
 //! scheduling indexes (PENDING Runs by priority, active Runs by Worker) are
 //! kept in memory and rebuilt at open from the `p` records (the open
@@ -172,17 +181,22 @@ impl SledStore {
         }
     }
 
-    /// The Task's aggregate and events tail as sled holds them.
-    fn stored(&self, id: &TaskId) -> Result<(TaskAggregate, Vec<TaskEvent>)> {
+    /// The Task as sled holds it, its results not read yet.
+    fn stored(&self, id: &TaskId) -> Result<records::Loaded> {
         records::load_task(&self.trees.tasks, id)?.ok_or_else(|| Error::not_found("task", id))
     }
 
-    /// The Task's aggregate, from memory if it is there.
-    fn aggregate(&self, id: &TaskId) -> Result<Arc<TaskAggregate>> {
+    /// The Task's aggregate, from memory if it is there (with every
+    /// result). Read from sled otherwise, with only the results of the
+    /// Runs `wanted` names, and the Task's own: the caller reads nothing
+    /// else of it.
+    fn aggregate(&self, id: &TaskId, wanted: impl Fn(&Run) -> bool) -> Result<Arc<TaskAggregate>> {
         if let Some(snapshot) = self.memory().snapshot(id) {
             return Ok(snapshot.agg);
         }
-        self.stored(id).map(|(agg, _)| Arc::new(agg))
+        let mut loaded = self.stored(id)?;
+        loaded.read_results(&self.trees.tasks, wanted)?;
+        Ok(Arc::new(loaded.agg))
     }
 
     /// The Task as memory holds it, cached if it was not.
@@ -193,8 +207,9 @@ impl SledStore {
         }
         // Read while holding the lock: the applier changes only cached
         // Tasks, so what sled holds now is the Task's latest state.
-        let (agg, tail) = self.stored(id)?;
-        Ok(memory.load(agg, tail))
+        let mut loaded = self.stored(id)?;
+        loaded.read_results(&self.trees.tasks, |_| true)?;
+        Ok(memory.load(loaded))
     }
 
     fn task_of_run(&self, run: &RunId) -> Result<TaskId> {
@@ -216,7 +231,7 @@ impl SledStore {
 
     fn load_run(&self, id: &RunId) -> Result<Run> {
         let task = self.task_of_run(id)?;
-        let agg = self.aggregate(&task)?;
+        let agg = self.aggregate(&task, |run| &run.id == id)?;
         // A Run id names its Task, shard and attempt: one that names an
         // attempt the Task never made is not found, not a broken record.
         Ok(agg.runs[agg.run_index(id)?].run.clone())
@@ -239,7 +254,7 @@ impl SledStore {
                 self.committer.durable().await?;
                 return Ok(value);
             }
-            match self.applier.submit(prepare(agg, &snapshot.tail, &touched, Some(snapshot.version))?).await? {
+            match self.applier.submit(prepare(agg, &snapshot, &touched)?).await? {
                 Installed::Done => return Ok(value),
                 Installed::Conflict => continue,
                 Installed::Existing(_) => {
@@ -251,8 +266,25 @@ impl SledStore {
     }
 }
 
-/// The records a change to a Task whose events tail was `tail` writes.
-fn prepare(agg: TaskAggregate, tail: &[TaskEvent], touched: &Touched, expected: Option<u64>) -> Result<Install> {
+/// The records a change to a Task, prepared from `snapshot`, writes.
+fn prepare(agg: TaskAggregate, snapshot: &Snapshot, touched: &Touched) -> Result<Install> {
+    prepare_from(agg, &snapshot.tail, snapshot.results_inline, touched, Some(snapshot.version))
+}
+
+/// The records a new Task writes.
+fn prepare_new(agg: TaskAggregate, touched: &Touched) -> Result<Install> {
+    prepare_from(agg, &[], false, touched, None)
+}
+
+/// The records a change to a Task writes, when its events tail was `tail`
+/// and its state record held results inline or not.
+fn prepare_from(
+    mut agg: TaskAggregate,
+    tail: &[TaskEvent],
+    results_inline: bool,
+    touched: &Touched,
+    expected: Option<u64>,
+) -> Result<Install> {
     let id = agg.task.id.clone();
     let mut tail = tail.to_vec();
     tail.extend(touched.events.iter().cloned());
@@ -265,13 +297,33 @@ fn prepare(agg: TaskAggregate, tail: &[TaskEvent], touched: &Touched, expected: 
             tail.clear();
         }
     }
-    let state = records::encode_state(&agg, &tail)?;
+    let completed_now = |i: usize| {
+        agg.runs[i].run.status == RunStatus::Completed
+            && touched
+                .runs
+                .iter()
+                .any(|t| t.index == i && t.before.as_ref().is_none_or(|b| b.status != RunStatus::Completed))
+    };
+    // The change that ends the Task writes its last state record: the Runs
+    // it completed keep their results inline there, in no record of their
+    // own (see records::TaskState).
+    let ends = agg.task.status.is_terminal();
+    let inline: Vec<bool> = (0..agg.runs.len()).map(|i| ends && completed_now(i)).collect();
+    // The results of the other Runs this change completed; and once, when
+    // the state record held results inline, every result, moved out of it.
+    let mut results = Vec::new();
+    for (i, record) in agg.runs.iter().enumerate() {
+        if record.run.status == RunStatus::Completed && !inline[i] && (completed_now(i) || results_inline) {
+            results.extend(records::encode_result(&record.run)?);
+        }
+    }
+    let state = records::encode_state(&mut agg, &tail, |i| inline[i])?;
     let head = match expected {
         None => Some(records::encode_head(&agg.task)?),
         Some(_) => None,
     };
     let changes = index::changes(&agg, touched);
-    Ok(Install { task: id, expected, agg: Arc::new(agg), tail: Arc::new(tail), state, head, events, changes })
+    Ok(Install { task: id, expected, agg: Arc::new(agg), tail: Arc::new(tail), state, results, head, events, changes })
 }
 
 /// What memory holds at open: the Tasks that have not ended (up to the
@@ -282,7 +334,7 @@ fn load_open_tasks(trees: &Trees) -> Result<Memory> {
     let mut memory = Memory::default();
     for entry in trees.tasks.scan_prefix([records::OPEN]) {
         let (key, state) = entry.map_err(storage)?;
-        let load = || -> Result<(TaskAggregate, Vec<TaskEvent>)> {
+        let load = || -> Result<records::Loaded> {
             let id: TaskId = id_from("task_state", &key[1..])?;
             let head_key = records::head_key(&id);
             let head = trees
@@ -290,15 +342,17 @@ fn load_open_tasks(trees: &Trees) -> Result<Memory> {
                 .get(&head_key)
                 .map_err(storage)?
                 .ok_or_else(|| Error::corrupt("task", id.as_str(), "missing"))?;
-            Ok(records::join(decode("task", &head_key, &head)?, decode("task_state", &key, &state)?))
+            let mut loaded = records::join(decode("task", &head_key, &head)?, decode("task_state", &key, &state)?);
+            loaded.read_results(&trees.tasks, |_| true)?;
+            Ok(loaded)
         };
         match load() {
-            Ok((agg, tail)) => {
-                for record in &agg.runs {
-                    memory.indexes.insert(&index::Entry::of(&record.run, &agg.task));
+            Ok(loaded) => {
+                for record in &loaded.agg.runs {
+                    memory.indexes.insert(&index::Entry::of(&record.run, &loaded.agg.task));
                 }
                 if memory.len() < CACHE_CAP {
-                    memory.load(agg, tail);
+                    memory.load(loaded);
                 }
             }
             Err(e @ Error::Corrupt { .. }) => {
@@ -342,7 +396,7 @@ fn tx_get<T: serde::de::DeserializeOwned>(
 impl TaskStore for SledStore {
     async fn create_task(&self, task: Task) -> Result<CreateOutcome<Task>> {
         let (agg, touched) = TaskAggregate::create(task)?;
-        let install = prepare(agg, &[], &touched, None)?;
+        let install = prepare_new(agg, &touched)?;
         let task = install.agg.task.clone();
         // A repeat is answered after the flush too: the Task it found may
         // not have been on disk yet.
@@ -360,7 +414,7 @@ impl TaskStore for SledStore {
         on_applied: OnApplied<'_>,
     ) -> Result<CreateOutcome<(Task, Option<RunChange>)>> {
         let (agg, touched, change) = TaskAggregate::create_assigned(task, worker)?;
-        let install = prepare(agg, &[], &touched, None)?;
+        let install = prepare_new(agg, &touched)?;
         let task = install.agg.task.clone();
         let (applied_tx, applied_rx) = tokio::sync::oneshot::channel();
         let durable = self.applier.enqueue(install, Some(applied_tx))?;
@@ -377,7 +431,7 @@ impl TaskStore for SledStore {
     }
 
     async fn get_task(&self, id: &TaskId) -> Result<Task> {
-        Ok(self.aggregate(id)?.task.clone())
+        Ok(self.aggregate(id, |_| false)?.task.clone())
     }
 
     async fn list_tasks(&self, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>> {
@@ -396,7 +450,9 @@ impl TaskStore for SledStore {
             if filter.agent.as_ref().is_some_and(|a| a != &head.spec.agent.name) {
                 continue;
             }
-            let task = records::with_state(&self.trees.tasks, head)?.0.task;
+            let mut loaded = records::with_state(&self.trees.tasks, head)?;
+            loaded.read_results(&self.trees.tasks, |_| false)?;
+            let task = loaded.agg.task;
             if !filter.matches(&task) {
                 continue;
             }
@@ -429,7 +485,7 @@ impl RunStore for SledStore {
     }
 
     async fn list_runs(&self, task: &TaskId) -> Result<Vec<Run>> {
-        let mut runs: Vec<Run> = self.aggregate(task)?.runs.iter().map(|r| r.run.clone()).collect();
+        let mut runs: Vec<Run> = self.aggregate(task, |_| true)?.runs.iter().map(|r| r.run.clone()).collect();
         runs.sort_by_key(|r| (r.shard, r.attempt));
         Ok(runs)
     }
@@ -525,7 +581,6 @@ impl EventStore for SledStore {
         let task = self.task_of_run(run)?;
         for _ in 0..MAX_ATTEMPTS {
             let snapshot = self.snapshot(&task)?;
-            let (tail, version) = (&snapshot.tail, Some(snapshot.version));
             let mut agg = TaskAggregate::clone(&snapshot.agg);
             let i = agg.run_index(run)?;
             let before = agg.runs[i].run.clone();
@@ -538,13 +593,12 @@ impl EventStore for SledStore {
                     self.committer.durable().await?;
                     return Ok(AppendOutcome::Duplicate);
                 }
-                OutputStep::OverLimit { limit_bytes } => (
-                    prepare(agg, tail, &touched, version)?,
-                    Err(Error::OutputLimit { run_id: run.clone(), limit_bytes }),
-                ),
+                OutputStep::OverLimit { limit_bytes } => {
+                    (prepare(agg, &snapshot, &touched)?, Err(Error::OutputLimit { run_id: run.clone(), limit_bytes }))
+                }
                 OutputStep::Append(event) => {
                     touched.events.push(event.clone());
-                    (prepare(agg, tail, &touched, version)?, Ok(AppendOutcome::Appended(event)))
+                    (prepare(agg, &snapshot, &touched)?, Ok(AppendOutcome::Appended(event)))
                 }
             };
             match self.applier.submit(install).await? {
@@ -566,7 +620,7 @@ impl EventStore for SledStore {
         let cached = self.memory().snapshot(task).map(|s| s.tail);
         let tail = match cached {
             Some(tail) => tail,
-            None => Arc::new(self.stored(task)?.1),
+            None => Arc::new(self.stored(task)?.tail),
         };
         let Some(first) = after_seq.checked_add(1) else {
             return Ok(Vec::new());
@@ -771,7 +825,7 @@ mod tests {
             let snapshot = memory.snapshot(&broken.task_id().unwrap()).unwrap();
             let mut agg = TaskAggregate::clone(&snapshot.agg);
             agg.runs.clear();
-            memory.load(agg, snapshot.tail.to_vec());
+            memory.load(records::Loaded { agg, tail: snapshot.tail.to_vec(), results_inline: false });
         }
 
         let failed = store.fail_runs_of_worker(&worker, "lost", now).await.expect("the runs were listed");
@@ -784,5 +838,164 @@ mod tests {
             assert_eq!(store.get_run(id).await.unwrap().status, RunStatus::Failed);
         }
         assert!(failed.errors[0].1.is_not_found(), "{}", failed.errors[0].1);
+    }
+
+    fn result_of(text: &str) -> taskrun_core::Json {
+        taskrun_core::Json::parse("result", text).unwrap()
+    }
+
+    /// The bytes of the Task's state record, open or ended.
+    fn state_record(store: &SledStore, id: &TaskId) -> Vec<u8> {
+        for open in [true, false] {
+            if let Some(bytes) = store.trees.tasks.get(records::state_key(id, open)).unwrap() {
+                return bytes.to_vec();
+            }
+        }
+        panic!("task {id} has no state record");
+    }
+
+    /// Every change to a Task rewrites its state record, but a Run's
+    /// result is not in it: it is written once, in a record of its own, by
+    /// the change that completes the Run. So what a change writes does not
+    /// grow with the results of the Task's other Runs: two fan-out Tasks
+    /// whose Runs report results of a few bytes and of 256 KiB have state
+    /// records of the same size after every step.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_records_do_not_grow_with_results() {
+        let store = SledStore::temporary(StoreConfig::default()).unwrap();
+        let worker: WorkerId = "w".parse().unwrap();
+        let now = Timestamp(1_000);
+        let mut s = spec("echo");
+        s.fan_out = 8;
+        let small = store.create_task(new_task(s.clone(), now)).await.unwrap().into_inner();
+        let large = store.create_task(new_task(s, now)).await.unwrap().into_inner();
+        let mut leases = std::collections::HashMap::new();
+        for task in [&small, &large] {
+            for run in store.list_runs(&task.id).await.unwrap() {
+                leases.insert(run.id.clone(), store.assign_run(&run.id, &worker, 0, now).await.unwrap().run.lease);
+            }
+        }
+        let mut last = 0;
+        for shard in 0..8u32 {
+            for (task, pad) in [(&small, 1), (&large, 256 << 10)] {
+                let id = RunId::of(&task.id, shard, 1);
+                let result = result_of(&format!("\"{}\"", "x".repeat(pad + shard as usize)));
+                let outcome = RunOutcome::Completed { result: result.clone() };
+                store.finish_run(&id, leases[&id], outcome, now).await.unwrap();
+                let stored = store.trees.tasks.get(records::result_key(&task.id, shard, 1)).unwrap();
+                if shard < 7 {
+                    let stored = stored.expect("a result record");
+                    assert_eq!(decode::<taskrun_core::Json>("run_result", b"", &stored).unwrap(), result);
+                } else {
+                    // The change that ends the Task keeps its Run's result
+                    // inline in the ended Task's state record, written once.
+                    assert!(stored.is_none(), "the last result has no record of its own");
+                    last = result.len();
+                }
+            }
+            let (a, b) = (state_record(&store, &small.id), state_record(&store, &large.id));
+            if shard < 7 {
+                assert_eq!(a.len(), b.len(), "state records after shard {shard} completed");
+                assert!(b.len() < 8 << 10, "the state record holds a result: {} bytes", b.len());
+            } else {
+                // Only the last Run's result is in the ended record.
+                assert!(b.len() < (8 << 10) + last, "{} bytes", b.len());
+                assert!(b.len() > last, "{} bytes", b.len());
+            }
+        }
+        let ended = store.get_task(&large.id).await.unwrap();
+        assert_eq!(ended.status, taskrun_core::TaskStatus::Completed);
+        assert_eq!(ended.result.map(|r| r.len()), Some((256 << 10) + 2));
+        assert!(!store.trees.tasks.contains_key(records::state_key(&large.id, true)).unwrap());
+    }
+
+    /// A data dir written before results had records of their own holds
+    /// them inline in the state record (whose shape is unchanged). It still
+    /// opens with every result: an ended Task's, and an open Task's, whose
+    /// next change moves them out to result records, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_records_with_results_inline_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let worker: WorkerId = "w".parse().unwrap();
+        let now = Timestamp(1_000);
+        let result = |shard: u32| result_of(&format!(r#"{{"shard":{shard}}}"#));
+        // An aggregate as the shared logic leaves it: every Run assigned,
+        // the shards in `completed` COMPLETED. And its events.
+        let build = |fan_out: u32, completed: &[u32]| {
+            let mut s = spec("echo");
+            s.fan_out = fan_out;
+            let (mut agg, touched) = TaskAggregate::create(new_task(s, now)).unwrap();
+            let mut events = touched.events;
+            for shard in 0..fan_out {
+                let id = RunId::of(&agg.task.id, shard, 1);
+                let (touched, change) = agg.assign(&id, &worker, 0, now).unwrap();
+                events.extend(touched.events);
+                if completed.contains(&shard) {
+                    let outcome = RunOutcome::Completed { result: result(shard) };
+                    events.extend(agg.finish(&id, change.run.lease, outcome, now).unwrap().0.events);
+                }
+            }
+            (agg, events)
+        };
+        let (ended, ended_tail) = build(2, &[0, 1]);
+        let (open, open_tail) = build(3, &[0]);
+        assert_eq!(ended.task.result, Some(result(0)));
+        assert!(!open.task.status.is_terminal());
+        {
+            // Written as the code before result records wrote them.
+            let store = SledStore::open(dir.path(), StoreConfig::default()).unwrap();
+            let tasks = &store.trees.tasks;
+            for (agg, tail) in [(&ended, &ended_tail), (&open, &open_tail)] {
+                let state = records::TaskState {
+                    status: agg.task.status,
+                    updated_at: agg.task.updated_at,
+                    result: agg.task.result.clone(),
+                    error: agg.task.error.clone(),
+                    meta: agg.meta.clone(),
+                    runs: agg.runs.clone(),
+                    tail: tail.clone(),
+                };
+                let key = records::state_key(&agg.task.id, !agg.task.status.is_terminal());
+                tasks.insert(records::head_key(&agg.task.id), records::encode_head(&agg.task).unwrap()).unwrap();
+                tasks.insert(&key, encode("task_state", &key, &state).unwrap()).unwrap();
+            }
+            tasks.flush().unwrap();
+        }
+
+        let store = SledStore::open(dir.path(), StoreConfig::default()).unwrap();
+        assert!(store.trees.tasks.scan_prefix([records::RESULT]).next().is_none(), "no result records yet");
+        assert_eq!(store.get_task(&ended.task.id).await.unwrap(), ended.task);
+        assert_eq!(store.get_task(&open.task.id).await.unwrap(), open.task);
+        let listed = store.list_tasks(&TaskFilter::default(), &PageRequest::default()).await.unwrap().items;
+        assert!(listed.contains(&ended.task), "{listed:?}");
+        for agg in [&ended, &open] {
+            let runs: Vec<Run> = agg.runs.iter().map(|r| r.run.clone()).collect();
+            assert_eq!(store.list_runs(&agg.task.id).await.unwrap(), runs);
+            for run in &runs {
+                assert_eq!(store.get_run(&run.id).await.unwrap(), *run);
+            }
+        }
+
+        // The open Task's next change (shard 1 completes) moves its inline
+        // result (shard 0's) out with the new one.
+        let shard = |n: u32| RunId::of(&open.task.id, n, 1);
+        store.finish_run(&shard(1), 1, RunOutcome::Completed { result: result(1) }, now).await.unwrap();
+        let key = records::state_key(&open.task.id, true);
+        let state: records::TaskState = decode("task_state", &key, &state_record(&store, &open.task.id)).unwrap();
+        assert!(state.runs.iter().all(|r| r.run.result.is_none()), "{state:?}");
+        for n in [0, 1] {
+            assert!(store.trees.tasks.contains_key(records::result_key(&open.task.id, n, 1)).unwrap());
+        }
+        // The ended Task stays as it was written.
+        assert!(!store.trees.tasks.contains_key(records::result_key(&ended.task.id, 0, 1)).unwrap());
+        let done = store.finish_run(&shard(2), 1, RunOutcome::Completed { result: result(2) }, now).await.unwrap();
+        assert_eq!(done.task.result, Some(result(0)));
+        drop(store);
+
+        let store = SledStore::open(dir.path(), StoreConfig::default()).unwrap();
+        assert_eq!(store.get_task(&open.task.id).await.unwrap(), done.task);
+        let results: Vec<_> = store.list_runs(&open.task.id).await.unwrap().into_iter().map(|r| r.result).collect();
+        assert_eq!(results, [0, 1, 2].map(|n| Some(result(n))));
+        assert_eq!(store.get_task(&ended.task.id).await.unwrap(), ended.task);
     }
 }

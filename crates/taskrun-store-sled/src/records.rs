@@ -2,8 +2,10 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use taskrun_core::{AgentName, AgentVersion, Json, Task, TaskEvent, TaskId, TaskSpec, TaskStatus, Timestamp};
-use taskrun_store::logic::{RunRecord, TaskAggregate, TaskMeta};
+use taskrun_core::{
+    AgentName, AgentVersion, Json, Run, RunStatus, Task, TaskEvent, TaskId, TaskSpec, TaskStatus, Timestamp,
+};
+use taskrun_store::logic::{self, RunRecord, TaskAggregate, TaskMeta};
 use taskrun_store::{Error, Result};
 
 use crate::trees::storage;
@@ -19,6 +21,19 @@ pub(crate) struct TaskHead {
 
 /// What changes about a Task: one small record written by every change to
 /// the Task, its Runs or its events.
+///
+/// Results are not in it: a Run's result is written once, in its own
+/// record ([`RESULT`]), by the change that completes the Run, and a
+/// COMPLETED Task's result is its shard 0's ([`logic::result_run`]), so
+/// `result` and every Run's `result` are written as None. Except in the
+/// change that ends the Task: its state record moves to `s` and is never
+/// written again, so the Runs that change completed keep their results
+/// inline there (a one-Run Task so costs four writes in all, not five;
+/// should an ended Task ever change again, the inline results are moved
+/// out as those of an old state record are). A state record
+/// written before result records existed holds them inline: on load an
+/// inline result is kept, and a result record is read only for a
+/// COMPLETED Run without one (see [`Loaded::read_results`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct TaskState {
     pub status: TaskStatus,
@@ -66,8 +81,18 @@ pub(crate) fn encode_head(task: &Task) -> Result<Vec<u8>> {
     )
 }
 
-pub(crate) fn encode_state(agg: &TaskAggregate, tail: &[TaskEvent]) -> Result<Vec<u8>> {
-    encode(
+/// The Task's state record: `agg` and `tail`, with no result but those of
+/// the Runs `inline` names (see [`TaskState`]). The other results are taken
+/// out of `agg` while it is encoded and put back, so nothing is copied.
+pub(crate) fn encode_state(
+    agg: &mut TaskAggregate,
+    tail: &[TaskEvent],
+    inline: impl Fn(usize) -> bool,
+) -> Result<Vec<u8>> {
+    let task_result = agg.task.result.take();
+    let run_results: Vec<Option<Json>> =
+        agg.runs.iter_mut().enumerate().map(|(i, r)| if inline(i) { None } else { r.run.result.take() }).collect();
+    let encoded = encode(
         "task_state",
         agg.task.id.as_str().as_bytes(),
         &TaskStateRef {
@@ -79,11 +104,46 @@ pub(crate) fn encode_state(agg: &TaskAggregate, tail: &[TaskEvent]) -> Result<Ve
             runs: &agg.runs,
             tail,
         },
-    )
+    );
+    agg.task.result = task_result;
+    for (record, result) in agg.runs.iter_mut().zip(run_results) {
+        if result.is_some() {
+            record.run.result = result;
+        }
+    }
+    encoded
 }
 
-/// The Task's aggregate and its events tail.
-pub(crate) fn join(head: TaskHead, state: TaskState) -> (TaskAggregate, Vec<TaskEvent>) {
+/// The result record of `run`, a COMPLETED Run: (key, value). None for a
+/// Run without a result.
+pub(crate) fn encode_result(run: &Run) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let Some(result) = &run.result else {
+        return Ok(None);
+    };
+    let key = result_key(&run.task_id, run.shard, run.attempt);
+    let value = encode("run_result", run.id.as_str().as_bytes(), result)?;
+    Ok(Some((key, value)))
+}
+
+/// A Task as its records hold it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Loaded {
+    /// The aggregate; its COMPLETED Runs lack their results until
+    /// [`Loaded::read_results`] reads them from their records.
+    pub agg: TaskAggregate,
+    pub tail: Vec<TaskEvent>,
+    /// The state record holds Run results inline (it was written before
+    /// results had records of their own). The next change to the Task
+    /// writes them to result records, once, and leaves them out of the
+    /// state record from then on.
+    pub results_inline: bool,
+}
+
+/// The Task of `head` and `state`, its results as the state record holds
+/// them: inline in a state record written before result records existed,
+/// none otherwise.
+pub(crate) fn join(head: TaskHead, state: TaskState) -> Loaded {
+    let results_inline = state.result.is_some() || state.runs.iter().any(|r| r.run.result.is_some());
     let agg = TaskAggregate {
         task: Task {
             id: head.id,
@@ -97,7 +157,40 @@ pub(crate) fn join(head: TaskHead, state: TaskState) -> (TaskAggregate, Vec<Task
         meta: state.meta,
         runs: state.runs,
     };
-    (agg, state.tail)
+    Loaded { agg, tail: state.tail, results_inline }
+}
+
+impl Loaded {
+    /// Reads from their records the results of the COMPLETED Runs that
+    /// `wanted` names and whose result is not inline, and the Task's own
+    /// result (a COMPLETED Task's is its shard 0's). With every Run wanted
+    /// the aggregate is what the store's API shows; with fewer, only the
+    /// Task and the wanted Runs are.
+    pub(crate) fn read_results(&mut self, tasks: &sled::Tree, wanted: impl Fn(&Run) -> bool) -> Result<()> {
+        let agg = &mut self.agg;
+        let task_result = match agg.task.status {
+            TaskStatus::Completed if agg.task.result.is_none() => logic::result_run(&agg.runs),
+            _ => None,
+        };
+        for (i, record) in agg.runs.iter_mut().enumerate() {
+            let run = &mut record.run;
+            if run.status != RunStatus::Completed || run.result.is_some() || !(task_result == Some(i) || wanted(run)) {
+                continue;
+            }
+            // A COMPLETED Run always has a result: if it is not inline, the
+            // change that completed the Run wrote its record.
+            let key = result_key(&run.task_id, run.shard, run.attempt);
+            let bytes = tasks
+                .get(&key)
+                .map_err(storage)?
+                .ok_or_else(|| Error::corrupt("run_result", run.id.as_str(), "missing"))?;
+            run.result = Some(decode("run_result", run.id.as_str().as_bytes(), &bytes)?);
+        }
+        if let Some(i) = task_result {
+            agg.task.result.clone_from(&agg.runs[i].run.result);
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, key: &[u8], bytes: &[u8]) -> Result<T> {
@@ -124,13 +217,19 @@ pub(crate) fn joined(a: &[u8], b: &[u8]) -> Vec<u8> {
 
 /// The Task's id, spec and creation time: written once.
 pub(crate) const HEAD: u8 = b'h';
-/// The state of a Task that ended: status, result, error, event counter,
-/// Runs, events tail.
+/// The state of a Task that ended: status, error, event counter, Runs,
+/// events tail (no results: see [`RESULT`]).
 pub(crate) const STATE: u8 = b's';
 /// TaskEvents moved out of the state record's tail, in order.
 pub(crate) const EVENTS: u8 = b'e';
 /// Idempotency key → task id.
 pub(crate) const IDEMPOTENCY: u8 = b'i';
+/// A COMPLETED Run's result: written once, in the change that completes
+/// the Run, and never again (the state record does not carry it). Keyed by
+/// the Run's Task, shard and attempt — what its id names — so a Task's
+/// result records are one prefix (`r`, task id, 0). They do not move when
+/// the Task ends.
+pub(crate) const RESULT: u8 = b'r';
 /// The state of a Task that has not ended. A Task's state record moves
 /// from `p` to `s` in the change that ends it, so the open Tasks are a
 /// prefix scan away and cost no record of their own.
@@ -152,9 +251,18 @@ pub(crate) fn state_key(task: &TaskId, open: bool) -> Vec<u8> {
     tagged(if open { OPEN } else { STATE }, task.as_str().as_bytes())
 }
 
-/// The Task's aggregate and events tail as `tasks` holds them; None if
-/// there is no such Task.
-pub(crate) fn load_task(tasks: &sled::Tree, id: &TaskId) -> Result<Option<(TaskAggregate, Vec<TaskEvent>)>> {
+/// The key of the result record of attempt `attempt` of shard `shard` of
+/// Task `task`.
+pub(crate) fn result_key(task: &TaskId, shard: u32, attempt: u32) -> Vec<u8> {
+    let mut rest = Vec::with_capacity(8);
+    rest.extend_from_slice(&shard.to_be_bytes());
+    rest.extend_from_slice(&attempt.to_be_bytes());
+    tagged(RESULT, &joined(task.as_str().as_bytes(), &rest))
+}
+
+/// The Task as `tasks` holds it, its results not read yet (see
+/// [`Loaded::read_results`]); None if there is no such Task.
+pub(crate) fn load_task(tasks: &sled::Tree, id: &TaskId) -> Result<Option<Loaded>> {
     let head_key = head_key(id);
     let Some(head) = tasks.get(&head_key).map_err(storage)? else {
         return Ok(None);
@@ -162,8 +270,9 @@ pub(crate) fn load_task(tasks: &sled::Tree, id: &TaskId) -> Result<Option<(TaskA
     with_state(tasks, decode("task", &head_key, &head)?).map(Some)
 }
 
-/// The Task of `head`, with its state record read from `tasks`.
-pub(crate) fn with_state(tasks: &sled::Tree, head: TaskHead) -> Result<(TaskAggregate, Vec<TaskEvent>)> {
+/// The Task of `head`, with its state record read from `tasks` (its
+/// results not read yet).
+pub(crate) fn with_state(tasks: &sled::Tree, head: TaskHead) -> Result<Loaded> {
     // The open key first: a Task's state only ever moves from it to the
     // ended key, in one atomic batch, so if it is missing the other is there.
     for open in [true, false] {

@@ -50,6 +50,7 @@ macro_rules! conformance_tests {
             exhausted_retries_fail_the_task,
             fan_out_completes_when_every_shard_completes,
             fan_out_shard_out_of_attempts_cancels_the_others,
+            results_are_kept_per_run,
             cancel_task_cancels_runs_and_returns_active_ones,
             fail_task_ends_it_without_a_retry,
             worker_loss_fails_runs_and_fences_the_worker,
@@ -789,6 +790,81 @@ where
     assert!(change.cancelled_runs.is_empty());
     assert_eq!(store.get_task(&task.id).await.unwrap(), change.task);
     assert_invariants(&*store, &task.id).await;
+}
+
+/// Every Run keeps the result it was reported with, whatever happens to
+/// its Task afterwards (its other shards finishing, failing, retrying,
+/// taking output), and a COMPLETED Task's result is its shard 0's: read
+/// Run by Run, as a list and with the Task, while it is open and after it
+/// ended.
+pub async fn results_are_kept_per_run<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut s = spec("echo");
+    s.fan_out = 4;
+    s.retry.initial_backoff_ms = 0;
+    let (task, runs) = create(&*store, s).await;
+    let result = |shard: u32, pad: usize| json(&format!(r#"{{"shard":{shard},"pad":"{}"}}"#, "x".repeat(pad)));
+    let mut leases = Vec::new();
+    for (n, run) in runs.iter().enumerate() {
+        leases.push(run_it(&*store, run, &worker(n as u32), T0).await);
+    }
+    // What each Run was reported with; a Run not in it has no result.
+    let mut reported: BTreeMap<taskrun_core::RunId, Json> = BTreeMap::new();
+    let check = |reported: BTreeMap<taskrun_core::RunId, Json>| {
+        let store = store.clone();
+        let task = task.id.clone();
+        async move {
+            let listed = store.list_runs(&task).await.unwrap();
+            for run in &listed {
+                assert_eq!(run.result.as_ref(), reported.get(&run.id), "run {} in list_runs", run.id);
+                let got = store.get_run(&run.id).await.unwrap();
+                assert_eq!(got.result.as_ref(), reported.get(&run.id), "run {} from get_run", run.id);
+            }
+            assert_invariants(&*store, &task).await;
+        }
+    };
+
+    // Shard 2 completes first, with the largest result; every change after
+    // it keeps it.
+    store
+        .finish_run(&runs[2].id, leases[2], RunOutcome::Completed { result: result(2, 100_000) }, at(1))
+        .await
+        .unwrap();
+    reported.insert(runs[2].id.clone(), result(2, 100_000));
+    let retry = store.finish_run(&runs[1].id, leases[1], failed("flaky"), at(2)).await.unwrap().retry.unwrap();
+    let lease = run_it(&*store, &retry, &worker(7), at(2)).await;
+    store.append_output(&retry.id, lease, 1, "some output".into(), at(3)).await.unwrap();
+    store.finish_run(&retry.id, lease, RunOutcome::Completed { result: result(1, 10) }, at(3)).await.unwrap();
+    reported.insert(retry.id.clone(), result(1, 10));
+    store
+        .finish_run_with_output(
+            &runs[3].id,
+            leases[3],
+            vec![(1, "trailing".into())],
+            RunOutcome::Completed { result: result(3, 50_000) },
+            at(4),
+        )
+        .await
+        .unwrap();
+    reported.insert(runs[3].id.clone(), result(3, 50_000));
+    assert_eq!(store.get_task(&task.id).await.unwrap().result, None, "not COMPLETED yet");
+    check(reported.clone()).await;
+
+    let change = store
+        .finish_run(&runs[0].id, leases[0], RunOutcome::Completed { result: result(0, 20_000) }, at(5))
+        .await
+        .unwrap();
+    reported.insert(runs[0].id.clone(), result(0, 20_000));
+    assert_eq!(change.task.status, TaskStatus::Completed);
+    assert_eq!(change.task.result, Some(result(0, 20_000)));
+    assert_eq!(store.get_task(&task.id).await.unwrap(), change.task);
+    let listed = store.list_tasks(&TaskFilter::default(), &PageRequest::default()).await.unwrap();
+    assert_eq!(listed.items, vec![change.task]);
+    check(reported).await;
 }
 
 pub async fn fan_out_shard_out_of_attempts_cancels_the_others<F, Fut>(make: F)

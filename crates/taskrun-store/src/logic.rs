@@ -209,12 +209,7 @@ impl Change<'_> {
             self.touched.task = true;
             let message = match status {
                 TaskStatus::Completed => {
-                    self.agg.task.result = self
-                        .agg
-                        .runs
-                        .iter()
-                        .find(|r| r.run.shard == 0 && r.run.status == RunStatus::Completed)
-                        .and_then(|r| r.run.result.clone());
+                    self.agg.task.result = result_run(&self.agg.runs).and_then(|i| self.agg.runs[i].run.result.clone());
                     None
                 }
                 TaskStatus::Failed => {
@@ -514,6 +509,13 @@ pub enum OutputStep {
     /// Over the cap: store the Run record (now closed for output) and
     /// nothing else, then answer [`Error::OutputLimit`].
     OverLimit { limit_bytes: u64 },
+}
+
+/// The Run whose result a COMPLETED Task takes as its own: the Run of shard
+/// 0 that completed (a shard completes at most once). A backend that keeps
+/// Run results apart from the Task may derive the Task's result from it.
+pub fn result_run(runs: &[RunRecord]) -> Option<usize> {
+    runs.iter().position(|r| r.run.shard == 0 && r.run.status == RunStatus::Completed)
 }
 
 /// When a PENDING Run of `task` is overdue: its schedule-to-start timeout

@@ -133,8 +133,11 @@ impl Cluster {
         let deadline = Instant::now() + within;
         let mut client = self.tasks().await;
         loop {
-            let got =
-                client.get_task(pb::GetTaskRequest { task_id: task_id.to_owned() }).await.expect("get").into_inner();
+            let got = client
+                .get_task(pb::GetTaskRequest { task_id: task_id.to_owned(), run_id: None })
+                .await
+                .expect("get")
+                .into_inner();
             let status = taskrun_proto::task_status_from_wire("status", got.task.as_ref().expect("task").status)
                 .expect("status");
             if status.is_terminal() {

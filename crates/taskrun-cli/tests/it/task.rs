@@ -412,3 +412,77 @@ async fn wait_for_one_task(env: &Env) -> String {
     }
     panic!("no Task appeared");
 }
+
+/// Results too large for one GetTask reply are shown as left out, with
+/// their size; `--run` fetches one whole.
+#[tokio::test]
+async fn results_left_out_of_a_reply_are_shown_as_such_and_fetched_with_run() {
+    use taskrun_core::{Clock as _, Json, RunId, RunOutcome, SystemClock, TaskId};
+    use taskrun_store::RunStore as _;
+
+    let env = Env::start().await;
+    env.publish("echo", "1.0.0").await;
+    let id = env.run(&["task", "create", "echo", "--fan-out", "3"]).await.stdout.trim().to_owned();
+    let task: TaskId = id.parse().unwrap();
+    // Each shard completes with 1.2 MiB of its own: the Task (with shard
+    // 0's) and shard 0's fill most of the reply, the others do not fit.
+    let result = |shard: u32| format!(r#"{{"shard":{shard},"text":"{}"}}"#, "x".repeat(1200 << 10));
+    let worker = "w1".parse().unwrap();
+    let now = SystemClock.now();
+    for shard in 0..3 {
+        let run = RunId::of(&task, shard, 1);
+        let lease = env.store.assign_run(&run, &worker, 0, now).await.unwrap().run.lease;
+        let outcome = RunOutcome::Completed { result: Json::parse("result", result(shard)).unwrap() };
+        env.store.finish_run(&run, lease, outcome, now).await.unwrap();
+    }
+
+    let out = env.run(&["task", "get", &id]).await;
+    out.ok();
+    let rows: Vec<&str> = out.stdout.lines().skip_while(|l| !l.starts_with("RUN")).collect();
+    assert!(rows[0].contains("RESULT"), "{}", out.stdout);
+    assert!(rows[1].contains("1.2 MiB") && !rows[1].contains("left out"), "{}", out.stdout);
+    for row in &rows[2..] {
+        assert!(row.contains("left out (1.2 MiB)"), "{}", out.stdout);
+    }
+    assert!(out.stderr.contains(&format!("taskrun task get {id} --run {id}.1.1")), "{}", out.stderr);
+
+    let out = env.run(&["task", "get", &id, "--json"]).await;
+    out.ok();
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["task"]["result"]["shard"], 0);
+    assert_eq!(json["runs"][0]["result"]["shard"], 0);
+    assert!(json["runs"][0].get("result_omitted_bytes").is_none(), "{}", json["runs"][0]);
+    for shard in [1, 2] {
+        let run = &json["runs"][shard];
+        assert!(run["result"].is_null(), "{run}");
+        assert_eq!(run["result_omitted_bytes"], result(shard as u32).len());
+    }
+
+    let run = format!("{id}.2.1");
+    let out = env.run(&["task", "get", &id, "--run", &run, "--json"]).await;
+    out.ok();
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(json["runs"][0]["run_id"], run.as_str());
+    assert_eq!(json["runs"][0]["result"].to_string(), result(2));
+    let out = env.run(&["task", "get", &id, "--run", &run]).await;
+    out.ok();
+    for expected in
+        ["Run:".to_owned(), run.clone(), "COMPLETED".to_owned(), r#"{"shard":2,"#.to_owned(), "1.2 MiB".to_owned()]
+    {
+        assert!(out.stdout.contains(&expected), "{expected:?} missing from:\n{}", out.stdout);
+    }
+
+    // A Run of another Task is refused before anything is sent; a Run the
+    // Task does not have is the control plane's NOT_FOUND.
+    let out = env.run(&["task", "get", &id, "--run", "task_other.0.1"]).await;
+    out.expect_code(64);
+    assert!(out.stderr.contains(&format!("--run task_other.0.1 is not a Run of task {id}")), "{}", out.stderr);
+    let out = env.run(&["task", "get", &id, "--run", &format!("{id}.0.2")]).await;
+    out.expect_code(1);
+    assert!(out.stderr.contains(&format!("{id}.0.2")), "{}", out.stderr);
+    let out = env.run(&["task", "get", &id, "--run", "nope"]).await;
+    out.expect_code(64);
+    assert!(out.stderr.contains("is not a run id"), "{}", out.stderr);
+    env.stop().await;
+}

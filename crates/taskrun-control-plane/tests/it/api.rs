@@ -44,12 +44,12 @@ async fn bad_requests_get_precise_statuses_and_write_nothing() {
     assert_eq!(task_count(&cluster).await, 0, "nothing was written");
 
     for bad_id in ["", "not an id", "../../etc"] {
-        let err = client.get_task(pb::GetTaskRequest { task_id: bad_id.into() }).await.unwrap_err();
+        let err = client.get_task(pb::GetTaskRequest { task_id: bad_id.into(), run_id: None }).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad_id:?}");
         let err = client.cancel_task(pb::CancelTaskRequest { task_id: bad_id.into(), reason: String::new() }).await;
         assert_eq!(err.unwrap_err().code(), Code::InvalidArgument, "{bad_id:?}");
     }
-    let err = client.get_task(pb::GetTaskRequest { task_id: "task_0000".into() }).await.unwrap_err();
+    let err = client.get_task(pb::GetTaskRequest { task_id: "task_0000".into(), run_id: None }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = client.watch_task(pb::WatchTaskRequest { task_id: "task_0000".into(), after_cursor: 0 }).await;
     assert_eq!(err.unwrap_err().code(), Code::NotFound);

@@ -21,7 +21,7 @@ async fn a_cancel_reason_over_its_cap_is_refused_and_changes_nothing() {
     let task_id = cluster.create(spec("echo", "{}")).await;
     let mut client = cluster.tasks().await;
     let get = |mut client: taskrun_testkit::TaskClient, task_id: String| async move {
-        client.get_task(pb::GetTaskRequest { task_id }).await.expect("get").into_inner()
+        client.get_task(pb::GetTaskRequest { task_id, run_id: None }).await.expect("get").into_inner()
     };
     let before = get(client.clone(), task_id.clone()).await;
 

@@ -6,5 +6,6 @@ mod edges;
 mod fencing;
 mod reconnect;
 mod replay;
+mod results;
 mod scheduler;
 mod signed;

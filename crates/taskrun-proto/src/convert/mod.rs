@@ -24,6 +24,7 @@ use taskrun_core::{Json, Timestamp};
 use crate::{FieldPath, InvalidMessage};
 
 pub use enums::{modality_from_wire, run_status_from_wire, task_status_from_wire, worker_state_from_wire};
+pub use run::RunReply;
 pub use session::{DrainNotice, RunOutputReport, RunProgress, RunStatusReport};
 
 type Result<T, E = InvalidMessage> = std::result::Result<T, E>;

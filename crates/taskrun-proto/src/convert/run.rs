@@ -24,13 +24,85 @@ impl From<Run> for pb::Run {
             finished_at_unix_ms: r.finished_at.map(|t| t.as_millis()),
             result_json: r.result.map(String::from),
             error: r.error,
+            result_omitted_bytes: None,
         }
     }
 }
 
+/// A Run as a GetTask reply carries it: whole, or — when the reply left
+/// its result out to stay under 4 MiB — without its result, with the
+/// result's size. GetTask with the Run's id fetches such a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReply {
+    /// The Run; without its result if `result_omitted_bytes` is set.
+    pub run: Run,
+    /// The size of the result left out, in bytes.
+    pub result_omitted_bytes: Option<u64>,
+}
+
+impl RunReply {
+    /// The whole Run.
+    pub fn whole(run: Run) -> RunReply {
+        RunReply { run, result_omitted_bytes: None }
+    }
+
+    /// The Run without its result (if it has one).
+    pub fn without_result(mut run: Run) -> RunReply {
+        let result_omitted_bytes = run.result.take().map(|r| r.len() as u64);
+        RunReply { run, result_omitted_bytes }
+    }
+}
+
+impl pb::Run {
+    /// Leaves the result out, as a GetTask reply does when it would not fit:
+    /// `result_omitted_bytes` says its size. Nothing changes without one.
+    pub fn omit_result(&mut self) {
+        if let Some(result) = self.result_json.take() {
+            self.result_omitted_bytes = Some(wire_i64(result.len() as u64));
+        }
+    }
+}
+
+impl From<RunReply> for pb::Run {
+    fn from(r: RunReply) -> pb::Run {
+        pb::Run { result_omitted_bytes: r.result_omitted_bytes.map(wire_i64), ..pb::Run::from(r.run) }
+    }
+}
+
+impl TryFrom<pb::Run> for RunReply {
+    type Error = InvalidMessage;
+    fn try_from(mut r: pb::Run) -> Result<RunReply> {
+        let result_omitted_bytes = match r.result_omitted_bytes.take() {
+            None => None,
+            Some(_) if r.result_json.is_some() => {
+                return Err(InvalidMessage::Inconsistent {
+                    field: "result_omitted_bytes".into(),
+                    reason: "must not be set with result_json",
+                });
+            }
+            Some(_) if r.status != i32::from(pb::RunStatus::Completed) => {
+                return Err(InvalidMessage::Inconsistent {
+                    field: "result_omitted_bytes".into(),
+                    reason: "is set only on a COMPLETED Run",
+                });
+            }
+            Some(n) => Some(to_u64("result_omitted_bytes", n, 1, None)?),
+        };
+        Ok(RunReply { run: Run::try_from(r)?, result_omitted_bytes })
+    }
+}
+
+/// A whole Run: one whose result a GetTask reply left out is refused (a
+/// COMPLETED Run has its result); convert that one to a [`RunReply`].
 impl TryFrom<pb::Run> for Run {
     type Error = InvalidMessage;
     fn try_from(r: pb::Run) -> Result<Run> {
+        if r.result_omitted_bytes.is_some() {
+            return Err(InvalidMessage::Inconsistent {
+                field: "result_omitted_bytes".into(),
+                reason: "is set: the result was left out of the reply (convert the Run to a RunReply)",
+            });
+        }
         Ok(Run {
             id: parse("run_id", &r.run_id)?,
             task_id: parse("task_id", &r.task_id)?,

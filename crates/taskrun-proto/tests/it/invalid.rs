@@ -7,7 +7,7 @@ use std::fmt::Debug;
 
 use expect_test::{Expect, expect};
 use taskrun_core::{AgentDigest, AgentManifest, ModelBackend, Run, TaskEvent, TaskSpec, Worker, WorkerInfo};
-use taskrun_proto::{DrainNotice, InvalidMessage, RunOutputReport, RunStatusReport, pb};
+use taskrun_proto::{DrainNotice, InvalidMessage, RunOutputReport, RunReply, RunStatusReport, pb};
 
 use crate::samples;
 
@@ -421,6 +421,48 @@ fn run() {
         expect![[r#"
         invalid result_json "[1,": not JSON: EOF while parsing a value at line 1 column 3
         Invalid { field: "result_json", value: "[1,", reason: "not JSON: EOF while parsing a value at line 1 column 3" }"#]],
+    );
+    r(
+        |r| r.result_omitted_bytes = r.result_json.take().map(|j| j.len() as i64),
+        expect![[r#"
+        result_omitted_bytes is set: the result was left out of the reply (convert the Run to a RunReply)
+        Inconsistent { field: "result_omitted_bytes", reason: "is set: the result was left out of the reply (convert the Run to a RunReply)" }"#]],
+    );
+}
+
+/// A Run in a GetTask reply, whose result may have been left out.
+#[test]
+fn run_reply() {
+    let omitted = || pb::Run::from(samples::run_replies()[3].clone());
+    let r = |wire, mutate: fn(&mut pb::Run), expect| check::<_, RunReply>(wire, mutate, expect);
+    r(
+        omitted(),
+        |r| r.result_json = Some("[1,2,3]".into()),
+        expect![[r#"
+        result_omitted_bytes must not be set with result_json
+        Inconsistent { field: "result_omitted_bytes", reason: "must not be set with result_json" }"#]],
+    );
+    r(
+        omitted(),
+        |r| r.status = pb::RunStatus::Failed.into(),
+        expect![[r#"
+        result_omitted_bytes is set only on a COMPLETED Run
+        Inconsistent { field: "result_omitted_bytes", reason: "is set only on a COMPLETED Run" }"#]],
+    );
+    r(
+        omitted(),
+        |r| r.result_omitted_bytes = Some(0),
+        expect![[r#"
+        result_omitted_bytes out of range: 0 (must be at least 1)
+        OutOfRange { field: "result_omitted_bytes", value: 0, min: 1, max: None }"#]],
+    );
+    // The checks of a whole Run apply too.
+    r(
+        omitted(),
+        |r| r.attempt = 0,
+        expect![[r#"
+        attempt out of range: 0 (must be at least 1)
+        OutOfRange { field: "attempt", value: 0, min: 1, max: None }"#]],
     );
 }
 

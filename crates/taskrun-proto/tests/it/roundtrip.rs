@@ -57,6 +57,7 @@ fn task_specs_and_create_requests() {
 fn tasks_runs_and_events() {
     roundtrip::<pb::Task, _>(samples::tasks());
     roundtrip::<pb::Run, _>(samples::runs());
+    roundtrip::<pb::Run, _>(samples::run_replies());
     roundtrip::<pb::OutputChunk, _>([samples::output_chunk()]);
     roundtrip::<pb::TaskEvent, _>(samples::task_events());
     roundtrip::<pb::WatchTaskResponse, _>(samples::task_events());

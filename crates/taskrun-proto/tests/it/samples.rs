@@ -154,6 +154,16 @@ pub fn runs() -> Vec<Run> {
     vec![new, completed, failed]
 }
 
+/// Runs as a GetTask reply carries them: whole, and the COMPLETED one
+/// without its result.
+pub fn run_replies() -> Vec<taskrun_proto::RunReply> {
+    let mut replies: Vec<_> = runs().into_iter().map(taskrun_proto::RunReply::whole).collect();
+    let omitted = taskrun_proto::RunReply::without_result(runs()[1].clone());
+    assert_eq!(omitted.result_omitted_bytes, Some(7));
+    replies.push(omitted);
+    replies
+}
+
 pub fn output_chunk() -> OutputChunk {
     OutputChunk { run_id: "run_b".parse().unwrap(), seq: 7, data: "partial ✓ output\n".to_owned() }
 }

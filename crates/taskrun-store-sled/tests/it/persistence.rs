@@ -137,3 +137,85 @@ async fn corrupt_records_are_errors_not_panics() {
     assert!(matches!(events[0].kind, TaskEventKind::Status { .. }));
     assert_eq!(store.pending_runs(T0, 10).await.unwrap().len(), 1);
 }
+
+/// A fan-out Task's results, each in its own record, come back after
+/// reopening exactly as they were reported: while the Task is open (its
+/// aggregate rebuilt at open) and after it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_results_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || -> Arc<dyn Store> { Arc::new(SledStore::open(dir.path(), StoreConfig::default()).unwrap()) };
+    let w: WorkerId = "worker-1".parse().unwrap();
+    let result = |shard: u32, pad: usize| {
+        Json::parse("result", format!(r#"{{"shard":{shard},"pad":"{}"}}"#, "r".repeat(pad))).unwrap()
+    };
+    let mut s = spec(None);
+    s.fan_out = 8;
+    s.retry.initial_backoff_ms = 0;
+    let task = Task::new(TaskId::generate(), s, T0, usize::MAX).unwrap();
+
+    // What each Run was reported with; a Run not in it has no result.
+    let mut reported = std::collections::BTreeMap::new();
+    let mut leases = std::collections::BTreeMap::new();
+    {
+        let store = open();
+        let task = store.create_task(task.clone()).await.unwrap().into_inner();
+        for run in store.list_runs(&task.id).await.unwrap() {
+            let lease = store.assign_run(&run.id, &w, 0, T0).await.unwrap().run.lease;
+            leases.insert(run.id, lease);
+        }
+        // Shards 1 to 6 complete, with results of 40 bytes to 1.25 MiB;
+        // shard 3 fails first and its retry completes. Shard 0 and 7 are
+        // still running.
+        for shard in 1..7u32 {
+            let mut id = taskrun_core::RunId::of(&task.id, shard, 1);
+            if shard == 3 {
+                let retry = store.finish_run(&id, leases[&id], RunOutcome::Failed { error: "flaky".into() }, T0);
+                let retry = retry.await.unwrap().retry.unwrap();
+                let lease = store.assign_run(&retry.id, &w, 0, T0).await.unwrap().run.lease;
+                leases.insert(retry.id.clone(), lease);
+                id = retry.id;
+            }
+            let r = result(shard, 5 << (3 * shard));
+            store.finish_run(&id, leases[&id], RunOutcome::Completed { result: r.clone() }, T0).await.unwrap();
+            reported.insert(id, r);
+        }
+    }
+
+    let store = open();
+    check_results(&*store, &task.id, &reported).await;
+    assert_eq!(store.get_task(&task.id).await.unwrap().status, TaskStatus::Running);
+    // The reopened store carries on: shard 7, then shard 0, which ends the
+    // Task with its result.
+    for shard in [7, 0] {
+        let id = taskrun_core::RunId::of(&task.id, shard, 1);
+        let r = result(shard, 1000 + shard as usize);
+        store.finish_run(&id, leases[&id], RunOutcome::Completed { result: r.clone() }, T0).await.unwrap();
+        reported.insert(id, r);
+    }
+    let ended = store.get_task(&task.id).await.unwrap();
+    assert_eq!(ended.status, TaskStatus::Completed);
+    assert_eq!(ended.result.as_ref(), Some(&result(0, 1000)));
+    drop(store);
+
+    let store = open();
+    check_results(&*store, &task.id, &reported).await;
+    assert_eq!(store.get_task(&task.id).await.unwrap(), ended);
+    let listed = store.list_tasks(&TaskFilter::default(), &PageRequest::default()).await.unwrap();
+    assert_eq!(listed.items, vec![ended]);
+}
+
+/// Every Run of `task` (nine: eight shards, one retried) has the result in
+/// `reported`, or none if it is not there; get_run agrees with list_runs.
+async fn check_results(
+    store: &dyn Store,
+    task: &TaskId,
+    reported: &std::collections::BTreeMap<taskrun_core::RunId, Json>,
+) {
+    let runs = store.list_runs(task).await.unwrap();
+    assert_eq!(runs.len(), 9);
+    for run in &runs {
+        assert_eq!(run.result.as_ref(), reported.get(&run.id), "run {}", run.id);
+        assert_eq!(store.get_run(&run.id).await.unwrap(), *run);
+    }
+}

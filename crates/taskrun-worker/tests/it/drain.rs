@@ -43,7 +43,7 @@ fn state(cluster: &Cluster, worker: &str) -> Option<WorkerState> {
 }
 
 async fn get(cluster: &Cluster, task_id: &str) -> pb::GetTaskResponse {
-    let request = pb::GetTaskRequest { task_id: task_id.to_owned() };
+    let request = pb::GetTaskRequest { task_id: task_id.to_owned(), run_id: None };
     cluster.tasks().await.get_task(request).await.expect("get").into_inner()
 }
 

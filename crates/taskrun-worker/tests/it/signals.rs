@@ -77,7 +77,11 @@ async fn wait_running(cluster: &Cluster, task_id: &str, worker: &str) {
     let deadline = Instant::now() + WAIT;
     let mut tasks = cluster.tasks().await;
     loop {
-        let got = tasks.get_task(pb::GetTaskRequest { task_id: task_id.to_owned() }).await.expect("get").into_inner();
+        let got = tasks
+            .get_task(pb::GetTaskRequest { task_id: task_id.to_owned(), run_id: None })
+            .await
+            .expect("get")
+            .into_inner();
         if got
             .runs
             .iter()
