@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -10,10 +11,11 @@ use crate::ids::check_token;
 use crate::{AgentRef, Error, ModelRequirement, Result, TaskId, TaskStatus, Timestamp};
 
 /// JSON text that is known to parse. The text is kept byte for byte as the
-/// client sent it.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Json(String);
+/// client sent it, shared: a clone (of a Task's input, of a Run's result,
+/// with every copy of a Task the store makes) is a reference count, not a
+/// copy of up to megabytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Json(Arc<str>);
 
 impl Json {
     /// Parses `text` as JSON, naming `field` when it is not.
@@ -22,11 +24,11 @@ impl Json {
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
             return Err(Error::invalid(field, &text, format!("not JSON: {e}")));
         }
-        Ok(Json(text))
+        Ok(Json(text.into()))
     }
 
     pub fn null() -> Json {
-        Json("null".to_owned())
+        Json("null".into())
     }
 
     pub fn as_str(&self) -> &str {
@@ -63,7 +65,22 @@ impl TryFrom<String> for Json {
 
 impl From<Json> for String {
     fn from(j: Json) -> String {
-        j.0
+        j.0.as_ref().to_owned()
+    }
+}
+
+/// Serialized as the JSON text, a string (without copying it).
+impl Serialize for Json {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// Deserialized from a string, which must parse as JSON.
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Json, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Json::try_from(text).map_err(serde::de::Error::custom)
     }
 }
 
