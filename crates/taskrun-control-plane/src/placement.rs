@@ -40,9 +40,12 @@ impl Drop for Reservation {
     }
 }
 
+/// Gives back a slot reserved on `worker`'s connection `generation`, if the
+/// Worker's session counts it: its own, or one it replaced (a reconnect
+/// takes over the reservations still under way, see [`Session::counts_from`]).
 fn release(sessions: &mut HashMap<WorkerId, Session>, worker: &WorkerId, generation: u64) {
     if let Some(s) = sessions.get_mut(worker)
-        && s.generation == generation
+        && (s.counts_from..=s.generation).contains(&generation)
     {
         s.reserved = s.reserved.saturating_sub(1);
         s.answer_drain_if_settled();

@@ -201,19 +201,27 @@ impl ControlPlane {
         // (draining) until it is known which Runs the Worker holds: a Run
         // delivered from now on goes down this stream and into `active`;
         // one delivered before is in what the store read returns.
-        let replaced = self.sessions().insert(
-            id.clone(),
-            Session {
-                generation,
-                tx,
-                info: Arc::new(info),
-                state: WorkerState::Draining,
-                active: HashSet::new(),
-                reserved: 0,
-                last_assigned: 0,
-                drain_answer: None,
-            },
-        );
+        let replaced = {
+            let mut sessions = self.sessions();
+            // Placements under way on the connection this one replaces
+            // deliver here: they stay counted (see Session::counts_from).
+            let (reserved, counts_from) =
+                sessions.get(&id).map_or((0, generation), |old| (old.reserved, old.counts_from));
+            sessions.insert(
+                id.clone(),
+                Session {
+                    generation,
+                    tx,
+                    info: Arc::new(info),
+                    state: WorkerState::Draining,
+                    active: HashSet::new(),
+                    reserved,
+                    counts_from,
+                    last_assigned: 0,
+                    drain_answer: None,
+                },
+            )
+        };
         if let Some(old) = replaced {
             warn!(
                 worker_id = %id,

@@ -28,6 +28,11 @@ pub(crate) struct Session {
     pub active: HashSet<RunId>,
     /// Slots promised to placements whose store write is under way.
     pub reserved: u32,
+    /// The oldest connection of the Worker whose reservations `reserved`
+    /// counts: a session that replaces an open one takes over its count,
+    /// so that the slots stay taken and a drain is not answered while an
+    /// assignment made on the old connection may still follow.
+    pub counts_from: u64,
     pub last_assigned: u64,
     /// The answer to the Worker's drain notice, held back while a
     /// placement on it is under way (see [`Session::answer_drain_if_settled`]).

@@ -55,3 +55,20 @@ fn a_config_file_reads_its_paths_from_its_own_directory() {
     assert_eq!(config.data_dir, conf.join("state"));
     assert_eq!(config.trust_policy, Some(conf.join("trust.toml")));
 }
+
+/// A data_dir that earlier versions read from the working directory, and
+/// that exists there but not beside the config file, is refused naming
+/// both: starting on an empty data dir would hide every Task.
+#[test]
+fn a_data_dir_left_where_earlier_versions_read_it_is_refused() {
+    let conf = tempfile::tempdir().expect("tempdir");
+    // Tests run in the crate's directory, which has a `src`.
+    let error = Config::from_toml_in("data_dir = \"src\"", conf.path())
+        .expect_err("src exists only in the working directory")
+        .to_string();
+    assert!(error.contains(&format!("as {}", conf.path().join("src").display())), "{error}");
+    assert!(error.contains("but src does") && error.contains("absolute path"), "{error}");
+    std::fs::create_dir(conf.path().join("src")).expect("mkdir");
+    let config = Config::from_toml_in("data_dir = \"src\"", conf.path()).expect("moved");
+    assert_eq!(config.data_dir, conf.path().join("src"));
+}

@@ -80,3 +80,24 @@ fn the_shutdown_grace_period_defaults_to_30_s_and_is_bounded() {
     let error = parse("shutdown_grace_secs = -1").expect_err("negative").to_string();
     assert_eq!(error, "worker config: line 4, column 23: invalid value: integer `-1`, expected u64");
 }
+
+/// A data_dir that earlier versions read from the working directory, and
+/// that exists there but not beside the config file, is refused naming
+/// both: starting on an empty data dir would lose the rollback floor.
+#[test]
+fn a_data_dir_left_where_earlier_versions_read_it_is_refused() {
+    let conf = tempfile::tempdir().expect("tempdir");
+    // Tests run in the crate's directory, which has a `src`.
+    let error =
+        WorkerConfig::from_toml_in(&format!("{BASE}trust_policy = \"t.toml\"\ndata_dir = \"src\""), conf.path())
+            .expect_err("src exists only in the working directory")
+            .to_string();
+    assert!(error.contains(&format!("as {}", conf.path().join("src").display())), "{error}");
+    assert!(error.contains("but src does") && error.contains("absolute path"), "{error}");
+    // Once it is beside the file, that one is used.
+    std::fs::create_dir(conf.path().join("src")).expect("mkdir");
+    let config =
+        WorkerConfig::from_toml_in(&format!("{BASE}trust_policy = \"t.toml\"\ndata_dir = \"src\""), conf.path())
+            .expect("moved");
+    assert_eq!(config.data_dir, conf.path().join("src"));
+}
