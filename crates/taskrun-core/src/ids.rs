@@ -1,8 +1,11 @@
 //! Identifiers. Each is a newtype that can only hold a valid value: parse
-//! with `FromStr` (or serde), print with `Display`.
+//! with `FromStr` (or serde), print with `Display`. The text is shared
+//! (`Arc<str>`): ids are cloned into every record, event, index entry and
+//! message, and a clone is then a reference count, not an allocation.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -36,7 +39,7 @@ macro_rules! opaque_id {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
         #[serde(try_from = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -57,7 +60,7 @@ macro_rules! opaque_id {
             type Err = Error;
             fn from_str(s: &str) -> Result<Self> {
                 check_token($field, s, Self::MAX_LEN)?;
-                Ok($name(s.to_owned()))
+                Ok($name(s.into()))
             }
         }
 
@@ -65,13 +68,13 @@ macro_rules! opaque_id {
             type Error = Error;
             fn try_from(s: String) -> Result<Self> {
                 check_token($field, &s, Self::MAX_LEN)?;
-                Ok($name(s))
+                Ok($name(s.into()))
             }
         }
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.as_ref().to_owned()
             }
         }
 
@@ -107,7 +110,7 @@ opaque_id!(
 impl TaskId {
     /// A new unique id, ordered by creation time.
     pub fn generate() -> TaskId {
-        TaskId(format!("task_{}", uuid::Uuid::now_v7().simple()))
+        TaskId(format!("task_{}", uuid::Uuid::now_v7().simple()).into())
     }
 }
 
@@ -117,7 +120,7 @@ impl RunId {
     /// Task of a Run without an index ([`RunId::task_id`]).
     pub fn of(task: &TaskId, shard: u32, attempt: u32) -> RunId {
         // At most 96 + 1 + 10 + 1 + 10 bytes, of characters a TaskId may hold.
-        RunId(format!("{task}.{shard}.{attempt}"))
+        RunId(format!("{task}.{shard}.{attempt}").into())
     }
 
     /// The Task, shard and attempt this id was made from by [`RunId::of`];
@@ -147,7 +150,7 @@ impl RunId {
 /// starting with a letter and not ending with `-`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(try_from = "String")]
-pub struct AgentName(String);
+pub struct AgentName(Arc<str>);
 
 impl Serialize for AgentName {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -187,7 +190,7 @@ impl FromStr for AgentName {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         Self::check(s)?;
-        Ok(AgentName(s.to_owned()))
+        Ok(AgentName(s.into()))
     }
 }
 
@@ -195,13 +198,13 @@ impl TryFrom<String> for AgentName {
     type Error = Error;
     fn try_from(s: String) -> Result<Self> {
         Self::check(&s)?;
-        Ok(AgentName(s))
+        Ok(AgentName(s.into()))
     }
 }
 
 impl From<AgentName> for String {
     fn from(n: AgentName) -> String {
-        n.0
+        n.0.as_ref().to_owned()
     }
 }
 
