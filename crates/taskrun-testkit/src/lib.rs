@@ -128,16 +128,18 @@ impl Cluster {
         created.into_inner().task.expect("task").task_id
     }
 
+    /// GetTask for `task_id` (on a new connection), every Run with its
+    /// result as far as it fits.
+    pub async fn get(&self, task_id: &str) -> pb::GetTaskResponse {
+        get_task(&mut self.tasks().await, task_id).await
+    }
+
     /// Polls until the Task is terminal.
     pub async fn wait_terminal(&self, task_id: &str, within: Duration) -> pb::GetTaskResponse {
         let deadline = Instant::now() + within;
         let mut client = self.tasks().await;
         loop {
-            let got = client
-                .get_task(pb::GetTaskRequest { task_id: task_id.to_owned(), run_id: None })
-                .await
-                .expect("get")
-                .into_inner();
+            let got = get_task(&mut client, task_id).await;
             let status = taskrun_proto::task_status_from_wire("status", got.task.as_ref().expect("task").status)
                 .expect("status");
             if status.is_terminal() {
@@ -198,6 +200,13 @@ pub async fn publish_envelope(
     }
     let response = client.publish_agent(futures::stream::iter(messages)).await?;
     Ok(response.into_inner().manifest.expect("manifest"))
+}
+
+/// GetTask for `task_id` through `client`, every Run with its result as
+/// far as it fits.
+pub async fn get_task(client: &mut TaskClient, task_id: &str) -> pb::GetTaskResponse {
+    let request = pb::GetTaskRequest { task_id: task_id.to_owned(), run_id: None };
+    client.get_task(request).await.expect("get").into_inner()
 }
 
 /// A spec for `agent` with `input` and defaults elsewhere.

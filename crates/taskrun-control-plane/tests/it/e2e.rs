@@ -145,11 +145,7 @@ async fn cancellation_stops_a_looping_agent() {
 async fn wait_for_run_status(client: &mut taskrun_testkit::TaskClient, task_id: &str, want: RunStatus) -> pb::Run {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let got = client
-            .get_task(pb::GetTaskRequest { task_id: task_id.to_owned(), run_id: None })
-            .await
-            .expect("get")
-            .into_inner();
+        let got = taskrun_testkit::get_task(client, task_id).await;
         if let Some(run) = got.runs.iter().find(|r| run_status(r) == want) {
             return run.clone();
         }
@@ -251,13 +247,7 @@ async fn runs_behind_unplaceable_ones_are_placed() {
         let got = cluster.wait_terminal(task_id, Duration::from_secs(20)).await;
         assert_eq!(status_of(&got), TaskStatus::Completed, "{got:#?}");
     }
-    let got = cluster
-        .tasks()
-        .await
-        .get_task(pb::GetTaskRequest { task_id: stuck, run_id: None })
-        .await
-        .expect("get")
-        .into_inner();
+    let got = cluster.get(&stuck).await;
     assert_eq!(status_of(&got), TaskStatus::Pending);
     assert!(got.runs.iter().all(|r| run_status(r) == RunStatus::Pending), "{got:#?}");
 }

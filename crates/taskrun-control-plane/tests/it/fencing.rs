@@ -114,8 +114,7 @@ async fn a_stale_workers_completion_is_refused_and_changes_nothing() {
     // 600 ms heartbeat timeout) and fails the Run, fencing its lease.
     let got = loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let got = cluster.tasks().await.get_task(pb::GetTaskRequest { task_id: task_id.clone(), run_id: None }).await;
-        let got = got.expect("get").into_inner();
+        let got = cluster.get(&task_id).await;
         if got.runs.len() == 2 {
             break got;
         }
@@ -130,8 +129,7 @@ async fn a_stale_workers_completion_is_refused_and_changes_nothing() {
     assert_eq!(ack.outcome, i32::from(pb::RunAckOutcome::Fenced), "{ack:?}");
 
     // The Task is exactly as it was: RUNNING, waiting for its retry.
-    let after =
-        cluster.tasks().await.get_task(pb::GetTaskRequest { task_id, run_id: None }).await.expect("get").into_inner();
+    let after = cluster.get(&task_id).await;
     assert_eq!(after, before);
     assert_eq!(status_of(&after), TaskStatus::Running);
     assert_eq!(after.task.and_then(|t| t.result_json), None);
@@ -343,13 +341,7 @@ async fn a_task_no_worker_suits_does_not_hold_back_new_ones() {
     assert_eq!(stats().at_creation, 1, "{:?}", stats());
     worker.send(completed(&first, r#""a""#));
     assert_eq!(status_of(&cluster.wait_terminal(&a, Duration::from_secs(5)).await), TaskStatus::Completed);
-    let got = cluster
-        .tasks()
-        .await
-        .get_task(pb::GetTaskRequest { task_id: stuck, run_id: None })
-        .await
-        .expect("get")
-        .into_inner();
+    let got = cluster.get(&stuck).await;
     assert_eq!(status_of(&got), TaskStatus::Pending);
 }
 

@@ -76,8 +76,7 @@ async fn a_reconnect_fails_over_the_runs_its_hello_lacks_and_keeps_the_worker() 
     // new stream.
     let retry = new.next_assignment().await;
     assert_eq!((retry.task_id.as_str(), retry.attempt), (tasks[1].as_str(), 2));
-    let got = cluster.tasks().await.get_task(pb::GetTaskRequest { task_id: tasks[1].clone(), run_id: None }).await;
-    let got = got.expect("get").into_inner();
+    let got = cluster.get(&tasks[1]).await;
     assert_eq!(got.runs[0].status, i32::from(pb::RunStatus::Failed), "{got:#?}");
     let error = got.runs[0].error.clone().unwrap_or_default();
     assert!(error.contains("reconnected without"), "{error}");

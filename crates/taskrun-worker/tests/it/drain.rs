@@ -42,17 +42,12 @@ fn state(cluster: &Cluster, worker: &str) -> Option<WorkerState> {
     cluster.server.as_ref().expect("control plane").control_plane().worker_state(&id)
 }
 
-async fn get(cluster: &Cluster, task_id: &str) -> pb::GetTaskResponse {
-    let request = pb::GetTaskRequest { task_id: task_id.to_owned(), run_id: None };
-    cluster.tasks().await.get_task(request).await.expect("get").into_inner()
-}
-
 /// Polls the Task until one of its Runs matches `attempt`, `status` and
 /// `worker`; returns that Run.
 async fn wait_run(cluster: &Cluster, task_id: &str, attempt: i32, status: pb::RunStatus, worker: &str) -> pb::Run {
     let deadline = Instant::now() + WAIT;
     loop {
-        let got = get(cluster, task_id).await;
+        let got = cluster.get(task_id).await;
         if let Some(run) = got
             .runs
             .iter()
@@ -143,7 +138,7 @@ async fn a_run_that_outlives_the_grace_period_fails_and_is_retried_elsewhere() {
     );
     assert_eq!(first.lease, 1, "reported by w1 under its lease, not failed over as lost");
     wait_run(&cluster, &slow, 2, pb::RunStatus::Running, "w2").await;
-    assert_eq!(status_of(&get(&cluster, &slow).await), taskrun_core::TaskStatus::Running);
+    assert_eq!(status_of(&cluster.get(&slow).await), taskrun_core::TaskStatus::Running);
 }
 
 /// (c) The drain ends as soon as nothing is in flight, long before its

@@ -50,7 +50,7 @@ async fn create(tasks: &mut TaskClient, spec: pb::TaskSpec) -> String {
 }
 
 async fn get(tasks: &mut TaskClient, task_id: &str) -> pb::GetTaskResponse {
-    tasks.get_task(pb::GetTaskRequest { task_id: task_id.to_owned(), run_id: None }).await.expect("get").into_inner()
+    taskrun_testkit::get_task(tasks, task_id).await
 }
 
 fn status(got: &pb::GetTaskResponse) -> pb::TaskStatus {

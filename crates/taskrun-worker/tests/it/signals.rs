@@ -77,11 +77,7 @@ async fn wait_running(cluster: &Cluster, task_id: &str, worker: &str) {
     let deadline = Instant::now() + WAIT;
     let mut tasks = cluster.tasks().await;
     loop {
-        let got = tasks
-            .get_task(pb::GetTaskRequest { task_id: task_id.to_owned(), run_id: None })
-            .await
-            .expect("get")
-            .into_inner();
+        let got = taskrun_testkit::get_task(&mut tasks, task_id).await;
         if got
             .runs
             .iter()
