@@ -41,7 +41,7 @@ async fn start(cluster: &Cluster, id: &str, config: &Path) -> (tokio::process::C
         .arg(config)
         .current_dir(&cwd)
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
+        .env_remove("NO_COLOR")
         .env_remove("TASKRUN_WORKER_CONFIG")
         .env_remove("TASKRUN_CONTROL_PLANE")
         .env_remove("TASKRUN_INSECURE")
@@ -146,6 +146,7 @@ async fn a_second_signal_stops_the_binary_at_once() {
     let status = exited(&mut child).await;
     let log = std::fs::read_to_string(log).expect("log");
     assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains('\x1b'), "a log file gets no colour codes:\n{log}");
     assert!(log.contains("second signal: stopping at once"), "{log}");
     assert!(!log.contains("worker drained"), "{log}");
     assert!(!log.contains("no ModelBackends configured"), "a ModelBackend is configured:\n{log}");
