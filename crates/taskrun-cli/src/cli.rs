@@ -65,7 +65,7 @@ pub enum TaskCommand {
         #[arg(long, value_name = "RUN_ID", value_parser = parse::run_id)]
         run: Option<RunId>,
     },
-    /// List Tasks, oldest first.
+    /// List Tasks, newest first.
     List(ListArgs),
     /// Cancel a Task that has not finished; its active Runs are stopped.
     Cancel {
@@ -140,9 +140,10 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only Tasks in this state (pending, running, completed, failed, cancelled).
-    #[arg(long, value_name = "STATUS", value_parser = parse::task_status)]
-    pub status: Option<TaskStatus>,
+    /// Only Tasks in this state (pending, running, completed, failed,
+    /// cancelled); repeat it, or separate states with commas, for any of several.
+    #[arg(long, value_name = "STATUS", value_parser = parse::task_status, value_delimiter = ',')]
+    pub status: Vec<TaskStatus>,
     /// Only Tasks of this agent.
     #[arg(long, value_name = "NAME", value_parser = parse::agent_name)]
     pub agent: Option<AgentName>,

@@ -293,7 +293,7 @@ async fn list(conn: Connection, args: ListArgs) -> anyhow::Result<ExitCode> {
             None => page_size,
         };
         let request = pb::ListTasksRequest {
-            statuses: args.status.map(|s| vec![pb::TaskStatus::from(s).into()]).unwrap_or_default(),
+            statuses: args.status.iter().map(|&s| pb::TaskStatus::from(s).into()).collect(),
             agent_name: args.agent.as_ref().map(ToString::to_string),
             label_selector: label_selector.clone(),
             page_size: i32::try_from(size).unwrap_or(i32::MAX),

@@ -162,11 +162,13 @@ impl pb::task_service_server::TaskService for TaskApi {
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let req = request.into_inner();
-        let status = match req.statuses.as_slice() {
-            [] => None,
-            [one] => Some(task_status_from_wire("statuses", *one)?),
-            _ => return Err(Status::invalid_argument("statuses: filter by at most one status")),
-        };
+        let mut statuses = Vec::with_capacity(req.statuses.len());
+        for &wire in &req.statuses {
+            let status = task_status_from_wire("statuses", wire)?;
+            if !statuses.contains(&status) {
+                statuses.push(status);
+            }
+        }
         let agent = match req.agent_name.as_deref() {
             None | Some("") => None,
             Some(name) => Some(parse_field("agent_name", name)?),
@@ -176,7 +178,7 @@ impl pb::task_service_server::TaskService for TaskApi {
         if req.page_size < 0 {
             return Err(Status::invalid_argument(format!("page_size out of range: {}", req.page_size)));
         }
-        let filter = TaskFilter { status, agent, labels: req.label_selector };
+        let filter = TaskFilter { statuses, agent, labels: req.label_selector };
         let page = PageRequest {
             page_size: req.page_size.unsigned_abs(),
             page_token: (!req.page_token.is_empty()).then_some(req.page_token),

@@ -168,15 +168,13 @@ impl TaskStore for MemoryStore {
 
     async fn list_tasks(&self, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>> {
         let size = page.size();
-        let after = page.after()?;
+        let before = page.before()?;
         let inner = self.lock();
-        let range = match &after {
-            Some(after) => {
-                inner.tasks.range::<TaskId, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
-            }
+        let range = match &before {
+            Some(before) => inner.tasks.range::<TaskId, _>(..before),
             None => inner.tasks.range::<TaskId, _>(..),
         };
-        let mut matching = range.map(|(_, agg)| &agg.task).filter(|t| filter.matches(t));
+        let mut matching = range.rev().map(|(_, agg)| &agg.task).filter(|t| filter.matches(t));
         let items: Vec<Task> = matching.by_ref().take(size).cloned().collect();
         let more = matching.next().is_some();
         let next_page_token = match items.last() {

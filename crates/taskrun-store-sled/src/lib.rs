@@ -190,6 +190,43 @@ impl SledStore {
     /// result). Read from sled otherwise, with only the results of the
     /// Runs `wanted` names, and the Task's own: the caller reads nothing
     /// else of it.
+    /// The Task of `key` and `value`, a record with tag `tag` (a head or a
+    /// state record), if it matches `filter`. What the record holds is
+    /// checked before anything more is read.
+    fn listed(&self, tag: u8, key: &[u8], value: &[u8], filter: &TaskFilter) -> Result<Option<Task>> {
+        let tasks = &self.trees.tasks;
+        let head_matches = |head: &TaskHead| {
+            filter.agent.as_ref().is_none_or(|a| a == &head.spec.agent.name)
+                && filter.labels.iter().all(|(k, v)| head.spec.labels.get(k) == Some(v))
+        };
+        let mut loaded = if tag == records::HEAD {
+            let head: TaskHead = decode("task", key, value)?;
+            if !head_matches(&head) {
+                return Ok(None);
+            }
+            records::with_state(tasks, head)?
+        } else {
+            let state: records::TaskState = decode("task_state", key, value)?;
+            if !filter.matches_status(state.status) {
+                return Ok(None);
+            }
+            let id: TaskId = id_from("task", &key[1..])?;
+            let head_key = records::head_key(&id);
+            let head =
+                tasks.get(&head_key).map_err(storage)?.ok_or_else(|| Error::corrupt("task", id.as_str(), "missing"))?;
+            let head: TaskHead = decode("task", &head_key, &head)?;
+            if !head_matches(&head) {
+                return Ok(None);
+            }
+            records::join(head, state)
+        };
+        if !filter.matches(&loaded.agg.task) {
+            return Ok(None);
+        }
+        loaded.read_results(tasks, |_| false)?;
+        Ok(Some(loaded.agg.task))
+    }
+
     fn aggregate(&self, id: &TaskId, wanted: impl Fn(&Run) -> bool) -> Result<Arc<TaskAggregate>> {
         if let Some(snapshot) = self.memory().snapshot(id) {
             return Ok(snapshot.agg);
@@ -436,26 +473,27 @@ impl TaskStore for SledStore {
 
     async fn list_tasks(&self, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>> {
         let size = page.size();
-        let after = page.after()?;
-        let start = match &after {
-            Some(id) => Bound::Excluded(records::head_key(id)),
-            None => Bound::Included(vec![records::HEAD]),
+        let before = page.before()?;
+        // Walk one kind of record, newest first: the state records of the
+        // open Tasks or of the ended ones when the filter's statuses are
+        // all on one side (so listing what runs now does not read the
+        // history), else the heads.
+        let tag = match filter.ended() {
+            Some(false) => records::OPEN,
+            Some(true) => records::STATE,
+            None => records::HEAD,
         };
-        let range = self.trees.tasks.range((start, Bound::Excluded(vec![records::HEAD + 1])));
+        let end = match &before {
+            Some(id) => Bound::Excluded(records::tagged(tag, id.as_str().as_bytes())),
+            None => Bound::Excluded(vec![tag + 1]),
+        };
         let mut items = Vec::new();
         let mut more = false;
-        for entry in range {
+        for entry in self.trees.tasks.range((Bound::Included(vec![tag]), end)).rev() {
             let (key, value) = entry.map_err(storage)?;
-            let head: TaskHead = decode("task", &key, &value)?;
-            if filter.agent.as_ref().is_some_and(|a| a != &head.spec.agent.name) {
+            let Some(task) = self.listed(tag, &key, &value, filter)? else {
                 continue;
-            }
-            let mut loaded = records::with_state(&self.trees.tasks, head)?;
-            loaded.read_results(&self.trees.tasks, |_| false)?;
-            let task = loaded.agg.task;
-            if !filter.matches(&task) {
-                continue;
-            }
+            };
             if items.len() == size {
                 more = true;
                 break;

@@ -444,23 +444,36 @@ where
     store.cancel_task(&c.id, "not needed", T0).await.unwrap();
 
     let f = |status: Option<TaskStatus>, agent: Option<&str>, labels: &[(&str, &str)]| TaskFilter {
-        status,
+        statuses: status.into_iter().collect(),
         agent: agent.map(|a| a.parse::<AgentName>().unwrap()),
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     };
-    let all = vec![a.id.clone(), b.id.clone(), c.id.clone(), d.id.clone()];
+    // Newest first.
+    let all = vec![d.id.clone(), c.id.clone(), b.id.clone(), a.id.clone()];
     assert_eq!(ids(&*store, f(None, None, &[])).await, all);
-    assert_eq!(ids(&*store, f(Some(TaskStatus::Pending), None, &[])).await, vec![a.id.clone(), d.id.clone()]);
+    assert_eq!(ids(&*store, f(Some(TaskStatus::Pending), None, &[])).await, vec![d.id.clone(), a.id.clone()]);
     assert_eq!(ids(&*store, f(Some(TaskStatus::Running), None, &[])).await, vec![b.id.clone()]);
     assert_eq!(ids(&*store, f(Some(TaskStatus::Cancelled), None, &[])).await, vec![c.id.clone()]);
     assert!(ids(&*store, f(Some(TaskStatus::Completed), None, &[])).await.is_empty());
-    assert_eq!(ids(&*store, f(None, Some("alpha"), &[])).await, vec![a.id.clone(), b.id.clone()]);
+    assert_eq!(ids(&*store, f(None, Some("alpha"), &[])).await, vec![b.id.clone(), a.id.clone()]);
     assert!(ids(&*store, f(None, Some("gamma"), &[])).await.is_empty());
-    assert_eq!(ids(&*store, f(None, None, &[("env", "prod")])).await, vec![a.id.clone(), c.id.clone()]);
+    assert_eq!(ids(&*store, f(None, None, &[("env", "prod")])).await, vec![c.id.clone(), a.id.clone()]);
     assert_eq!(ids(&*store, f(None, None, &[("env", "prod"), ("team", "x")])).await, vec![a.id.clone()]);
     assert!(ids(&*store, f(None, None, &[("env", "prod"), ("team", "y")])).await.is_empty());
     assert_eq!(ids(&*store, f(Some(TaskStatus::Pending), Some("beta"), &[])).await, vec![d.id.clone()]);
     assert!(ids(&*store, f(Some(TaskStatus::Cancelled), Some("alpha"), &[("env", "prod")])).await.is_empty());
+
+    // Several states: any of them, open and ended alike.
+    let any_of = |statuses: &[TaskStatus]| TaskFilter { statuses: statuses.to_vec(), ..TaskFilter::default() };
+    let open = any_of(&[TaskStatus::Pending, TaskStatus::Running]);
+    assert_eq!(ids(&*store, open).await, vec![d.id.clone(), b.id.clone(), a.id.clone()]);
+    let ended = any_of(&[TaskStatus::Completed, TaskStatus::Failed, TaskStatus::Cancelled]);
+    assert_eq!(ids(&*store, ended).await, vec![c.id.clone()]);
+    let mixed = any_of(&[TaskStatus::Cancelled, TaskStatus::Pending]);
+    assert_eq!(ids(&*store, mixed).await, vec![d.id.clone(), c.id.clone(), a.id.clone()]);
+    let mixed =
+        TaskFilter { agent: Some("beta".parse().unwrap()), ..any_of(&[TaskStatus::Running, TaskStatus::Cancelled]) };
+    assert_eq!(ids(&*store, mixed).await, vec![c.id.clone()]);
 }
 
 async fn page_through(store: &dyn Store, filter: &TaskFilter, size: u32) -> Vec<Vec<TaskId>> {
@@ -496,10 +509,13 @@ where
         }
         created.push(task.id);
     }
-    // Ids are uuid-v7 based: their order is creation order.
+    // Ids are uuid-v7 based: their order is creation order. Listings are
+    // newest first.
     let mut sorted = created.clone();
     sorted.sort();
     assert_eq!(sorted, created);
+    created.reverse();
+    odd.reverse();
 
     let pages = page_through(&*store, &TaskFilter::default(), 10).await;
     let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
@@ -532,11 +548,13 @@ where
     }
     let first = store.list_tasks(&TaskFilter::default(), &PageRequest::first(4)).await.unwrap();
     assert_eq!(first.items.len(), 4);
-    // Changes after the first page neither repeat nor hide a Task.
+    // Changes after the first page neither repeat nor hide a Task; the
+    // Tasks created since are newer than the whole listing, so not in it.
     for _ in 0..3 {
-        created.push(create(&*store, spec("echo")).await.0.id);
+        create(&*store, spec("echo")).await;
     }
     store.cancel_task(&created[1], "changed under the cursor", T0).await.unwrap();
+    created.reverse();
     let mut seen: Vec<TaskId> = first.items.into_iter().map(|t| t.id).collect();
     let mut token = first.next_page_token;
     while let Some(t) = token {
@@ -555,7 +573,10 @@ where
 {
     let store = make(StoreConfig::default()).await;
     create(&*store, spec("echo")).await;
-    for token in ["", "garbage", "after:", "after:bad id"] {
+    // "after:" began the tokens of the oldest-first listing of earlier
+    // versions: refused rather than read the other way round.
+    let old_token = format!("after:{}", TaskId::generate());
+    for token in ["", "garbage", "before:", "before:bad id", old_token.as_str()] {
         let err = store
             .list_tasks(&TaskFilter::default(), &PageRequest { page_size: 10, page_token: Some(token.into()) })
             .await

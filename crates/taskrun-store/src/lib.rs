@@ -87,7 +87,8 @@ impl<T> CreateOutcome<T> {
 /// must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskFilter {
-    pub status: Option<TaskStatus>,
+    /// The Task is in one of these states; empty = any state.
+    pub statuses: Vec<TaskStatus>,
     pub agent: Option<AgentName>,
     /// Each of these labels, with this value, must be on the Task.
     pub labels: Labels,
@@ -95,9 +96,21 @@ pub struct TaskFilter {
 
 impl TaskFilter {
     pub fn matches(&self, task: &Task) -> bool {
-        self.status.is_none_or(|s| s == task.status)
+        self.matches_status(task.status)
             && self.agent.as_ref().is_none_or(|a| a == &task.spec.agent.name)
             && self.labels.iter().all(|(k, v)| task.spec.labels.get(k) == Some(v))
+    }
+
+    pub fn matches_status(&self, status: TaskStatus) -> bool {
+        self.statuses.is_empty() || self.statuses.contains(&status)
+    }
+
+    /// Whether every Task the filter can match has ended (`Some(true)`),
+    /// none has (`Some(false)`), or either may be listed (`None`). A store
+    /// that keeps open and ended Tasks apart reads only the side it needs.
+    pub fn ended(&self) -> Option<bool> {
+        let first = self.statuses.first()?.is_terminal();
+        self.statuses.iter().all(|s| s.is_terminal() == first).then_some(first)
     }
 }
 
@@ -129,12 +142,12 @@ impl PageRequest {
     }
 
     /// The Task the previous page ended with, from the page token.
-    pub fn after(&self) -> Result<Option<TaskId>> {
+    pub fn before(&self) -> Result<Option<TaskId>> {
         self.page_token.as_deref().map(decode_page_token).transpose()
     }
 }
 
-/// One page of a listing, in creation order.
+/// One page of a listing, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
     pub items: Vec<T>,
@@ -142,11 +155,16 @@ pub struct Page<T> {
     pub next_page_token: Option<String>,
 }
 
-const PAGE_TOKEN_PREFIX: &str = "after:";
+/// Pages go from the newest Task to the oldest: a token names the last
+/// Task of its page, and the next page holds the Tasks created before it.
+/// (Tokens of the oldest-first listing that came before began "after:";
+/// they are refused, not misread.)
+const PAGE_TOKEN_PREFIX: &str = "before:";
 
-/// The opaque token for the page after `last`. Tokens are stable: Tasks are
-/// never deleted and ids sort in creation order, so a page after a token
-/// never repeats or skips a Task.
+/// The opaque token for the page after `last`, which holds the Tasks
+/// created before it. Tokens are stable: Tasks are never deleted and ids
+/// sort in creation order, so the pages that follow a token neither repeat
+/// nor skip a Task; Tasks created since the first page are not in them.
 pub fn encode_page_token(last: &TaskId) -> String {
     format!("{PAGE_TOKEN_PREFIX}{last}")
 }
@@ -257,7 +275,8 @@ pub trait TaskStore: Send + Sync {
 
     async fn get_task(&self, id: &TaskId) -> Result<Task>;
 
-    /// Tasks that match `filter`, oldest first.
+    /// Tasks that match `filter`, newest first (ids sort in creation
+    /// order).
     async fn list_tasks(&self, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>>;
 
     /// Cancels the Task and every Run of it that has not ended. A terminal

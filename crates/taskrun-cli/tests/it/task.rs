@@ -250,6 +250,16 @@ async fn create_get_list_cancel_round_trip() {
     let out = env.run(&["task", "list", "--status", "pending", "--agent", "echo", "--json"]).await;
     let tasks: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(tasks.iter().map(|t| t["task_id"].as_str().unwrap()).collect::<Vec<_>>(), [second_id.as_str()]);
+    // Several states, newest first: by commas or by repeating the flag.
+    for args in [&["--status", "pending,cancelled"][..], &["--status", "cancelled", "--status", "pending"]] {
+        let out = env.run(&[&["task", "list", "--json"][..], args].concat()).await;
+        let tasks: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+        let listed: Vec<&str> = tasks.iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+        assert_eq!(listed, [second_id.as_str(), id.as_str()], "{args:?}");
+    }
+    let out = env.run(&["task", "list", "--status", "running,done"]).await;
+    out.expect_code(64);
+    assert!(out.stderr.contains("\"done\" is not a Task status"), "{}", out.stderr);
     env.stop().await;
 }
 
@@ -298,10 +308,8 @@ async fn list_follows_pages_only_when_asked() {
     let out = env.run(&["task", "list", "--all", "--page-size", "1", "--json"]).await;
     out.ok();
     let all = ids(&out);
-    let mut sorted = all.clone();
-    sorted.sort();
-    created.sort();
-    assert_eq!(sorted, created);
+    created.reverse();
+    assert_eq!(all, created, "newest first");
     assert!(out.stderr.is_empty(), "{}", out.stderr);
 
     // The first two of the same order, one per request; --limit says how

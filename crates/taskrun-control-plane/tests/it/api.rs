@@ -98,7 +98,7 @@ async fn list_tasks_filters_and_pages() {
         }
         token = page.next_page_token;
     }
-    assert_eq!(seen, ["0", "2", "4", "6"]);
+    assert_eq!(seen, ["6", "4", "2", "0"], "newest first");
     let pending = client
         .list_tasks(pb::ListTasksRequest { statuses: vec![pb::TaskStatus::Pending.into()], ..Default::default() })
         .await

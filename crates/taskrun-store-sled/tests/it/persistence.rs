@@ -138,6 +138,76 @@ async fn corrupt_records_are_errors_not_panics() {
     assert_eq!(store.pending_runs(T0, 10).await.unwrap().len(), 1);
 }
 
+/// Listing the open Tasks reads only theirs, however long the history of
+/// ended ones (whose records are made unreadable here, so that reading any
+/// of them would be an error), and listing ended Tasks reads none of the
+/// open ones. Both come newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_open_tasks_reads_no_ended_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let w: WorkerId = "worker-1".parse().unwrap();
+    let (ended, open) = {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), StoreConfig::default()).unwrap());
+        let mut ids = Vec::new();
+        for i in 0..6 {
+            let t = store.create_task(task(None)).await.unwrap().into_inner();
+            if i % 2 == 0 {
+                let run = store.list_runs(&t.id).await.unwrap().remove(0);
+                let lease = store.assign_run(&run.id, &w, 0, T0).await.unwrap().run.lease;
+                let result = Json::parse("result", "1").unwrap();
+                store.finish_run(&run.id, lease, RunOutcome::Completed { result }, T0).await.unwrap();
+            }
+            ids.push(t.id);
+        }
+        let (ended, open): (Vec<(usize, TaskId)>, _) = ids.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        let strip = |v: Vec<(usize, TaskId)>| v.into_iter().rev().map(|(_, id)| id).collect::<Vec<_>>();
+        (strip(ended), strip(open))
+    };
+    let listed = |store: Arc<SledStore>, statuses: Vec<TaskStatus>| async move {
+        let filter = TaskFilter { statuses, ..TaskFilter::default() };
+        let page = store.list_tasks(&filter, &PageRequest::default()).await?;
+        Ok::<_, Error>(page.items.into_iter().map(|t| t.id).collect::<Vec<_>>())
+    };
+    let store = Arc::new(SledStore::open(dir.path(), StoreConfig::default()).unwrap());
+    assert_eq!(listed(store.clone(), vec![TaskStatus::Pending]).await.unwrap(), open);
+    assert_eq!(listed(store.clone(), vec![TaskStatus::Completed]).await.unwrap(), ended);
+    drop(store);
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tasks = db.open_tree("tasks").unwrap();
+        // `s` + id is the state record of a Task that ended.
+        for id in &ended {
+            tasks.insert([b"s", id.as_str().as_bytes()].concat(), &b"{not a state"[..]).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let store = Arc::new(SledStore::open(dir.path(), StoreConfig::default()).unwrap());
+    assert_eq!(listed(store.clone(), vec![TaskStatus::Pending, TaskStatus::Running]).await.unwrap(), open);
+    let is_corrupt = |e: Error| matches!(e, Error::Corrupt { .. });
+    assert!(is_corrupt(listed(store.clone(), vec![TaskStatus::Completed]).await.unwrap_err()));
+    assert!(is_corrupt(listed(store.clone(), vec![]).await.unwrap_err()));
+    drop(store);
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tasks = db.open_tree("tasks").unwrap();
+        for id in &open {
+            tasks.insert([b"p", id.as_str().as_bytes()].concat(), &b"{not a state"[..]).unwrap();
+        }
+        for id in &ended {
+            tasks.remove([b"s", id.as_str().as_bytes()].concat()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    // Now the open ones are unreadable, and the ended ones gone: listing
+    // ended Tasks reads no open one.
+    let store = Arc::new(SledStore::open(dir.path(), StoreConfig::default()).unwrap());
+    assert_eq!(
+        listed(store.clone(), vec![TaskStatus::Failed, TaskStatus::Cancelled]).await.unwrap(),
+        Vec::<TaskId>::new()
+    );
+    assert!(is_corrupt(listed(store.clone(), vec![TaskStatus::Pending]).await.unwrap_err()));
+}
+
 /// A fan-out Task's results, each in its own record, come back after
 /// reopening exactly as they were reported: while the Task is open (its
 /// aggregate rebuilt at open) and after it ended.
