@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use taskrun_core::{Task, TaskEvent, TaskId};
+use taskrun_core::{Task, TaskEvent, TaskEventKind, TaskId};
 use taskrun_store::index::{self, Indexes};
 use taskrun_store::logic::TaskAggregate;
 use taskrun_store::{Error, Result};
@@ -41,8 +41,51 @@ use crate::trees::{Trees, storage};
 
 /// Most changes in one batch.
 const MAX_BATCH: usize = 1024;
-/// Most Task aggregates kept in memory.
-pub(crate) const CACHE_CAP: usize = 100_000;
+
+/// How much of the open Tasks memory keeps: at most `tasks` aggregates,
+/// weighing at most `bytes` in all (see [`weight`]). A Task left out is
+/// read from sled when it is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CacheLimits {
+    pub tasks: usize,
+    pub bytes: usize,
+}
+
+impl Default for CacheLimits {
+    /// 100,000 Tasks or 256 MiB: Tasks of up to 1 MiB of input each would
+    /// otherwise let a backlog of PENDING ones hold 100 GiB.
+    fn default() -> Self {
+        CacheLimits { tasks: 100_000, bytes: 256 << 20 }
+    }
+}
+
+/// Roughly what a cached Task holds: its input, its Runs' results and
+/// errors, its events tail, and a fixed part for the rest.
+fn weight(agg: &TaskAggregate, tail: &[TaskEvent]) -> usize {
+    const FIXED: usize = 512;
+    const PER_RUN: usize = 256;
+    const PER_EVENT: usize = 96;
+    let runs: usize = agg
+        .runs
+        .iter()
+        .map(|r| {
+            PER_RUN
+                + r.run.result.as_ref().map_or(0, |j| j.as_str().len())
+                + r.run.error.as_ref().map_or(0, String::len)
+        })
+        .sum();
+    let events: usize = tail
+        .iter()
+        .map(|e| {
+            PER_EVENT
+                + match &e.kind {
+                    TaskEventKind::Output(chunk) => chunk.data.len(),
+                    TaskEventKind::Status { message, .. } => message.as_ref().map_or(0, String::len),
+                }
+        })
+        .sum();
+    FIXED + agg.task.spec.input.as_str().len() + runs + events
+}
 
 /// A Task as memory holds it: its aggregate (with every result), its
 /// events tail (as in its state record), whether that state record holds
@@ -62,6 +105,9 @@ pub(crate) struct Memory {
     pub indexes: Indexes,
     tasks: HashMap<TaskId, Snapshot>,
     next_version: u64,
+    /// What the cached Tasks weigh ([`weight`]).
+    bytes: usize,
+    pub limits: CacheLimits,
 }
 
 impl Memory {
@@ -69,9 +115,15 @@ impl Memory {
         self.tasks.get(task).cloned()
     }
 
-    /// Aggregates cached.
-    pub(crate) fn len(&self) -> usize {
-        self.tasks.len()
+    /// Aggregates cached, and what they weigh.
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        (self.tasks.len(), self.bytes)
+    }
+
+    /// Whether `loaded` can be cached without passing the limits.
+    pub(crate) fn has_room_for(&self, loaded: &records::Loaded) -> bool {
+        self.tasks.len() < self.limits.tasks
+            && self.bytes.saturating_add(weight(&loaded.agg, &loaded.tail)) <= self.limits.bytes
     }
 
     /// Caches a Task read from sled, every result read, under a new
@@ -83,13 +135,18 @@ impl Memory {
 
     fn put(&mut self, agg: Arc<TaskAggregate>, tail: Arc<Vec<TaskEvent>>, results_inline: bool) -> Snapshot {
         self.next_version += 1;
+        self.bytes += weight(&agg, &tail);
         let snapshot = Snapshot { agg, tail, results_inline, version: self.next_version };
-        self.tasks.insert(snapshot.agg.task.id.clone(), snapshot.clone());
+        if let Some(old) = self.tasks.insert(snapshot.agg.task.id.clone(), snapshot.clone()) {
+            self.bytes -= weight(&old.agg, &old.tail);
+        }
         snapshot
     }
 
     fn forget(&mut self, task: &TaskId) {
-        self.tasks.remove(task);
+        if let Some(old) = self.tasks.remove(task) {
+            self.bytes -= weight(&old.agg, &old.tail);
+        }
     }
 
     /// After a commit: the Task is now `agg` with `tail`, its state record
@@ -102,13 +159,25 @@ impl Memory {
         }
     }
 
-    /// Keeps the cache under its cap, sparing the Tasks just changed.
-    fn trim(&mut self, spare: &HashSet<TaskId>) {
-        if self.tasks.len() <= CACHE_CAP {
+    /// Keeps the cache within its limits, sparing the Tasks just changed.
+    pub(crate) fn trim(&mut self, spare: &HashSet<TaskId>) {
+        let limits = self.limits;
+        let (mut tasks, mut bytes) = self.usage();
+        if tasks <= limits.tasks && bytes <= limits.bytes {
             return;
         }
-        let excess = self.tasks.len() - CACHE_CAP;
-        let victims: Vec<TaskId> = self.tasks.keys().filter(|id| !spare.contains(*id)).take(excess).cloned().collect();
+        let mut victims = Vec::new();
+        for (id, snapshot) in &self.tasks {
+            if tasks <= limits.tasks && bytes <= limits.bytes {
+                break;
+            }
+            if spare.contains(id) {
+                continue;
+            }
+            tasks -= 1;
+            bytes -= weight(&snapshot.agg, &snapshot.tail);
+            victims.push(id.clone());
+        }
         for id in victims {
             self.forget(&id);
         }
@@ -437,9 +506,12 @@ fn run(shared: &Shared, t: &Trees) {
 
 #[cfg(test)]
 mod tests {
-    use taskrun_core::{AgentRef, Json, RunStatus, Task, TaskId, TaskSpec, Timestamp, WorkerId};
+    use taskrun_core::{
+        AgentRef, Json, RunOutcome, RunStatus, Task, TaskId, TaskSpec, TaskStatus, Timestamp, WorkerId,
+    };
     use taskrun_store::{Error, RunStore, StoreConfig, TaskStore};
 
+    use super::CacheLimits;
     use crate::{SledStore, records};
 
     const T0: Timestamp = Timestamp(1_700_000_000_000);
@@ -475,5 +547,45 @@ mod tests {
         assert_eq!(records::load_task(&store.trees.tasks, &created.id).unwrap(), stored);
         let err = store.create_task(task()).await.unwrap_err();
         assert!(matches!(err, Error::Storage(_)), "{err}");
+    }
+
+    /// Open Tasks with large inputs: memory keeps what fits in its byte
+    /// limit, however few Tasks that is, and every Task left out still
+    /// works, read from sled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cache_stays_within_its_byte_limit() {
+        const INPUT: usize = 64 << 10;
+        let store = SledStore::temporary(StoreConfig::default()).unwrap();
+        let limits = CacheLimits { tasks: 1000, bytes: 5 * INPUT };
+        store.memory().limits = limits;
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            let input = Json::parse("input", format!("\"{i:0>width$}\"", width = INPUT - 2)).unwrap();
+            let spec = TaskSpec::new(AgentRef::latest("echo".parse().unwrap()), input);
+            let created =
+                store.create_task(Task::new(TaskId::generate(), spec, T0, usize::MAX).unwrap()).await.unwrap();
+            ids.push(created.into_inner().id);
+            let (tasks, bytes) = store.memory().usage();
+            assert!(bytes <= limits.bytes, "{tasks} Tasks weigh {bytes} bytes");
+        }
+        let (tasks, _) = store.memory().usage();
+        assert!((1..5).contains(&tasks), "{tasks} Tasks cached");
+
+        // Every Task, cached or not, is whole and can be scheduled and run.
+        assert_eq!(store.pending_runs(T0, 100).await.unwrap().len(), 20);
+        let worker: WorkerId = "worker-1".parse().unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let task = store.get_task(id).await.unwrap();
+            assert_eq!(task.spec.input.as_str().len(), INPUT);
+            assert!(task.spec.input.as_str().ends_with(&format!("{i}\"")));
+            let run = store.list_runs(id).await.unwrap().remove(0);
+            let lease = store.assign_run(&run.id, &worker, 0, T0).await.unwrap().run.lease;
+            let result = Json::parse("result", i.to_string()).unwrap();
+            store.finish_run(&run.id, lease, RunOutcome::Completed { result }, T0).await.unwrap();
+            assert_eq!(store.get_task(id).await.unwrap().status, TaskStatus::Completed);
+            assert!(store.memory().usage().1 <= limits.bytes);
+        }
+        // Ended Tasks leave the cache.
+        assert_eq!(store.memory().usage(), (0, 0));
     }
 }

@@ -73,7 +73,7 @@ use taskrun_store::{
     encode_page_token,
 };
 
-use crate::apply::{Applier, CACHE_CAP, Install, Installed, Memory, Snapshot};
+use crate::apply::{Applier, Install, Installed, Memory, Snapshot};
 use crate::catalog::Catalog;
 use crate::records::{TaskHead, decode, encode, event_key, id_from};
 use crate::trees::{Trees, storage};
@@ -186,10 +186,6 @@ impl SledStore {
         records::load_task(&self.trees.tasks, id)?.ok_or_else(|| Error::not_found("task", id))
     }
 
-    /// The Task's aggregate, from memory if it is there (with every
-    /// result). Read from sled otherwise, with only the results of the
-    /// Runs `wanted` names, and the Task's own: the caller reads nothing
-    /// else of it.
     /// The Task of `key` and `value`, a record with tag `tag` (a head or a
     /// state record), if it matches `filter`. What the record holds is
     /// checked before anything more is read.
@@ -227,6 +223,10 @@ impl SledStore {
         Ok(Some(loaded.agg.task))
     }
 
+    /// The Task's aggregate, from memory if it is there (with every
+    /// result). Read from sled otherwise, with only the results of the
+    /// Runs `wanted` names, and the Task's own: the caller reads nothing
+    /// else of it.
     fn aggregate(&self, id: &TaskId, wanted: impl Fn(&Run) -> bool) -> Result<Arc<TaskAggregate>> {
         if let Some(snapshot) = self.memory().snapshot(id) {
             return Ok(snapshot.agg);
@@ -363,8 +363,8 @@ fn prepare_from(
     Ok(Install { task: id, expected, agg: Arc::new(agg), tail: Arc::new(tail), state, results, head, events, changes })
 }
 
-/// What memory holds at open: the Tasks that have not ended (up to the
-/// cache's cap) and the scheduling indexes of their Runs. A Task whose
+/// What memory holds at open: the Tasks that have not ended (within the
+/// cache's limits) and the scheduling indexes of their Runs. A Task whose
 /// records do not decode is left out (and logged): its Runs are not
 /// scheduled, and every call about it answers [`Error::Corrupt`].
 fn load_open_tasks(trees: &Trees) -> Result<Memory> {
@@ -388,7 +388,7 @@ fn load_open_tasks(trees: &Trees) -> Result<Memory> {
                 for record in &loaded.agg.runs {
                     memory.indexes.insert(&index::Entry::of(&record.run, &loaded.agg.task));
                 }
-                if memory.len() < CACHE_CAP {
+                if memory.has_room_for(&loaded) {
                     memory.load(loaded);
                 }
             }
