@@ -150,15 +150,35 @@ pub trait Agent {
 }
 
 /// Why an agent gave up; the message reaches the person who asked.
+///
+/// A Run that fails is retried as its Task's retry policy says (a model
+/// that timed out may answer next time). When retrying cannot help — the
+/// input is malformed, or asks for what the agent refuses — return
+/// [`Error::permanent`] instead, and the Task fails at once:
+///
+/// ```ignore
+/// let text = input_field(&input, "text")
+///     .ok_or_else(|| Error::permanent("the input has no \"text\" field"))?;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     message: String,
 }
 
 impl Error {
-    /// An error with `message`.
+    /// An error with `message`, retried like any failure.
     pub fn new(message: impl Into<String>) -> Error {
         Error { message: message.into() }
+    }
+
+    /// An error with `message` that would repeat on every attempt, so the
+    /// Task is not retried. Making one tells the Worker at once (through
+    /// the `failure` import): whatever error this Run then returns counts
+    /// as permanent. An agent that never makes one does not import
+    /// `failure`, and so runs on Workers older than it as well.
+    pub fn permanent(message: impl Into<String>) -> Error {
+        bindings::taskrun::agent::failure::mark_permanent();
+        Error::new(message)
     }
 
     /// The message.

@@ -460,6 +460,9 @@ struct RunView {
     #[serde(skip_serializing_if = "Option::is_none")]
     result_omitted_bytes: Option<u64>,
     error: Option<String>,
+    /// FAILED in a way that would repeat (the agent said so): not retried.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    failed_permanently: bool,
 }
 
 impl RunView {
@@ -479,6 +482,7 @@ impl RunView {
             result: r.result.as_ref().map(|j| output::raw_json(j.as_str())).transpose()?,
             result_omitted_bytes: reply.result_omitted_bytes,
             error: r.error.clone(),
+            failed_permanently: r.failed_permanently,
         })
     }
 }

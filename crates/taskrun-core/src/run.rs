@@ -29,6 +29,12 @@ pub struct Run {
     pub result: Option<Json>,
     /// Why a Run FAILED or was CANCELLED.
     pub error: Option<String>,
+    /// FAILED in a way that would repeat ([`RunOutcome::FailedPermanently`]):
+    /// its shard gets no retry, so its Task fails. Not in the Run's serde
+    /// form, whose layout stored records keep: a store that writes Runs
+    /// keeps it beside them.
+    #[serde(skip)]
+    pub failed_permanently: bool,
 }
 
 impl Run {
@@ -50,6 +56,7 @@ impl Run {
             finished_at: None,
             result: None,
             error: None,
+            failed_permanently: false,
         }
     }
 
@@ -86,6 +93,10 @@ impl Run {
         self.status = self.status.transition(outcome.status())?;
         match outcome {
             RunOutcome::Completed { result } => self.result = Some(result),
+            RunOutcome::FailedPermanently { error } => {
+                self.error = Some(error);
+                self.failed_permanently = true;
+            }
             RunOutcome::Failed { error } | RunOutcome::Cancelled { reason: error } => self.error = Some(error),
         }
         self.finished_at = Some(now);
@@ -97,16 +108,28 @@ impl Run {
 /// How a Run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunOutcome {
-    Completed { result: Json },
-    Failed { error: String },
-    Cancelled { reason: String },
+    Completed {
+        result: Json,
+    },
+    /// FAILED; retried while the Task's retry policy allows.
+    Failed {
+        error: String,
+    },
+    /// FAILED in a way that would repeat (the agent said so): the Task
+    /// fails without a retry.
+    FailedPermanently {
+        error: String,
+    },
+    Cancelled {
+        reason: String,
+    },
 }
 
 impl RunOutcome {
     pub fn status(&self) -> RunStatus {
         match self {
             RunOutcome::Completed { .. } => RunStatus::Completed,
-            RunOutcome::Failed { .. } => RunStatus::Failed,
+            RunOutcome::Failed { .. } | RunOutcome::FailedPermanently { .. } => RunStatus::Failed,
             RunOutcome::Cancelled { .. } => RunStatus::Cancelled,
         }
     }

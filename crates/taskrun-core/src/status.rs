@@ -131,7 +131,8 @@ impl RunStatus {
 ///   terminal states are final);
 /// - COMPLETED once every shard has a completed Run;
 /// - FAILED once some shard's latest Run failed (or was cancelled without the
-///   Task being cancelled) and that shard has no attempts left;
+///   Task being cancelled) and that shard has no attempts left, or its
+///   failure was permanent ([`Run::failed_permanently`]);
 /// - RUNNING once any Run was assigned — including while a failed shard waits
 ///   for its retry: a Task never goes back to PENDING;
 /// - PENDING otherwise.
@@ -154,7 +155,7 @@ pub fn derive_task_status(current: TaskStatus, fan_out: u32, retry: &RetryPolicy
         }
         if let Some(latest) = latest
             && matches!(latest.status, RunStatus::Failed | RunStatus::Cancelled)
-            && latest.attempt >= retry.max_attempts
+            && (latest.attempt >= retry.max_attempts || latest.failed_permanently)
         {
             return TaskStatus::Failed;
         }

@@ -202,7 +202,7 @@ impl SledStore {
             }
             records::with_state(tasks, head)?
         } else {
-            let state: records::TaskState = decode("task_state", key, value)?;
+            let state = records::decode_state(key, value)?;
             if !filter.matches_status(state.status) {
                 return Ok(None);
             }
@@ -379,7 +379,7 @@ fn load_open_tasks(trees: &Trees) -> Result<Memory> {
                 .get(&head_key)
                 .map_err(storage)?
                 .ok_or_else(|| Error::corrupt("task", id.as_str(), "missing"))?;
-            let mut loaded = records::join(decode("task", &head_key, &head)?, decode("task_state", &key, &state)?);
+            let mut loaded = records::join(decode("task", &head_key, &head)?, records::decode_state(&key, &state)?);
             loaded.read_results(&trees.tasks, |_| true)?;
             Ok(loaded)
         };
@@ -980,7 +980,8 @@ mod tests {
         assert_eq!(ended.task.result, Some(result(0)));
         assert!(!open.task.status.is_terminal());
         {
-            // Written as the code before result records wrote them.
+            // Written as the code before result records wrote them (and
+            // before state records had a trailer: `TaskState` leaves it out).
             let store = SledStore::open(dir.path(), StoreConfig::default()).unwrap();
             let tasks = &store.trees.tasks;
             for (agg, tail) in [(&ended, &ended_tail), (&open, &open_tail)] {
@@ -992,6 +993,7 @@ mod tests {
                     meta: agg.meta.clone(),
                     runs: agg.runs.clone(),
                     tail: tail.clone(),
+                    failed_permanently: Vec::new(),
                 };
                 let key = records::state_key(&agg.task.id, !agg.task.status.is_terminal());
                 tasks.insert(records::head_key(&agg.task.id), records::encode_head(&agg.task).unwrap()).unwrap();
@@ -1019,7 +1021,7 @@ mod tests {
         let shard = |n: u32| RunId::of(&open.task.id, n, 1);
         store.finish_run(&shard(1), 1, RunOutcome::Completed { result: result(1) }, now).await.unwrap();
         let key = records::state_key(&open.task.id, true);
-        let state: records::TaskState = decode("task_state", &key, &state_record(&store, &open.task.id)).unwrap();
+        let state = records::decode_state(&key, &state_record(&store, &open.task.id)).unwrap();
         assert!(state.runs.iter().all(|r| r.run.result.is_none()), "{state:?}");
         for n in [0, 1] {
             assert!(store.trees.tasks.contains_key(records::result_key(&open.task.id, n, 1)).unwrap());

@@ -45,6 +45,23 @@ pub(crate) struct TaskState {
     /// The Task's latest TaskEvents, not (yet) in an events record; see
     /// [`TAIL_BYTES`].
     pub tail: Vec<TaskEvent>,
+    /// The indexes in `runs` of the Runs that failed permanently
+    /// ([`Run::failed_permanently`], which the Run's serde form leaves
+    /// out). Written after the rest, as a trailer that records from before
+    /// it lack: see [`decode_state`].
+    #[serde(skip)]
+    pub failed_permanently: Vec<u32>,
+}
+
+/// Decodes a state record: a [`TaskState`], then the trailer that holds
+/// its `failed_permanently` (none in a record written before it).
+pub(crate) fn decode_state(key: &[u8], bytes: &[u8]) -> Result<TaskState> {
+    let corrupt = |e| Error::corrupt("task_state", String::from_utf8_lossy(key), e);
+    let (mut state, trailer) = postcard::take_from_bytes::<TaskState>(bytes).map_err(corrupt)?;
+    if !trailer.is_empty() {
+        state.failed_permanently = postcard::from_bytes(trailer).map_err(corrupt)?;
+    }
+    Ok(state)
 }
 
 /// The most bytes of TaskEvents the state record carries. A change whose
@@ -54,7 +71,8 @@ pub(crate) struct TaskState {
 /// fewer, which is most of what a small Task costs.
 pub(crate) const TAIL_BYTES: usize = 2048;
 
-/// [`TaskState`] borrowed from an aggregate, for writing.
+/// [`TaskState`] borrowed from an aggregate, for writing (its trailer
+/// included).
 #[derive(Serialize)]
 struct TaskStateRef<'a> {
     status: TaskStatus,
@@ -64,6 +82,7 @@ struct TaskStateRef<'a> {
     meta: &'a TaskMeta,
     runs: &'a [RunRecord],
     tail: &'a [TaskEvent],
+    failed_permanently: &'a [u32],
 }
 
 #[derive(Serialize)]
@@ -89,6 +108,8 @@ pub(crate) fn encode_state(
     tail: &[TaskEvent],
     inline: impl Fn(usize) -> bool,
 ) -> Result<Vec<u8>> {
+    let failed_permanently: Vec<u32> =
+        (0..agg.runs.len()).filter(|&i| agg.runs[i].run.failed_permanently).map(|i| i as u32).collect();
     let task_result = agg.task.result.take();
     let run_results: Vec<Option<Json>> =
         agg.runs.iter_mut().enumerate().map(|(i, r)| if inline(i) { None } else { r.run.result.take() }).collect();
@@ -103,6 +124,7 @@ pub(crate) fn encode_state(
             meta: &agg.meta,
             runs: &agg.runs,
             tail,
+            failed_permanently: &failed_permanently,
         },
     );
     agg.task.result = task_result;
@@ -144,7 +166,7 @@ pub(crate) struct Loaded {
 /// none otherwise.
 pub(crate) fn join(head: TaskHead, state: TaskState) -> Loaded {
     let results_inline = state.result.is_some() || state.runs.iter().any(|r| r.run.result.is_some());
-    let agg = TaskAggregate {
+    let mut agg = TaskAggregate {
         task: Task {
             id: head.id,
             spec: head.spec,
@@ -157,6 +179,11 @@ pub(crate) fn join(head: TaskHead, state: TaskState) -> Loaded {
         meta: state.meta,
         runs: state.runs,
     };
+    for &i in &state.failed_permanently {
+        if let Some(record) = agg.runs.get_mut(i as usize) {
+            record.run.failed_permanently = true;
+        }
+    }
     Loaded { agg, tail: state.tail, results_inline }
 }
 
@@ -284,7 +311,7 @@ pub(crate) fn with_state(tasks: &sled::Tree, head: TaskHead) -> Result<Loaded> {
     for open in [true, false] {
         let key = state_key(&head.id, open);
         if let Some(state) = tasks.get(&key).map_err(storage)? {
-            return Ok(join(head, decode("task_state", &key, &state)?));
+            return Ok(join(head, decode_state(&key, &state)?));
         }
     }
     Err(Error::corrupt("task_state", head.id.as_str(), "missing"))

@@ -50,6 +50,7 @@ macro_rules! conformance_tests {
             exhausted_retries_fail_the_task,
             fan_out_completes_when_every_shard_completes,
             fan_out_shard_out_of_attempts_cancels_the_others,
+            a_permanent_failure_fails_the_task_without_a_retry,
             results_are_kept_per_run,
             cancel_task_cancels_runs_and_returns_active_ones,
             fail_task_ends_it_without_a_retry,
@@ -912,6 +913,54 @@ where
     );
     assert!(store.pending_runs(at(5), 10).await.unwrap().is_empty());
     assert!(store.active_runs_of_worker(&worker(2)).await.unwrap().is_empty());
+    assert_invariants(&*store, &task.id).await;
+}
+
+/// A Run that failed permanently (the agent said the failure would repeat)
+/// gets no retry, however many attempts its Task's policy has left: the
+/// Task fails now, its other shards' Runs are cancelled, and the Run keeps
+/// saying why (its status follows from its Runs, as always).
+pub async fn a_permanent_failure_fails_the_task_without_a_retry<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let permanently = |error: &str| RunOutcome::FailedPermanently { error: error.to_owned() };
+    let (task, runs) = create(&*store, spec("echo")).await;
+    assert_eq!(task.spec.retry.max_attempts, 3);
+    let lease = run_it(&*store, &runs[0], &worker(1), T0).await;
+    let change = store.finish_run(&runs[0].id, lease, permanently("agent error: no prompt"), at(1)).await.unwrap();
+    assert_eq!(change.retry, None);
+    assert_eq!(change.run.status, RunStatus::Failed);
+    assert!(change.run.failed_permanently);
+    assert_eq!(change.task.status, TaskStatus::Failed);
+    assert_eq!(change.task.error.as_deref(), Some("agent error: no prompt (permanent: not retried)"));
+    let stored = store.list_runs(&task.id).await.unwrap();
+    assert_eq!(stored.len(), 1, "no retry Run: {stored:?}");
+    assert!(stored[0].failed_permanently);
+    assert_eq!(store.get_run(&runs[0].id).await.unwrap(), stored[0]);
+    assert!(store.pending_runs(at(10_000), 10).await.unwrap().is_empty());
+    assert_invariants(&*store, &task.id).await;
+
+    // A plain failure beside it is retried as before, and is not permanent.
+    let (task, runs) = create(&*store, spec("echo")).await;
+    let lease = run_it(&*store, &runs[0], &worker(1), T0).await;
+    let change = store.finish_run(&runs[0].id, lease, failed("model timed out"), at(1)).await.unwrap();
+    assert!(change.retry.is_some() && !change.run.failed_permanently);
+    assert_invariants(&*store, &task.id).await;
+
+    // One shard of a fan-out: the whole Task fails, the others are cancelled.
+    let mut s = spec("echo");
+    s.fan_out = 2;
+    let (task, runs) = create(&*store, s).await;
+    let lease1 = run_it(&*store, &runs[1], &worker(2), T0).await;
+    run_it(&*store, &runs[0], &worker(1), T0).await;
+    let change = store.finish_run(&runs[1].id, lease1, permanently("bad input"), at(1)).await.unwrap();
+    assert_eq!(change.task.status, TaskStatus::Failed);
+    assert_eq!(change.task.error.as_deref(), Some("shard 1: bad input (permanent: not retried)"));
+    let cancelled: Vec<_> = change.cancelled_runs.iter().map(|r| (&r.id, r.status)).collect();
+    assert_eq!(cancelled, vec![(&runs[0].id, RunStatus::Cancelled)]);
     assert_invariants(&*store, &task.id).await;
 }
 

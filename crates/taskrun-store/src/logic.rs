@@ -167,6 +167,7 @@ impl Change<'_> {
 
     /// After Run `i` changed: derives the Task's status, creates the retry
     /// Run, ends the Task's other Runs if the Task ended, records events.
+    /// A Run that failed permanently gets no retry: its Task fails now.
     fn settle(&mut self, i: usize, message: Option<String>) -> Result<Settled> {
         let prev = self.agg.task.status;
         let retry_policy = self.agg.task.spec.retry.clone();
@@ -181,6 +182,7 @@ impl Change<'_> {
         let mut retry = None;
         if !status.is_terminal()
             && matches!(run.status, RunStatus::Failed | RunStatus::Cancelled)
+            && !run.failed_permanently
             && retry_policy.allows_another(run.attempt)
             && !self.agg.runs.iter().any(|r| {
                 r.run.shard == run.shard && (r.run.attempt > run.attempt || r.run.status == RunStatus::Completed)
@@ -218,6 +220,8 @@ impl Change<'_> {
                         Some(e) => e.clone(),
                         None => format!("shard {} ran out of attempts", run.shard),
                     };
+                    let error =
+                        if run.failed_permanently { format!("{error} (permanent: not retried)") } else { error };
                     self.agg.task.error = Some(error.clone());
                     Some(error)
                 }
@@ -374,7 +378,7 @@ impl TaskAggregate {
         let prev = self.task.status;
         let message = match &outcome {
             RunOutcome::Completed { .. } => None,
-            RunOutcome::Failed { error } => Some(error.clone()),
+            RunOutcome::Failed { error } | RunOutcome::FailedPermanently { error } => Some(error.clone()),
             RunOutcome::Cancelled { reason } => Some(reason.clone()),
         };
         let mut change = self.change(now);

@@ -20,7 +20,7 @@ struct Chat;
 
 impl Agent for Chat {
     fn run(input: String) -> Result<String, Error> {
-        let input: Input = serde_json::from_str(&input).map_err(|e| Error::new(format!("bad input: {e}")))?;
+        let input: Input = serde_json::from_str(&input).map_err(|e| Error::permanent(format!("bad input: {e}")))?;
         let mut request = model::Request::user(&input.prompt);
         if let Some(system) = &input.system {
             request = request.system(system);

@@ -181,6 +181,39 @@ async fn worker_killed_mid_run_is_retried_on_another_worker() {
     assert_eq!(got.runs[1].worker_id.as_deref(), Some("survivor"));
 }
 
+/// An agent that says its failure is permanent (`chat` given input without
+/// a prompt) fails its Task on the first attempt, though the retry policy
+/// allows three, and GetTask says why; the same agent failing for an
+/// ordinary reason (no such ModelBackend) is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_is_not_retried() {
+    let mut cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("chat", "1.0.0", artifacts::CHAT).await;
+    let mut config = cluster.worker_config("w1");
+    config.model_backends =
+        vec![taskrun_worker::model::BackendConfig::new("default", taskrun_worker::model::ProviderKind::Echo)];
+    cluster.add_worker(config).await;
+
+    let mut s = spec("chat", r#"{"question":"no prompt field"}"#);
+    s.retry = retry(3);
+    let task_id = cluster.create(s).await;
+    let got = cluster.wait_terminal(&task_id, Duration::from_secs(20)).await;
+    assert_eq!(status_of(&got), TaskStatus::Failed, "{got:#?}");
+    assert_eq!(got.runs.len(), 1, "no retry: {:#?}", got.runs);
+    assert!(got.runs[0].failed_permanently);
+    let error = got.task.as_ref().and_then(|t| t.error.clone()).unwrap_or_default();
+    assert!(error.starts_with("agent error: bad input: missing field `prompt`"), "{error}");
+    assert!(error.ends_with("(permanent: not retried)"), "{error}");
+
+    let mut s = spec("chat", r#"{"prompt":"hi","backend":"absent"}"#);
+    s.retry = retry(2);
+    let task_id = cluster.create(s).await;
+    let got = cluster.wait_terminal(&task_id, Duration::from_secs(20)).await;
+    assert_eq!(status_of(&got), TaskStatus::Failed, "{got:#?}");
+    assert_eq!(got.runs.len(), 2, "retried once: {:#?}", got.runs);
+    assert!(got.runs.iter().all(|r| !r.failed_permanently));
+}
+
 /// The control plane stops mid-flight; it comes back from sled, the Worker
 /// reconnects and re-reports its Run, and the Tasks finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

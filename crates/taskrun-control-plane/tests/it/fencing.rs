@@ -94,6 +94,7 @@ pub(crate) fn completed(a: &pb::RunAssignment, result: &str) -> Up {
         nonce: format!("nonce-{}-{}", a.run_id, a.lease),
         last_output_seq: 0,
         trailing_output: Vec::new(),
+        permanent: false,
     })
 }
 

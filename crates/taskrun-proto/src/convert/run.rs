@@ -25,6 +25,7 @@ impl From<Run> for pb::Run {
             result_json: r.result.map(String::from),
             error: r.error,
             result_omitted_bytes: None,
+            failed_permanently: r.failed_permanently,
         }
     }
 }
@@ -103,13 +104,20 @@ impl TryFrom<pb::Run> for Run {
                 reason: "is set: the result was left out of the reply (convert the Run to a RunReply)",
             });
         }
+        let status = run_status_from_wire("status", r.status)?;
+        if r.failed_permanently && status != taskrun_core::RunStatus::Failed {
+            return Err(InvalidMessage::Inconsistent {
+                field: "failed_permanently".into(),
+                reason: "is set on a Run that did not fail",
+            });
+        }
         Ok(Run {
             id: parse("run_id", &r.run_id)?,
             task_id: parse("task_id", &r.task_id)?,
             shard: to_u32("shard", r.shard, 0, None)?,
             attempt: to_u32("attempt", r.attempt, 1, None)?,
             lease: to_u64("lease", r.lease, 0, None)?,
-            status: run_status_from_wire("status", r.status)?,
+            status,
             worker_id: parse_opt("worker_id", r.worker_id.as_deref())?,
             created_at: timestamp(r.created_at_unix_ms),
             updated_at: timestamp(r.updated_at_unix_ms),
@@ -119,6 +127,7 @@ impl TryFrom<pb::Run> for Run {
             finished_at: r.finished_at_unix_ms.map(timestamp),
             result: json_opt("result_json", r.result_json)?,
             error: r.error,
+            failed_permanently: r.failed_permanently,
         })
     }
 }

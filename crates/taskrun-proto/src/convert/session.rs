@@ -62,12 +62,13 @@ impl RunStatusReport {
 impl From<RunStatusReport> for pb::RunStatusUpdate {
     fn from(r: RunStatusReport) -> pb::RunStatusUpdate {
         let status = pb::RunStatus::from(r.progress.status()).into();
-        let (result_json, error) = match r.progress {
-            RunProgress::Started => (None, None),
-            RunProgress::Finished(RunOutcome::Completed { result }) => (Some(result.into()), None),
+        let (result_json, error, permanent) = match r.progress {
+            RunProgress::Started => (None, None, false),
+            RunProgress::Finished(RunOutcome::Completed { result }) => (Some(result.into()), None, false),
             RunProgress::Finished(RunOutcome::Failed { error } | RunOutcome::Cancelled { reason: error }) => {
-                (None, Some(error))
+                (None, Some(error), false)
             }
+            RunProgress::Finished(RunOutcome::FailedPermanently { error }) => (None, Some(error), true),
         };
         pb::RunStatusUpdate {
             run_id: r.run_id.into(),
@@ -83,6 +84,7 @@ impl From<RunStatusReport> for pb::RunStatusUpdate {
                 .into_iter()
                 .map(|(seq, data)| pb::RunOutputPiece { seq: wire_i64(seq), data })
                 .collect(),
+            permanent,
         }
     }
 }
@@ -93,6 +95,13 @@ impl TryFrom<pb::RunStatusUpdate> for RunStatusReport {
         let run_id = parse("run_id", &u.run_id)?;
         let lease = to_u64("lease", u.lease, 1, None)?;
         let status = run_status_from_wire("status", u.status)?;
+        if u.permanent && status != RunStatus::Failed {
+            return Err(InvalidMessage::Invalid {
+                field: "permanent".into(),
+                value: "true".to_owned(),
+                reason: format!("is set only when FAILED, not {status}"),
+            });
+        }
         let progress = match status {
             RunStatus::Pending | RunStatus::Assigned => {
                 return Err(InvalidMessage::Invalid {
@@ -120,10 +129,10 @@ impl TryFrom<pb::RunStatusUpdate> for RunStatusReport {
                     return Err(InvalidMessage::Missing("error".into()));
                 };
                 at_most_bytes("error", &error, RunStatusReport::MAX_ERROR_BYTES)?;
-                RunProgress::Finished(if status == RunStatus::Failed {
-                    RunOutcome::Failed { error }
-                } else {
-                    RunOutcome::Cancelled { reason: error }
+                RunProgress::Finished(match status {
+                    RunStatus::Failed if u.permanent => RunOutcome::FailedPermanently { error },
+                    RunStatus::Failed => RunOutcome::Failed { error },
+                    _ => RunOutcome::Cancelled { reason: error },
                 })
             }
         };

@@ -428,12 +428,18 @@ fn run() {
         result_omitted_bytes is set: the result was left out of the reply (convert the Run to a RunReply)
         Inconsistent { field: "result_omitted_bytes", reason: "is set: the result was left out of the reply (convert the Run to a RunReply)" }"#]],
     );
+    r(
+        |r| r.failed_permanently = true,
+        expect![[r#"
+            failed_permanently is set on a Run that did not fail
+            Inconsistent { field: "failed_permanently", reason: "is set on a Run that did not fail" }"#]],
+    );
 }
 
 /// A Run in a GetTask reply, whose result may have been left out.
 #[test]
 fn run_reply() {
-    let omitted = || pb::Run::from(samples::run_replies()[3].clone());
+    let omitted = || pb::Run::from(samples::run_replies().pop().expect("the reply without its result"));
     let r = |wire, mutate: fn(&mut pb::Run), expect| check::<_, RunReply>(wire, mutate, expect);
     r(
         omitted(),
@@ -839,6 +845,20 @@ fn run_status_update() {
         expect![[r#"
             invalid status "ASSIGNED": a Worker reports RUNNING, COMPLETED, FAILED or CANCELLED
             Invalid { field: "status", value: "ASSIGNED", reason: "a Worker reports RUNNING, COMPLETED, FAILED or CANCELLED" }"#]],
+    );
+    u(
+        running(),
+        |u| u.permanent = true,
+        expect![[r#"
+            invalid permanent "true": is set only when FAILED, not RUNNING
+            Invalid { field: "permanent", value: "true", reason: "is set only when FAILED, not RUNNING" }"#]],
+    );
+    u(
+        completed(),
+        |u| u.permanent = true,
+        expect![[r#"
+            invalid permanent "true": is set only when FAILED, not COMPLETED
+            Invalid { field: "permanent", value: "true", reason: "is set only when FAILED, not COMPLETED" }"#]],
     );
     u(
         running(),

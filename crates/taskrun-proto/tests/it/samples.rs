@@ -151,7 +151,11 @@ pub fn runs() -> Vec<Run> {
     let mut failed = new.clone();
     failed.assign("worker-7".parse().unwrap(), 0, at(1)).unwrap();
     failed.finish(RunOutcome::Failed { error: "worker lost".to_owned() }, at(2)).unwrap();
-    vec![new, completed, failed]
+    let mut permanent = new.clone();
+    permanent.assign("worker-7".parse().unwrap(), 0, at(1)).unwrap();
+    permanent.finish(RunOutcome::FailedPermanently { error: "agent error: bad input".to_owned() }, at(2)).unwrap();
+    assert!(permanent.failed_permanently);
+    vec![new, completed, failed, permanent]
 }
 
 /// Runs as a GetTask reply carries them: whole, and the COMPLETED one
@@ -252,6 +256,7 @@ pub fn status_reports() -> Vec<taskrun_proto::RunStatusReport> {
         report(RunProgress::Finished(RunOutcome::Failed { error: "deadline exceeded".to_owned() }), 0),
         report(RunProgress::Finished(RunOutcome::Cancelled { reason: String::new() }), 4),
         with_trailing,
+        report(RunProgress::Finished(RunOutcome::FailedPermanently { error: "bad input".to_owned() }), 0),
     ]
 }
 

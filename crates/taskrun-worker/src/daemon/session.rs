@@ -67,6 +67,7 @@ fn fit_for_report(outcome: RunOutcome) -> RunOutcome {
             ),
         },
         RunOutcome::Failed { error } => RunOutcome::Failed { error: cut(error, MAX_ERROR_BYTES) },
+        RunOutcome::FailedPermanently { error } => RunOutcome::FailedPermanently { error: cut(error, MAX_ERROR_BYTES) },
         RunOutcome::Cancelled { reason } => RunOutcome::Cancelled { reason: cut(reason, MAX_ERROR_BYTES) },
         completed => completed,
     }

@@ -21,4 +21,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub(crate) use taskrun::agent::{log, model_backend, output};
+pub(crate) use taskrun::agent::{failure, log, model_backend, output};

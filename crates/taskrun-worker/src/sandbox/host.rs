@@ -8,7 +8,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{log, model_backend as wit, output};
+use super::bindings::{failure, log, model_backend as wit, output};
 use super::logs::{LogLevel, LogSource, SharedLogs};
 use super::{OutputSink, clock};
 use crate::CancelToken;
@@ -128,6 +128,9 @@ pub(crate) struct RunState {
     pub(crate) logs: SharedLogs,
     pub(crate) deadline: Instant,
     pub(crate) cancel: CancelToken,
+    /// The agent called `failure.mark-permanent`: an error it returns is
+    /// not to be retried.
+    pub(crate) permanent: bool,
 }
 
 impl WasiView for RunState {
@@ -346,6 +349,13 @@ impl log::Host for RunState {
             log::Level::Error => LogLevel::Error,
         };
         self.logs.lock().push(LogSource::Agent(level), message.as_bytes());
+        Ok(())
+    }
+}
+
+impl failure::Host for RunState {
+    fn mark_permanent(&mut self) -> wasmtime::Result<()> {
+        self.permanent = true;
         Ok(())
     }
 }

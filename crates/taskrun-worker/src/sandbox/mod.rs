@@ -625,6 +625,7 @@ impl Sandbox {
             logs: logs.clone(),
             deadline,
             cancel: request.cancel,
+            permanent: false,
         };
         let mut store = Store::new(&self.0.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -658,6 +659,7 @@ impl Sandbox {
                         Ok(result) => Outcome::Completed(result),
                         Err(e) => Outcome::Failed(format!("agent returned {e}")),
                     },
+                    Ok(Err(agent_error)) if store.data().permanent => Outcome::FailedPermanently(agent_error.message),
                     Ok(Err(agent_error)) => Outcome::Failed(agent_error.message),
                     Err(e) => Outcome::from_error(&e, store.data()),
                 },
@@ -686,7 +688,7 @@ impl Sandbox {
 /// Whether `name` is an import the Worker provides: the agent world's
 /// interfaces and WASI 0.2's (the linker has the final word).
 fn is_provided_import(name: &str) -> bool {
-    const AGENT: &[&str] = &["model-backend", "output", "log"];
+    const AGENT: &[&str] = &["model-backend", "output", "log", "failure"];
     const WASI: &[&str] = &["cli", "clocks", "filesystem", "io", "random", "sockets"];
     let (path, version) = name.split_once('@').unwrap_or((name, ""));
     let Some((package, interface)) = path.split_once('/') else {
@@ -707,6 +709,7 @@ mod tests {
         for name in [
             "taskrun:agent/model-backend@0.1.0",
             "taskrun:agent/log@0.1.0",
+            "taskrun:agent/failure@0.1.0",
             "wasi:cli/environment@0.2.4",
             "wasi:io/streams@0.2.12",
         ] {

@@ -13,6 +13,10 @@ pub enum Outcome {
     Completed(Json),
     /// `run` returned `err` (its message), or an `ok` that is not JSON.
     Failed(String),
+    /// `run` returned `err` (its message) after calling
+    /// `failure.mark-permanent`: the same input would fail again, so the
+    /// Task is not to be retried.
+    FailedPermanently(String),
     /// The agent trapped: a panic, a stack overflow, a wasm fault, an
     /// `exit` call… (the trap's message).
     Trapped(String),
@@ -36,6 +40,7 @@ impl Outcome {
         match self {
             Outcome::Completed(_) => "completed",
             Outcome::Failed(_) => "failed",
+            Outcome::FailedPermanently(_) => "failed_permanently",
             Outcome::Trapped(_) => "trapped",
             Outcome::TimedOut => "timed_out",
             Outcome::MemoryLimit => "memory_limit",
@@ -106,6 +111,9 @@ impl RunReport {
         match &self.outcome {
             Outcome::Completed(result) => RunOutcome::Completed { result: result.clone() },
             Outcome::Failed(message) => failed(format!("agent error: {message}")),
+            Outcome::FailedPermanently(message) => {
+                RunOutcome::FailedPermanently { error: format!("agent error: {message}") }
+            }
             Outcome::Trapped(message) => failed(match self.logs.last_words(LAST_WORDS_BYTES) {
                 // A Rust agent's panic message is there (stderr for a std
                 // agent, an error record for a lean one): without it

@@ -20,16 +20,18 @@ pub fn echo() {
 #[test]
 pub fn echo_lean() {
     echoes(ECHO_LEAN);
-    let imports = |path: &str| -> Vec<String> {
-        let engine = wasmtime::Engine::default();
-        let component = wasmtime::component::Component::new(&engine, bytes(path)).expect("component");
-        component.component_type().imports(&engine).map(|(name, _)| name.to_owned()).collect()
-    };
     let lean = imports(ECHO_LEAN);
     assert!(lean.contains(&"taskrun:agent/output@0.1.0".to_owned()), "{lean:?}");
     assert!(lean.iter().all(|name| name.starts_with("taskrun:agent/")), "{lean:?}");
     let std = imports(ECHO);
     assert!(std.iter().filter(|name| name.starts_with("wasi:")).count() > 5, "{std:?}");
+}
+
+/// The names of the interfaces the component at `path` imports.
+fn imports(path: &str) -> Vec<String> {
+    let engine = wasmtime::Engine::default();
+    let component = wasmtime::component::Component::new(&engine, bytes(path)).expect("component");
+    component.component_type().imports(&engine).map(|(name, _)| name.to_owned()).collect()
 }
 
 fn echoes(agent: &str) {
@@ -136,6 +138,30 @@ fn chat_reaches_only_configured_backends() {
 
     let (report, _) = chat_run(Arc::new(ModelBackends::none()), r#"{"prompt":"hi"}"#, limits());
     assert_eq!(report.outcome, Outcome::Failed(r#"model call failed: unknown model backend "default""#.into()));
+}
+
+/// `chat` given input it cannot read says its failure is permanent (the
+/// SDK's `Error::permanent`, through the `failure` import): no attempt
+/// would go better. A model error beside it is an ordinary failure. Only
+/// an agent that makes permanent errors imports `failure`.
+#[test]
+fn chat_bad_input_fails_permanently() {
+    let (report, chunks) = chat_run(echo_backends(), r#"{"no_prompt":1}"#, limits());
+    let Outcome::FailedPermanently(message) = &report.outcome else {
+        panic!("expected FailedPermanently, got {:?}", report.outcome);
+    };
+    assert!(message.starts_with("bad input: missing field `prompt`"), "{message}");
+    assert_eq!(report.outcome.kind(), "failed_permanently");
+    assert_eq!(
+        report.to_core(),
+        taskrun_core::RunOutcome::FailedPermanently { error: format!("agent error: {message}") }
+    );
+    assert!(chunks.is_empty() && report.stats.model_calls == 0);
+
+    assert!(imports(CHAT).contains(&"taskrun:agent/failure@0.1.0".to_owned()));
+    for agent in [ECHO, ECHO_LEAN] {
+        assert!(!imports(agent).iter().any(|name| name.contains("failure")), "{agent}");
+    }
 }
 
 #[test]
