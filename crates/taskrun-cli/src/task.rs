@@ -463,6 +463,9 @@ struct RunView {
     /// FAILED in a way that would repeat (the agent said so): not retried.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     failed_permanently: bool,
+    /// FAILED because its Worker shut down: retried, not counted as an attempt.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    interrupted: bool,
 }
 
 impl RunView {
@@ -483,6 +486,7 @@ impl RunView {
             result_omitted_bytes: reply.result_omitted_bytes,
             error: r.error.clone(),
             failed_permanently: r.failed_permanently,
+            interrupted: r.interrupted,
         })
     }
 }

@@ -35,6 +35,12 @@ pub struct Run {
     /// keeps it beside them.
     #[serde(skip)]
     pub failed_permanently: bool,
+    /// FAILED because its Worker stopped it while shutting down
+    /// ([`RunOutcome::Interrupted`]): retried, and the attempt does not
+    /// count against the Task's `max_attempts`. Kept like
+    /// `failed_permanently`.
+    #[serde(skip)]
+    pub interrupted: bool,
 }
 
 impl Run {
@@ -57,6 +63,7 @@ impl Run {
             result: None,
             error: None,
             failed_permanently: false,
+            interrupted: false,
         }
     }
 
@@ -97,6 +104,10 @@ impl Run {
                 self.error = Some(error);
                 self.failed_permanently = true;
             }
+            RunOutcome::Interrupted { error } => {
+                self.error = Some(error);
+                self.interrupted = true;
+            }
             RunOutcome::Failed { error } | RunOutcome::Cancelled { reason: error } => self.error = Some(error),
         }
         self.finished_at = Some(now);
@@ -120,6 +131,11 @@ pub enum RunOutcome {
     FailedPermanently {
         error: String,
     },
+    /// FAILED because the Worker stopped it while shutting down (its grace
+    /// period ran out): retried, without using up an attempt.
+    Interrupted {
+        error: String,
+    },
     Cancelled {
         reason: String,
     },
@@ -129,7 +145,9 @@ impl RunOutcome {
     pub fn status(&self) -> RunStatus {
         match self {
             RunOutcome::Completed { .. } => RunStatus::Completed,
-            RunOutcome::Failed { .. } | RunOutcome::FailedPermanently { .. } => RunStatus::Failed,
+            RunOutcome::Failed { .. } | RunOutcome::FailedPermanently { .. } | RunOutcome::Interrupted { .. } => {
+                RunStatus::Failed
+            }
             RunOutcome::Cancelled { .. } => RunStatus::Cancelled,
         }
     }

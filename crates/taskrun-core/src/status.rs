@@ -122,6 +122,14 @@ impl RunStatus {
     }
 }
 
+/// The attempts of shard `shard` up to `attempt` that count against the
+/// retry policy's `max_attempts`: all but those [`Run::interrupted`] (a
+/// Worker's shutdown stopped them; that is no fault of the Run).
+pub fn counted_attempts(runs: &[Run], shard: u32, attempt: u32) -> u32 {
+    let interrupted = runs.iter().filter(|r| r.shard == shard && r.attempt <= attempt && r.interrupted).count();
+    attempt.saturating_sub(interrupted as u32)
+}
+
 /// A Task's status, following from its Runs.
 ///
 /// A Task has `fan_out` shards (1 unless it fans out); each shard is tried by
@@ -131,8 +139,9 @@ impl RunStatus {
 ///   terminal states are final);
 /// - COMPLETED once every shard has a completed Run;
 /// - FAILED once some shard's latest Run failed (or was cancelled without the
-///   Task being cancelled) and that shard has no attempts left, or its
-///   failure was permanent ([`Run::failed_permanently`]);
+///   Task being cancelled) and that shard has no attempts left (its Runs
+///   that were [`Run::interrupted`] do not count), or its failure was
+///   permanent ([`Run::failed_permanently`]);
 /// - RUNNING once any Run was assigned — including while a failed shard waits
 ///   for its retry: a Task never goes back to PENDING;
 /// - PENDING otherwise.
@@ -155,7 +164,7 @@ pub fn derive_task_status(current: TaskStatus, fan_out: u32, retry: &RetryPolicy
         }
         if let Some(latest) = latest
             && matches!(latest.status, RunStatus::Failed | RunStatus::Cancelled)
-            && (latest.attempt >= retry.max_attempts || latest.failed_permanently)
+            && (counted_attempts(runs, shard, latest.attempt) >= retry.max_attempts || latest.failed_permanently)
         {
             return TaskStatus::Failed;
         }

@@ -993,7 +993,7 @@ mod tests {
                     meta: agg.meta.clone(),
                     runs: agg.runs.clone(),
                     tail: tail.clone(),
-                    failed_permanently: Vec::new(),
+                    run_flags: Vec::new(),
                 };
                 let key = records::state_key(&agg.task.id, !agg.task.status.is_terminal());
                 tasks.insert(records::head_key(&agg.task.id), records::encode_head(&agg.task).unwrap()).unwrap();

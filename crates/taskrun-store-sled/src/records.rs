@@ -45,21 +45,34 @@ pub(crate) struct TaskState {
     /// The Task's latest TaskEvents, not (yet) in an events record; see
     /// [`TAIL_BYTES`].
     pub tail: Vec<TaskEvent>,
-    /// The indexes in `runs` of the Runs that failed permanently
-    /// ([`Run::failed_permanently`], which the Run's serde form leaves
-    /// out). Written after the rest, as a trailer that records from before
-    /// it lack: see [`decode_state`].
+    /// What the Runs' serde form leaves out: `(index in runs, flags)` of
+    /// each Run with a flag set ([`FAILED_PERMANENTLY`], [`INTERRUPTED`]).
+    /// Written after the rest, as a trailer that records from before it
+    /// lack: see [`decode_state`].
     #[serde(skip)]
-    pub failed_permanently: Vec<u32>,
+    pub run_flags: Vec<(u32, u8)>,
+}
+
+/// In [`TaskState::run_flags`]: [`Run::failed_permanently`].
+const FAILED_PERMANENTLY: u8 = 1;
+/// In [`TaskState::run_flags`]: [`Run::interrupted`].
+const INTERRUPTED: u8 = 2;
+
+/// The `run_flags` of `runs`.
+fn run_flags(runs: &[RunRecord]) -> Vec<(u32, u8)> {
+    let flags = |run: &Run| {
+        (if run.failed_permanently { FAILED_PERMANENTLY } else { 0 }) | (if run.interrupted { INTERRUPTED } else { 0 })
+    };
+    (0..runs.len()).filter_map(|i| Some((i as u32, flags(&runs[i].run))).filter(|&(_, f)| f != 0)).collect()
 }
 
 /// Decodes a state record: a [`TaskState`], then the trailer that holds
-/// its `failed_permanently` (none in a record written before it).
+/// its `run_flags` (none in a record written before it).
 pub(crate) fn decode_state(key: &[u8], bytes: &[u8]) -> Result<TaskState> {
     let corrupt = |e| Error::corrupt("task_state", String::from_utf8_lossy(key), e);
     let (mut state, trailer) = postcard::take_from_bytes::<TaskState>(bytes).map_err(corrupt)?;
     if !trailer.is_empty() {
-        state.failed_permanently = postcard::from_bytes(trailer).map_err(corrupt)?;
+        state.run_flags = postcard::from_bytes(trailer).map_err(corrupt)?;
     }
     Ok(state)
 }
@@ -82,7 +95,7 @@ struct TaskStateRef<'a> {
     meta: &'a TaskMeta,
     runs: &'a [RunRecord],
     tail: &'a [TaskEvent],
-    failed_permanently: &'a [u32],
+    run_flags: &'a [(u32, u8)],
 }
 
 #[derive(Serialize)]
@@ -108,8 +121,7 @@ pub(crate) fn encode_state(
     tail: &[TaskEvent],
     inline: impl Fn(usize) -> bool,
 ) -> Result<Vec<u8>> {
-    let failed_permanently: Vec<u32> =
-        (0..agg.runs.len()).filter(|&i| agg.runs[i].run.failed_permanently).map(|i| i as u32).collect();
+    let flags = run_flags(&agg.runs);
     let task_result = agg.task.result.take();
     let run_results: Vec<Option<Json>> =
         agg.runs.iter_mut().enumerate().map(|(i, r)| if inline(i) { None } else { r.run.result.take() }).collect();
@@ -124,7 +136,7 @@ pub(crate) fn encode_state(
             meta: &agg.meta,
             runs: &agg.runs,
             tail,
-            failed_permanently: &failed_permanently,
+            run_flags: &flags,
         },
     );
     agg.task.result = task_result;
@@ -179,9 +191,10 @@ pub(crate) fn join(head: TaskHead, state: TaskState) -> Loaded {
         meta: state.meta,
         runs: state.runs,
     };
-    for &i in &state.failed_permanently {
+    for &(i, flags) in &state.run_flags {
         if let Some(record) = agg.runs.get_mut(i as usize) {
-            record.run.failed_permanently = true;
+            record.run.failed_permanently = flags & FAILED_PERMANENTLY != 0;
+            record.run.interrupted = flags & INTERRUPTED != 0;
         }
     }
     Loaded { agg, tail: state.tail, results_inline }

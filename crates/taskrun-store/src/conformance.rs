@@ -51,6 +51,7 @@ macro_rules! conformance_tests {
             fan_out_completes_when_every_shard_completes,
             fan_out_shard_out_of_attempts_cancels_the_others,
             a_permanent_failure_fails_the_task_without_a_retry,
+            an_interrupted_run_does_not_use_up_an_attempt,
             results_are_kept_per_run,
             cancel_task_cancels_runs_and_returns_active_ones,
             fail_task_ends_it_without_a_retry,
@@ -961,6 +962,53 @@ where
     assert_eq!(change.task.error.as_deref(), Some("shard 1: bad input (permanent: not retried)"));
     let cancelled: Vec<_> = change.cancelled_runs.iter().map(|r| (&r.id, r.status)).collect();
     assert_eq!(cancelled, vec![(&runs[0].id, RunStatus::Cancelled)]);
+    assert_invariants(&*store, &task.id).await;
+}
+
+/// A Run its Worker stopped while shutting down is retried at once (no
+/// backoff), and the attempt does not count: a Task allowed one attempt
+/// is still retried after any number of interruptions, and fails only
+/// once a Run that was not interrupted failed.
+pub async fn an_interrupted_run_does_not_use_up_an_attempt<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig::default()).await;
+    let mut s = spec("echo");
+    s.retry.max_attempts = 1;
+    let (task, runs) = create(&*store, s).await;
+    let mut run = runs[0].clone();
+    for n in 1..=2u32 {
+        let lease = run_it(&*store, &run, &worker(n), at(i64::from(n))).await;
+        let outcome = RunOutcome::Interrupted { error: format!("worker worker-{n} shut down") };
+        let change = store.finish_run(&run.id, lease, outcome, at(i64::from(n))).await.unwrap();
+        assert!(change.run.interrupted && change.run.status == RunStatus::Failed);
+        assert_eq!(change.task.status, TaskStatus::Running);
+        let retry = change.retry.expect("a retry, though the Task allows one attempt");
+        assert_eq!((retry.attempt, retry.not_before), (n + 1, at(i64::from(n))), "retried at once");
+        assert_invariants(&*store, &task.id).await;
+        run = retry;
+    }
+    let lease = run_it(&*store, &run, &worker(3), at(3)).await;
+    let change = store.finish_run(&run.id, lease, failed("model timed out"), at(3)).await.unwrap();
+    assert_eq!(change.retry, None);
+    assert_eq!(change.task.status, TaskStatus::Failed);
+    assert_eq!(change.task.error.as_deref(), Some("model timed out"));
+    let flags: Vec<(u32, bool)> =
+        store.list_runs(&task.id).await.unwrap().iter().map(|r| (r.attempt, r.interrupted)).collect();
+    assert_eq!(flags, [(1, true), (2, true), (3, false)]);
+    assert_invariants(&*store, &task.id).await;
+
+    // With attempts to spare, an ordinary failure after an interruption
+    // is retried with the backoff of the first retry, not the second.
+    let (task, runs) = create(&*store, spec("echo")).await;
+    let lease = run_it(&*store, &runs[0], &worker(1), T0).await;
+    let outcome = RunOutcome::Interrupted { error: "worker worker-1 shut down".into() };
+    let retry = store.finish_run(&runs[0].id, lease, outcome, at(10)).await.unwrap().retry.unwrap();
+    let lease = run_it(&*store, &retry, &worker(2), at(10)).await;
+    let change = store.finish_run(&retry.id, lease, failed("flaky"), at(20)).await.unwrap();
+    assert_eq!(change.retry.expect("a third Run").not_before, at(20 + 1000));
     assert_invariants(&*store, &task.id).await;
 }
 

@@ -6,10 +6,12 @@
 //! methods here and — if that returned `Ok` — writes back what the returned
 //! [`Touched`] names, all in one atomic step. On `Err` it writes nothing.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use taskrun_core::{
     AgentManifest, Run, RunId, RunOutcome, RunStatus, Task, TaskEvent, TaskEventKind, TaskStatus, Timestamp, WorkerId,
-    derive_task_status,
+    counted_attempts, derive_task_status,
 };
 
 use crate::{CancelOutcome, CreateOutcome, Error, Result, RunChange, StoreConfig};
@@ -167,7 +169,9 @@ impl Change<'_> {
 
     /// After Run `i` changed: derives the Task's status, creates the retry
     /// Run, ends the Task's other Runs if the Task ended, records events.
-    /// A Run that failed permanently gets no retry: its Task fails now.
+    /// A Run that failed permanently gets no retry: its Task fails now. One
+    /// that was interrupted is retried without using up an attempt, and at
+    /// once: backoff is for failures.
     fn settle(&mut self, i: usize, message: Option<String>) -> Result<Settled> {
         let prev = self.agg.task.status;
         let retry_policy = self.agg.task.spec.retry.clone();
@@ -180,16 +184,19 @@ impl Change<'_> {
 
         let run = self.agg.runs[i].run.clone();
         let mut retry = None;
+        let runs: Vec<Run> = self.agg.runs.iter().map(|r| r.run.clone()).collect();
+        let counted = counted_attempts(&runs, run.shard, run.attempt);
         if !status.is_terminal()
             && matches!(run.status, RunStatus::Failed | RunStatus::Cancelled)
             && !run.failed_permanently
-            && retry_policy.allows_another(run.attempt)
+            && retry_policy.allows_another(counted)
             && !self.agg.runs.iter().any(|r| {
                 r.run.shard == run.shard && (r.run.attempt > run.attempt || r.run.status == RunStatus::Completed)
             })
         {
             let attempt = run.attempt + 1;
-            let not_before = self.now.saturating_add(retry_policy.backoff(attempt));
+            let backoff = if run.interrupted { Duration::ZERO } else { retry_policy.backoff(counted + 1) };
+            let not_before = self.now.saturating_add(backoff);
             let next = Run::new(run.task_id.clone(), run.shard, attempt, self.now, not_before);
             retry = Some(self.add_run(next));
             status = derive(self.agg);
@@ -378,7 +385,9 @@ impl TaskAggregate {
         let prev = self.task.status;
         let message = match &outcome {
             RunOutcome::Completed { .. } => None,
-            RunOutcome::Failed { error } | RunOutcome::FailedPermanently { error } => Some(error.clone()),
+            RunOutcome::Failed { error }
+            | RunOutcome::FailedPermanently { error }
+            | RunOutcome::Interrupted { error } => Some(error.clone()),
             RunOutcome::Cancelled { reason } => Some(reason.clone()),
         };
         let mut change = self.change(now);
@@ -528,7 +537,7 @@ pub fn result_run(runs: &[RunRecord]) -> Option<usize> {
 pub fn start_deadline(task: &Task, run: &Run) -> Option<Timestamp> {
     let timeout = task.spec.limits.schedule_to_start_timeout_ms?;
     let since = if run.attempt <= 1 { task.created_at } else { run.not_before };
-    Some(since.saturating_add(std::time::Duration::from_millis(timeout)))
+    Some(since.saturating_add(Duration::from_millis(timeout)))
 }
 
 /// The cap on one Run's output.

@@ -95,6 +95,7 @@ pub(crate) fn completed(a: &pb::RunAssignment, result: &str) -> Up {
         last_output_seq: 0,
         trailing_output: Vec::new(),
         permanent: false,
+        interrupted: false,
     })
 }
 

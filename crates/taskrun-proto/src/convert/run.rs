@@ -26,6 +26,7 @@ impl From<Run> for pb::Run {
             error: r.error,
             result_omitted_bytes: None,
             failed_permanently: r.failed_permanently,
+            interrupted: r.interrupted,
         }
     }
 }
@@ -105,10 +106,18 @@ impl TryFrom<pb::Run> for Run {
             });
         }
         let status = run_status_from_wire("status", r.status)?;
-        if r.failed_permanently && status != taskrun_core::RunStatus::Failed {
+        for (field, set) in [("failed_permanently", r.failed_permanently), ("interrupted", r.interrupted)] {
+            if set && status != taskrun_core::RunStatus::Failed {
+                return Err(InvalidMessage::Inconsistent {
+                    field: field.into(),
+                    reason: "is set on a Run that did not fail",
+                });
+            }
+        }
+        if r.failed_permanently && r.interrupted {
             return Err(InvalidMessage::Inconsistent {
-                field: "failed_permanently".into(),
-                reason: "is set on a Run that did not fail",
+                field: "interrupted".into(),
+                reason: "is set with failed_permanently (a Run fails one way)",
             });
         }
         Ok(Run {
@@ -128,6 +137,7 @@ impl TryFrom<pb::Run> for Run {
             result: json_opt("result_json", r.result_json)?,
             error: r.error,
             failed_permanently: r.failed_permanently,
+            interrupted: r.interrupted,
         })
     }
 }

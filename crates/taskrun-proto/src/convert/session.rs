@@ -62,13 +62,21 @@ impl RunStatusReport {
 impl From<RunStatusReport> for pb::RunStatusUpdate {
     fn from(r: RunStatusReport) -> pb::RunStatusUpdate {
         let status = pb::RunStatus::from(r.progress.status()).into();
-        let (result_json, error, permanent) = match r.progress {
-            RunProgress::Started => (None, None, false),
-            RunProgress::Finished(RunOutcome::Completed { result }) => (Some(result.into()), None, false),
+        let (mut permanent, mut interrupted) = (false, false);
+        let (result_json, error) = match r.progress {
+            RunProgress::Started => (None, None),
+            RunProgress::Finished(RunOutcome::Completed { result }) => (Some(result.into()), None),
             RunProgress::Finished(RunOutcome::Failed { error } | RunOutcome::Cancelled { reason: error }) => {
-                (None, Some(error), false)
+                (None, Some(error))
             }
-            RunProgress::Finished(RunOutcome::FailedPermanently { error }) => (None, Some(error), true),
+            RunProgress::Finished(RunOutcome::FailedPermanently { error }) => {
+                permanent = true;
+                (None, Some(error))
+            }
+            RunProgress::Finished(RunOutcome::Interrupted { error }) => {
+                interrupted = true;
+                (None, Some(error))
+            }
         };
         pb::RunStatusUpdate {
             run_id: r.run_id.into(),
@@ -85,6 +93,7 @@ impl From<RunStatusReport> for pb::RunStatusUpdate {
                 .map(|(seq, data)| pb::RunOutputPiece { seq: wire_i64(seq), data })
                 .collect(),
             permanent,
+            interrupted,
         }
     }
 }
@@ -95,11 +104,19 @@ impl TryFrom<pb::RunStatusUpdate> for RunStatusReport {
         let run_id = parse("run_id", &u.run_id)?;
         let lease = to_u64("lease", u.lease, 1, None)?;
         let status = run_status_from_wire("status", u.status)?;
-        if u.permanent && status != RunStatus::Failed {
-            return Err(InvalidMessage::Invalid {
-                field: "permanent".into(),
-                value: "true".to_owned(),
-                reason: format!("is set only when FAILED, not {status}"),
+        for (field, set) in [("permanent", u.permanent), ("interrupted", u.interrupted)] {
+            if set && status != RunStatus::Failed {
+                return Err(InvalidMessage::Invalid {
+                    field: field.into(),
+                    value: "true".to_owned(),
+                    reason: format!("is set only when FAILED, not {status}"),
+                });
+            }
+        }
+        if u.permanent && u.interrupted {
+            return Err(InvalidMessage::Inconsistent {
+                field: "interrupted".into(),
+                reason: "is set with permanent (a Run fails one way)",
             });
         }
         let progress = match status {
@@ -131,6 +148,7 @@ impl TryFrom<pb::RunStatusUpdate> for RunStatusReport {
                 at_most_bytes("error", &error, RunStatusReport::MAX_ERROR_BYTES)?;
                 RunProgress::Finished(match status {
                     RunStatus::Failed if u.permanent => RunOutcome::FailedPermanently { error },
+                    RunStatus::Failed if u.interrupted => RunOutcome::Interrupted { error },
                     RunStatus::Failed => RunOutcome::Failed { error },
                     _ => RunOutcome::Cancelled { reason: error },
                 })

@@ -429,6 +429,12 @@ fn run() {
         Inconsistent { field: "result_omitted_bytes", reason: "is set: the result was left out of the reply (convert the Run to a RunReply)" }"#]],
     );
     r(
+        |r| r.interrupted = true,
+        expect![[r#"
+            interrupted is set on a Run that did not fail
+            Inconsistent { field: "interrupted", reason: "is set on a Run that did not fail" }"#]],
+    );
+    r(
         |r| r.failed_permanently = true,
         expect![[r#"
             failed_permanently is set on a Run that did not fail
@@ -852,6 +858,23 @@ fn run_status_update() {
         expect![[r#"
             invalid permanent "true": is set only when FAILED, not RUNNING
             Invalid { field: "permanent", value: "true", reason: "is set only when FAILED, not RUNNING" }"#]],
+    );
+    u(
+        completed(),
+        |u| u.interrupted = true,
+        expect![[r#"
+            invalid interrupted "true": is set only when FAILED, not COMPLETED
+            Invalid { field: "interrupted", value: "true", reason: "is set only when FAILED, not COMPLETED" }"#]],
+    );
+    u(
+        failed(),
+        |u| {
+            u.permanent = true;
+            u.interrupted = true;
+        },
+        expect![[r#"
+            interrupted is set with permanent (a Run fails one way)
+            Inconsistent { field: "interrupted", reason: "is set with permanent (a Run fails one way)" }"#]],
     );
     u(
         completed(),

@@ -155,7 +155,11 @@ pub fn runs() -> Vec<Run> {
     permanent.assign("worker-7".parse().unwrap(), 0, at(1)).unwrap();
     permanent.finish(RunOutcome::FailedPermanently { error: "agent error: bad input".to_owned() }, at(2)).unwrap();
     assert!(permanent.failed_permanently);
-    vec![new, completed, failed, permanent]
+    let mut interrupted = new.clone();
+    interrupted.assign("worker-7".parse().unwrap(), 0, at(1)).unwrap();
+    interrupted.finish(RunOutcome::Interrupted { error: "worker worker-7 shut down".to_owned() }, at(2)).unwrap();
+    assert!(interrupted.interrupted);
+    vec![new, completed, failed, permanent, interrupted]
 }
 
 /// Runs as a GetTask reply carries them: whole, and the COMPLETED one
@@ -257,6 +261,7 @@ pub fn status_reports() -> Vec<taskrun_proto::RunStatusReport> {
         report(RunProgress::Finished(RunOutcome::Cancelled { reason: String::new() }), 4),
         with_trailing,
         report(RunProgress::Finished(RunOutcome::FailedPermanently { error: "bad input".to_owned() }), 0),
+        report(RunProgress::Finished(RunOutcome::Interrupted { error: "worker w shut down".to_owned() }), 2),
     ]
 }
 

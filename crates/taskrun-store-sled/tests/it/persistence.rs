@@ -138,11 +138,12 @@ async fn corrupt_records_are_errors_not_panics() {
     assert_eq!(store.pending_runs(T0, 10).await.unwrap().len(), 1);
 }
 
-/// Whether a Run failed permanently is kept with it (beside the Run in the
-/// state record, whose Run layout predates it): after reopening, the Run
-/// still says so and the Task's status still follows from its Runs.
+/// Whether a Run failed permanently or was interrupted is kept with it
+/// (beside the Run in the state record, whose Run layout predates both):
+/// after reopening, the Runs still say so and the Task's status still
+/// follows from its Runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn permanent_failures_survive_reopening() {
+async fn run_flags_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let w: WorkerId = "worker-1".parse().unwrap();
     let (task, runs) = {
@@ -151,9 +152,11 @@ async fn permanent_failures_survive_reopening() {
         s.fan_out = 3;
         let task = store.create_task(Task::new(TaskId::generate(), s, T0, usize::MAX).unwrap()).await.unwrap();
         let runs = store.list_runs(&task.into_inner().id).await.unwrap();
-        // Shard 0 fails and is retried; shard 2 fails permanently.
+        // Shard 0 fails and is retried, shard 1 is interrupted (and
+        // retried), shard 2 fails permanently.
         for (i, outcome) in [
             (0, RunOutcome::Failed { error: "flaky".into() }),
+            (1, RunOutcome::Interrupted { error: "worker-1 shut down".into() }),
             (2, RunOutcome::FailedPermanently { error: "bad input".into() }),
         ] {
             let lease = store.assign_run(&runs[i].id, &w, 0, T0).await.unwrap().run.lease;
@@ -163,12 +166,17 @@ async fn permanent_failures_survive_reopening() {
         (store.get_task(&runs[0].task_id).await.unwrap(), runs)
     };
     assert_eq!(task.status, TaskStatus::Failed);
-    let permanent: Vec<(u32, u32, bool)> = runs.iter().map(|r| (r.shard, r.attempt, r.failed_permanently)).collect();
-    assert_eq!(permanent, [(0, 1, false), (0, 2, false), (1, 1, false), (2, 1, true)]);
+    let flags: Vec<(u32, u32, bool, bool)> =
+        runs.iter().map(|r| (r.shard, r.attempt, r.failed_permanently, r.interrupted)).collect();
+    assert_eq!(
+        flags,
+        [(0, 1, false, false), (0, 2, false, false), (1, 1, false, true), (1, 2, false, false), (2, 1, true, false)]
+    );
 
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), StoreConfig::default()).unwrap());
     assert_eq!(store.list_runs(&task.id).await.unwrap(), runs);
-    assert_eq!(store.get_run(&runs[3].id).await.unwrap(), runs[3]);
+    assert_eq!(store.get_run(&runs[2].id).await.unwrap(), runs[2]);
+    assert_eq!(store.get_run(&runs[4].id).await.unwrap(), runs[4]);
     assert_eq!(store.get_task(&task.id).await.unwrap(), task);
     taskrun_store::conformance::check_invariants(&*store, &task.id).await.unwrap();
 }

@@ -68,6 +68,7 @@ fn fit_for_report(outcome: RunOutcome) -> RunOutcome {
         },
         RunOutcome::Failed { error } => RunOutcome::Failed { error: cut(error, MAX_ERROR_BYTES) },
         RunOutcome::FailedPermanently { error } => RunOutcome::FailedPermanently { error: cut(error, MAX_ERROR_BYTES) },
+        RunOutcome::Interrupted { error } => RunOutcome::Interrupted { error: cut(error, MAX_ERROR_BYTES) },
         RunOutcome::Cancelled { reason } => RunOutcome::Cancelled { reason: cut(reason, MAX_ERROR_BYTES) },
         completed => completed,
     }
@@ -512,14 +513,15 @@ impl Worker {
     }
 
     /// How a Run that was stopped from outside ended: CANCELLED with the
-    /// CancelRun's reason, or FAILED when the Worker's shutdown stopped it
-    /// (so that it is retried elsewhere).
+    /// CancelRun's reason, or interrupted (FAILED) when the Worker's
+    /// shutdown stopped it, so that it is retried elsewhere without using
+    /// up an attempt.
     fn stopped(&self, id: &RunId) -> RunOutcome {
         let runs = lock(&self.0.runs);
         let run = runs.get(id);
         match (run.and_then(|r| r.cancel_reason.clone()), run.and_then(|r| r.shutdown_error.clone())) {
             (Some(reason), _) => RunOutcome::Cancelled { reason },
-            (None, Some(error)) => RunOutcome::Failed { error },
+            (None, Some(error)) => RunOutcome::Interrupted { error },
             (None, None) => RunOutcome::Cancelled { reason: "cancelled".to_owned() },
         }
     }

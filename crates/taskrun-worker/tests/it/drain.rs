@@ -117,13 +117,14 @@ async fn a_draining_worker_finishes_its_run_and_new_tasks_go_elsewhere() {
 }
 
 /// (b) A Run still going when the grace period ends is stopped, reported
-/// FAILED with the Worker's shutdown as the reason, and retried (per its
-/// Task's policy) on the other Worker.
+/// FAILED with the Worker's shutdown as the reason, marked interrupted,
+/// and retried on the other Worker without using up an attempt: its Task
+/// allows one attempt only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_outlives_the_grace_period_fails_and_is_retried_elsewhere() {
     let mut cluster = cluster(StoreKind::Memory).await;
     let w1 = cluster.add_worker(config(&cluster, "w1", 1)).await;
-    let slow = cluster.create(sleep_spec(600_000, 2)).await;
+    let slow = cluster.create(sleep_spec(600_000, 1)).await;
     wait_run(&cluster, &slow, 1, pb::RunStatus::Running, "w1").await;
     cluster.add_worker(config(&cluster, "w2", 30)).await;
 
@@ -137,7 +138,9 @@ async fn a_run_that_outlives_the_grace_period_fails_and_is_retried_elsewhere() {
         Some("worker w1 shut down: the run was still going when its shutdown grace period of 1 s ended")
     );
     assert_eq!(first.lease, 1, "reported by w1 under its lease, not failed over as lost");
-    wait_run(&cluster, &slow, 2, pb::RunStatus::Running, "w2").await;
+    assert!(first.interrupted && !first.failed_permanently);
+    let second = wait_run(&cluster, &slow, 2, pb::RunStatus::Running, "w2").await;
+    assert!(!second.interrupted);
     assert_eq!(status_of(&cluster.get(&slow).await), taskrun_core::TaskStatus::Running);
 }
 
