@@ -160,25 +160,40 @@ pub trait Agent {
 /// let text = input_field(&input, "text")
 ///     .ok_or_else(|| Error::permanent("the input has no \"text\" field"))?;
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Error {
     message: String,
+    /// Set by [`Error::permanent`]: tells the Worker, when the error is
+    /// returned. A function rather than a flag, so that only an agent that
+    /// makes permanent errors imports `failure` (see [`Error::permanent`]).
+    mark_permanent: Option<fn()>,
 }
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Error) -> bool {
+        self.message == other.message && self.is_permanent() == other.is_permanent()
+    }
+}
+
+impl Eq for Error {}
 
 impl Error {
     /// An error with `message`, retried like any failure.
     pub fn new(message: impl Into<String>) -> Error {
-        Error { message: message.into() }
+        Error { message: message.into(), mark_permanent: None }
     }
 
     /// An error with `message` that would repeat on every attempt, so the
-    /// Task is not retried. Making one tells the Worker at once (through
-    /// the `failure` import): whatever error this Run then returns counts
-    /// as permanent. An agent that never makes one does not import
-    /// `failure`, and so runs on Workers older than it as well.
+    /// Task is not retried. Returned from `run`, it tells the Worker so
+    /// through the `failure` import; an agent that never makes one does
+    /// not import `failure`, and so runs on Workers older than it as well.
     pub fn permanent(message: impl Into<String>) -> Error {
-        bindings::taskrun::agent::failure::mark_permanent();
-        Error::new(message)
+        Error { message: message.into(), mark_permanent: Some(bindings::taskrun::agent::failure::mark_permanent) }
+    }
+
+    /// Whether the error was made with [`Error::permanent`].
+    pub fn is_permanent(&self) -> bool {
+        self.mark_permanent.is_some()
     }
 
     /// The message.
@@ -188,6 +203,9 @@ impl Error {
 
     #[doc(hidden)]
     pub fn into_wit(self) -> bindings::AgentError {
+        if let Some(mark) = self.mark_permanent {
+            mark();
+        }
         bindings::AgentError { message: self.message }
     }
 }

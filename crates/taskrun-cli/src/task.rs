@@ -205,11 +205,17 @@ async fn get(conn: Connection, id: &TaskId, run: Option<&RunId>, json: bool) -> 
                 (None, Some(n)) => format!("left out ({})", output::bytes(*n)),
                 (None, None) => "-".to_owned(),
             };
+            // Why a FAILED Run was or was not retried, where it is not the rule.
+            let status = match (r.failed_permanently, r.interrupted) {
+                (true, _) => format!("{} (permanent)", r.status),
+                (_, true) => format!("{} (interrupted)", r.status),
+                _ => r.status.to_string(),
+            };
             vec![
                 r.id.to_string(),
                 r.shard.to_string(),
                 r.attempt.to_string(),
-                r.status.to_string(),
+                status,
                 r.worker_id.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
                 output::time_opt(r.started_at),
                 output::time_opt(r.finished_at),

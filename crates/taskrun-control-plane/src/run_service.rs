@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use taskrun_core::{RunId, Worker, WorkerId, WorkerInfo, WorkerState};
+use taskrun_core::{RunId, RunOutcome, Worker, WorkerId, WorkerInfo, WorkerState};
 use taskrun_proto::{DrainNotice, InvalidMessage, RunOutputReport, RunProgress, RunStatusReport, pb};
 use taskrun_store::{AppendOutcome, Error as StoreError};
 use tokio::sync::mpsc;
@@ -405,6 +405,22 @@ impl ControlPlane {
         }
     }
 
+    /// `outcome`, unless it says the Run was interrupted by the Worker's
+    /// shutdown while the Worker never said it was shutting down: then an
+    /// ordinary failure, which counts as an attempt (a Worker that claims
+    /// interruptions it did not announce cannot retry a Task for ever).
+    fn vouched(&self, worker: &WorkerId, outcome: RunOutcome) -> RunOutcome {
+        match outcome {
+            RunOutcome::Interrupted { error }
+                if self.sessions().get(worker).is_none_or(|s| s.state != WorkerState::Draining) =>
+            {
+                warn!(worker_id = %worker, "a run reported interrupted by a worker that is not draining: counted as a failure");
+                RunOutcome::Failed { error }
+            }
+            other => other,
+        }
+    }
+
     /// The Worker is shutting down: it gets no new Runs, and Drain once no
     /// placement on it is under way.
     fn on_draining(&self, worker: &WorkerId, notice: DrainNotice) -> Result<(), Status> {
@@ -491,6 +507,7 @@ impl ControlPlane {
         let result = match report.progress {
             RunProgress::Started => self.store.start_run(&run_id, lease, now).await,
             RunProgress::Finished(outcome) => {
+                let outcome = self.vouched(worker, outcome);
                 self.store.finish_run_with_output(&run_id, lease, report.trailing_output, outcome, now).await
             }
         };

@@ -21,6 +21,8 @@ pub use error::{Error, Result, error_line, located};
 pub use ids::{AgentDigest, AgentName, AgentVersion, RunId, TaskId, WorkerId};
 pub use model::{Modality, ModelBackend, ModelRequirement};
 pub use run::{OutputChunk, Run, RunOutcome, TaskEvent, TaskEventKind};
-pub use status::{IllegalTransition, RunStatus, TaskStatus, counted_attempts, derive_task_status};
+pub use status::{
+    IllegalTransition, RunStatus, TaskStatus, UNCOUNTED_INTERRUPTIONS, counted_attempts, derive_task_status,
+};
 pub use task::{Json, Labels, MAX_LABELS, RetryPolicy, Task, TaskLimits, TaskSpec, validate_labels};
 pub use worker::{Worker, WorkerInfo, WorkerState};

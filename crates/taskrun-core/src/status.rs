@@ -122,12 +122,18 @@ impl RunStatus {
     }
 }
 
+/// How many of a shard's Runs may be [`Run::interrupted`] without counting
+/// as attempts; interruptions past these count like failures, so that no
+/// Task is retried for ever.
+pub const UNCOUNTED_INTERRUPTIONS: u32 = 10;
+
 /// The attempts of shard `shard` up to `attempt` that count against the
-/// retry policy's `max_attempts`: all but those [`Run::interrupted`] (a
-/// Worker's shutdown stopped them; that is no fault of the Run).
+/// retry policy's `max_attempts`: all but the (first
+/// [`UNCOUNTED_INTERRUPTIONS`]) Runs that were [`Run::interrupted`] — a
+/// Worker's shutdown stopped them, which is no fault of the Run.
 pub fn counted_attempts(runs: &[Run], shard: u32, attempt: u32) -> u32 {
     let interrupted = runs.iter().filter(|r| r.shard == shard && r.attempt <= attempt && r.interrupted).count();
-    attempt.saturating_sub(interrupted as u32)
+    attempt.saturating_sub(u32::try_from(interrupted).unwrap_or(u32::MAX).min(UNCOUNTED_INTERRUPTIONS))
 }
 
 /// A Task's status, following from its Runs.

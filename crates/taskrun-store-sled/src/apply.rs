@@ -159,11 +159,16 @@ impl Memory {
         }
     }
 
-    /// Keeps the cache within its limits, sparing the Tasks just changed.
+    /// Whether the cache holds more than its limits allow.
+    pub(crate) fn over_limits(&self) -> bool {
+        self.tasks.len() > self.limits.tasks || self.bytes > self.limits.bytes
+    }
+
+    /// Keeps the cache within its limits, sparing the Tasks in `spare`.
     pub(crate) fn trim(&mut self, spare: &HashSet<TaskId>) {
         let limits = self.limits;
         let (mut tasks, mut bytes) = self.usage();
-        if tasks <= limits.tasks && bytes <= limits.bytes {
+        if !self.over_limits() {
             return;
         }
         let mut victims = Vec::new();
@@ -482,7 +487,14 @@ fn run(shared: &Shared, t: &Trees) {
                     for submission in &mut submissions {
                         submission.commit(&mut memory);
                     }
-                    memory.trim(&changed);
+                    if memory.over_limits() {
+                        // Spare the Tasks whose changes wait for the next
+                        // batch too: evicted, each would conflict there and
+                        // be prepared again from sled.
+                        let mut spare = changed;
+                        spare.extend(shared.lock().submissions.iter().map(|s| s.install.task.clone()));
+                        memory.trim(&spare);
+                    }
                 }
                 shared.committer.after_flush(
                     submissions.len() as u64,

@@ -115,6 +115,31 @@ fn sled_config() -> sled::Config {
     sled::Config::new().mode(sled::Mode::HighThroughput).flush_every_ms(None)
 }
 
+/// Opens sled in directory `path`. sled locks the directory; a store that
+/// closed a moment ago in this process may still hold the lock while sled's
+/// IO threads wind down, so a held lock is retried for up to two seconds.
+fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled_config().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// The sled database in a store's directory, opened as the store opens it,
+/// for tests that read or damage its records directly. Not for anything
+/// else: the store's records are its own.
+#[doc(hidden)]
+pub fn open_raw(path: impl AsRef<Path>) -> sled::Result<sled::Db> {
+    open_db(path.as_ref())
+}
+
 impl SledStore {
     /// Opens (or creates) the store in directory `path`.
     ///
@@ -122,18 +147,7 @@ impl SledStore {
     /// process may still hold the lock while sled's IO threads wind down,
     /// so a held lock is retried for up to two seconds.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<SledStore> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        loop {
-            match sled_config().path(path.as_ref()).open() {
-                Ok(db) => return SledStore::with_db(db, config),
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => return Err(storage(e)),
-            }
-        }
+        SledStore::with_db(open_db(path.as_ref()).map_err(storage)?, config)
     }
 
     /// A store in a temporary directory that is removed when it closes.
@@ -214,7 +228,7 @@ impl SledStore {
             if !head_matches(&head) {
                 return Ok(None);
             }
-            records::join(head, state)
+            records::join(head, state)?
         };
         if !filter.matches(&loaded.agg.task) {
             return Ok(None);
@@ -379,7 +393,7 @@ fn load_open_tasks(trees: &Trees) -> Result<Memory> {
                 .get(&head_key)
                 .map_err(storage)?
                 .ok_or_else(|| Error::corrupt("task", id.as_str(), "missing"))?;
-            let mut loaded = records::join(decode("task", &head_key, &head)?, records::decode_state(&key, &state)?);
+            let mut loaded = records::join(decode("task", &head_key, &head)?, records::decode_state(&key, &state)?)?;
             loaded.read_results(&trees.tasks, |_| true)?;
             Ok(loaded)
         };

@@ -176,7 +176,7 @@ pub(crate) struct Loaded {
 /// The Task of `head` and `state`, its results as the state record holds
 /// them: inline in a state record written before result records existed,
 /// none otherwise.
-pub(crate) fn join(head: TaskHead, state: TaskState) -> Loaded {
+pub(crate) fn join(head: TaskHead, state: TaskState) -> Result<Loaded> {
     let results_inline = state.result.is_some() || state.runs.iter().any(|r| r.run.result.is_some());
     let mut agg = TaskAggregate {
         task: Task {
@@ -192,12 +192,17 @@ pub(crate) fn join(head: TaskHead, state: TaskState) -> Loaded {
         runs: state.runs,
     };
     for &(i, flags) in &state.run_flags {
-        if let Some(record) = agg.runs.get_mut(i as usize) {
-            record.run.failed_permanently = flags & FAILED_PERMANENTLY != 0;
-            record.run.interrupted = flags & INTERRUPTED != 0;
-        }
+        let Some(record) = agg.runs.get_mut(i as usize) else {
+            return Err(Error::corrupt(
+                "task_state",
+                agg.task.id.as_str(),
+                format!("flags of run {i}, which it lacks"),
+            ));
+        };
+        record.run.failed_permanently = flags & FAILED_PERMANENTLY != 0;
+        record.run.interrupted = flags & INTERRUPTED != 0;
     }
-    Loaded { agg, tail: state.tail, results_inline }
+    Ok(Loaded { agg, tail: state.tail, results_inline })
 }
 
 impl Loaded {
@@ -324,7 +329,7 @@ pub(crate) fn with_state(tasks: &sled::Tree, head: TaskHead) -> Result<Loaded> {
     for open in [true, false] {
         let key = state_key(&head.id, open);
         if let Some(state) = tasks.get(&key).map_err(storage)? {
-            return Ok(join(head, decode_state(&key, &state)?));
+            return join(head, decode_state(&key, &state)?);
         }
     }
     Err(Error::corrupt("task_state", head.id.as_str(), "missing"))

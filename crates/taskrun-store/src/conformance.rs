@@ -530,6 +530,23 @@ where
     assert_eq!(sizes, vec![5, 5, 2]);
     assert_eq!(pages.concat(), odd);
 
+    // Filtered by state, open or ended (a store may read only those Tasks'
+    // records), across pages: cancel every third Task.
+    let mut cancelled = Vec::new();
+    for id in created.iter().step_by(3) {
+        store.cancel_task(id, "paging", T0).await.unwrap();
+        cancelled.push(id.clone());
+    }
+    let pending: Vec<TaskId> = created.iter().filter(|id| !cancelled.contains(id)).cloned().collect();
+    for (statuses, expected, size) in
+        [(vec![TaskStatus::Pending], &pending, 4), (vec![TaskStatus::Cancelled, TaskStatus::Failed], &cancelled, 3)]
+    {
+        let filter = TaskFilter { statuses: statuses.clone(), ..TaskFilter::default() };
+        let pages = page_through(&*store, &filter, size).await;
+        assert!(pages.iter().all(|p| p.len() <= size as usize), "{statuses:?}: {pages:?}");
+        assert_eq!(&pages.concat(), expected, "{statuses:?}");
+    }
+
     // Page size 0 is the default size; a huge one is capped.
     let page = store.list_tasks(&TaskFilter::default(), &PageRequest::first(0)).await.unwrap();
     assert_eq!(page.items.len(), 25);

@@ -132,3 +132,53 @@ async fn a_malformed_drain_notice_in_a_hello_is_refused_naming_the_field() {
     }
     assert_eq!(state(&cluster, "w"), None);
 }
+
+/// A Run reported interrupted (stopped by its Worker's shutdown) is retried
+/// without using up an attempt only when its Worker said it was draining;
+/// from any other Worker the claim is an ordinary failure that counts, so
+/// no Worker can keep a Task retrying for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_counts_unless_its_worker_drains() {
+    let cluster = Cluster::start(StoreKind::Memory).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    let one_attempt = || {
+        let mut s = spec("echo", "{}");
+        s.retry = Some(pb::RetryPolicy { max_attempts: Some(1), initial_backoff_ms: Some(0), max_backoff_ms: Some(0) });
+        s
+    };
+    let interrupted = |a: &pb::RunAssignment| {
+        Up::Status(pb::RunStatusUpdate {
+            run_id: a.run_id.clone(),
+            lease: a.lease,
+            status: pb::RunStatus::Failed.into(),
+            error: Some("worker shut down: the run was still going".to_owned()),
+            nonce: format!("nonce-{}-{}", a.run_id, a.lease),
+            interrupted: true,
+            ..Default::default()
+        })
+    };
+
+    // Not draining: the Task, allowed one attempt, fails.
+    let task = cluster.create(one_attempt()).await;
+    let mut liar = RawWorker::connect(&cluster, "not-draining").await;
+    let a = liar.next_assignment().await;
+    liar.send(interrupted(&a));
+    assert_eq!(liar.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
+    let got = cluster.get(&task).await;
+    assert_eq!(status_of(&got), TaskStatus::Failed, "{got:#?}");
+    assert_eq!(got.runs.len(), 1);
+    assert!(!got.runs[0].interrupted);
+    drop(liar);
+
+    // Draining: the Run is retried, the Task goes on.
+    let task = cluster.create(one_attempt()).await;
+    let mut drainer = RawWorker::connect(&cluster, "draining").await;
+    let a = drainer.next_assignment().await;
+    drainer.send(Up::Draining(notice()));
+    drainer.send(interrupted(&a));
+    assert_eq!(drainer.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
+    let got = cluster.get(&task).await;
+    assert_eq!(status_of(&got), TaskStatus::Running, "{got:#?}");
+    assert_eq!(got.runs.len(), 2, "retried: {:#?}", got.runs);
+    assert!(got.runs[0].interrupted && !got.runs[1].interrupted);
+}

@@ -1,5 +1,6 @@
 use taskrun_core::{
-    RetryPolicy, Run, RunOutcome, RunStatus, TaskId, TaskStatus, Timestamp, WorkerId, derive_task_status,
+    RetryPolicy, Run, RunOutcome, RunStatus, TaskId, TaskStatus, Timestamp, UNCOUNTED_INTERRUPTIONS, WorkerId,
+    counted_attempts, derive_task_status,
 };
 
 /// Every (from, to) pair for TaskStatus: the legal ones succeed, every other
@@ -173,4 +174,35 @@ fn backoff_doubles_up_to_the_cap() {
     assert!(!p.allows_another(10));
     // Huge attempt numbers neither overflow nor panic.
     assert_eq!(p.backoff(u32::MAX).as_millis(), 1000);
+}
+
+/// Interrupted Runs (stopped by a Worker's shutdown) do not count as
+/// attempts, up to UNCOUNTED_INTERRUPTIONS of them per shard; a permanent
+/// failure ends the shard whatever attempts are left.
+#[test]
+fn interruptions_and_permanent_failures_in_the_derived_status() {
+    let retry = RetryPolicy { max_attempts: 2, ..RetryPolicy::default() };
+    let interrupted = |attempt| {
+        let mut r = run(0, attempt, RunStatus::Assigned);
+        r.finish(RunOutcome::Interrupted { error: "worker shut down".into() }, Timestamp(2)).unwrap();
+        r
+    };
+    // Attempts 1–3 interrupted, 4 failed: two counted (interruptions 1–3
+    // are free), so one more is allowed.
+    let mut runs: Vec<Run> = (1..=3).map(interrupted).collect();
+    runs.push(run(0, 4, RunStatus::Failed));
+    assert_eq!(counted_attempts(&runs, 0, 4), 1);
+    assert_eq!(derive_task_status(TaskStatus::Running, 1, &retry, &runs), TaskStatus::Running);
+    // Past the free ones, interruptions count.
+    let n = UNCOUNTED_INTERRUPTIONS + 2;
+    let runs: Vec<Run> = (1..=n).map(interrupted).collect();
+    assert_eq!(counted_attempts(&runs, 0, n), 2);
+    assert_eq!(derive_task_status(TaskStatus::Running, 1, &retry, &runs), TaskStatus::Failed);
+    // Counted per shard.
+    assert_eq!(counted_attempts(&runs, 1, n), n);
+
+    let mut permanent = run(0, 1, RunStatus::Assigned);
+    permanent.finish(RunOutcome::FailedPermanently { error: "bad input".into() }, Timestamp(2)).unwrap();
+    assert!(permanent.failed_permanently);
+    assert_eq!(derive_task_status(TaskStatus::Running, 1, &retry, &[permanent]), TaskStatus::Failed);
 }

@@ -429,6 +429,16 @@ fn run() {
         Inconsistent { field: "result_omitted_bytes", reason: "is set: the result was left out of the reply (convert the Run to a RunReply)" }"#]],
     );
     r(
+        |r| {
+            r.status = pb::RunStatus::Failed.into();
+            r.failed_permanently = true;
+            r.interrupted = true;
+        },
+        expect![[r#"
+            interrupted is set with failed_permanently (a Run fails one way)
+            Inconsistent { field: "interrupted", reason: "is set with failed_permanently (a Run fails one way)" }"#]],
+    );
+    r(
         |r| r.interrupted = true,
         expect![[r#"
             interrupted is set on a Run that did not fail

@@ -110,7 +110,7 @@ async fn corrupt_records_are_errors_not_panics() {
         (t1.id, r1.id, t2.id, r2.id)
     };
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = taskrun_store_sled::open_raw(dir.path()).unwrap();
         // The `tasks` tree: `h` + id is a Task's head, `p` + id the state
         // of a Task that has not ended.
         let tasks = db.open_tree("tasks").unwrap();
@@ -216,7 +216,7 @@ async fn listing_open_tasks_reads_no_ended_one() {
     assert_eq!(listed(store.clone(), vec![TaskStatus::Completed]).await.unwrap(), ended);
     drop(store);
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = taskrun_store_sled::open_raw(dir.path()).unwrap();
         let tasks = db.open_tree("tasks").unwrap();
         // `s` + id is the state record of a Task that ended.
         for id in &ended {
@@ -231,7 +231,7 @@ async fn listing_open_tasks_reads_no_ended_one() {
     assert!(is_corrupt(listed(store.clone(), vec![]).await.unwrap_err()));
     drop(store);
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = taskrun_store_sled::open_raw(dir.path()).unwrap();
         let tasks = db.open_tree("tasks").unwrap();
         for id in &open {
             tasks.insert([b"p", id.as_str().as_bytes()].concat(), &b"{not a state"[..]).unwrap();

@@ -332,9 +332,11 @@ impl Worker {
     /// (which places no new Run here and answers with Drain), lets the Runs
     /// in flight finish and waits for the acks of their reports, for up to
     /// `shutdown_grace_secs`. Runs still going then are stopped and
-    /// reported FAILED ("worker … shut down"), so that the control plane
-    /// retries them on another Worker per their Tasks' policies, and their
-    /// acks get up to [`FINAL_REPORTS_WAIT`] more. An assignment that
+    /// reported FAILED and interrupted ("worker … shut down"), so that the
+    /// control plane retries them on another Worker without using up an
+    /// attempt, and their acks get up to [`FINAL_REPORTS_WAIT`] more (a
+    /// report still unacked then is failed over as a lost Worker's Runs
+    /// are, and that attempt counts). An assignment that
     /// crossed the notice on the wire is run like the others. Then the
     /// session ends, as [`Worker::shut_down`] ends it, and [`Worker::run`]
     /// returns.
