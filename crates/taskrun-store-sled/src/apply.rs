@@ -122,8 +122,10 @@ impl Memory {
 
     /// Whether `loaded` can be cached without passing the limits.
     pub(crate) fn has_room_for(&self, loaded: &records::Loaded) -> bool {
+        let weight = weight(&loaded.agg, &loaded.tail);
         self.tasks.len() < self.limits.tasks
-            && self.bytes.saturating_add(weight(&loaded.agg, &loaded.tail)) <= self.limits.bytes
+            && !self.too_heavy(weight)
+            && self.bytes.saturating_add(weight) <= self.limits.bytes
     }
 
     /// Caches a Task read from sled, every result read, under a new
@@ -150,13 +152,20 @@ impl Memory {
     }
 
     /// After a commit: the Task is now `agg` with `tail`, its state record
-    /// without results. Ended Tasks leave the cache.
+    /// without results. Ended Tasks leave the cache, and so do heavy ones.
     fn install(&mut self, agg: &Arc<TaskAggregate>, tail: &Arc<Vec<TaskEvent>>) {
-        if agg.task.status.is_terminal() {
+        if agg.task.status.is_terminal() || self.too_heavy(weight(agg, tail)) {
             self.forget(&agg.task.id);
         } else {
             self.put(agg.clone(), tail.clone(), false);
         }
+    }
+
+    /// Whether a Task of `weight` is too heavy to keep: over an eighth of
+    /// the byte limit, it would push out many others (and one over the
+    /// whole limit, every other). It is read from sled when a change needs it.
+    fn too_heavy(&self, weight: usize) -> bool {
+        weight > self.limits.bytes / 8
     }
 
     /// Whether the cache holds more than its limits allow.
@@ -562,26 +571,35 @@ mod tests {
     }
 
     /// Open Tasks with large inputs: memory keeps what fits in its byte
-    /// limit, however few Tasks that is, and every Task left out still
-    /// works, read from sled.
+    /// limit, however few Tasks that is, keeps none heavier than an eighth
+    /// of it, and every Task left out still works, read from sled.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_cache_stays_within_its_byte_limit() {
         const INPUT: usize = 64 << 10;
         let store = SledStore::temporary(StoreConfig::default()).unwrap();
-        let limits = CacheLimits { tasks: 1000, bytes: 5 * INPUT };
+        let limits = CacheLimits { tasks: 1000, bytes: 12 * INPUT };
         store.memory().limits = limits;
+        let create = |i: usize, size: usize| {
+            let digits = i.to_string();
+            let input = Json::parse("input", format!("\"{}{digits}\"", "0".repeat(size - 2 - digits.len()))).unwrap();
+            let spec = TaskSpec::new(AgentRef::latest("echo".parse().unwrap()), input);
+            store.create_task(Task::new(TaskId::generate(), spec, T0, usize::MAX).unwrap())
+        };
         let mut ids = Vec::new();
         for i in 0..20 {
-            let input = Json::parse("input", format!("\"{i:0>width$}\"", width = INPUT - 2)).unwrap();
-            let spec = TaskSpec::new(AgentRef::latest("echo".parse().unwrap()), input);
-            let created =
-                store.create_task(Task::new(TaskId::generate(), spec, T0, usize::MAX).unwrap()).await.unwrap();
-            ids.push(created.into_inner().id);
+            ids.push(create(i, INPUT).await.unwrap().into_inner().id);
             let (tasks, bytes) = store.memory().usage();
             assert!(bytes <= limits.bytes, "{tasks} Tasks weigh {bytes} bytes");
         }
         let (tasks, _) = store.memory().usage();
-        assert!((1..5).contains(&tasks), "{tasks} Tasks cached");
+        assert!((1..12).contains(&tasks), "{tasks} Tasks cached");
+        // Twice the size: over an eighth of the limit, so not kept.
+        let heavy = create(20, 2 * INPUT).await.unwrap().into_inner().id;
+        assert!(store.memory().snapshot(&heavy).is_none());
+        assert_eq!(store.get_task(&heavy).await.unwrap().spec.input.as_str().len(), 2 * INPUT);
+        let run = store.list_runs(&heavy).await.unwrap().remove(0);
+        store.cancel_task(&heavy, "too heavy to keep, not to run", T0).await.unwrap();
+        assert_eq!(store.get_run(&run.id).await.unwrap().status, RunStatus::Cancelled);
 
         // Every Task, cached or not, is whole and can be scheduled and run.
         assert_eq!(store.pending_runs(T0, 100).await.unwrap().len(), 20);
