@@ -12,7 +12,8 @@
 //! TASKRUN_BENCH_RATE (tasks/s for the latency run, default 1000),
 //! TASKRUN_BENCH_SECONDS (latency run length, default 5),
 //! TASKRUN_BENCH_CLIENTS (concurrent CreateTask callers in the throughput
-//! run, default 128).
+//! run, default 128), TASKRUN_BENCH_THREADS (tokio worker threads, default
+//! one per core).
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
@@ -60,7 +61,11 @@ async fn wait_finished(workers: &[Worker], target: u64, within: Duration) -> boo
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Ok(threads) = std::env::var("TASKRUN_BENCH_THREADS") {
+        builder.worker_threads(threads.parse().expect("TASKRUN_BENCH_THREADS: a number"));
+    }
+    let runtime = builder.enable_all().build().expect("tokio runtime");
     runtime.block_on(bench());
 }
 
