@@ -135,30 +135,6 @@ fn default_shutdown_grace_secs() -> u64 {
     30
 }
 
-/// `path` read from `dir`: as it is when absolute.
-fn in_dir(dir: &Path, path: PathBuf) -> PathBuf {
-    if path.is_absolute() { path } else { dir.join(path) }
-}
-
-/// The file's `data_dir` read from `dir`, refused when that directory does
-/// not exist but the same relative path does from the working directory,
-/// where earlier versions read it: starting on a new, empty data dir would
-/// hide what the old one holds.
-fn data_dir_in(dir: &Path, path: PathBuf) -> Result<PathBuf> {
-    let resolved = in_dir(dir, path.clone());
-    if resolved != path && !resolved.exists() && path.is_dir() {
-        return Err(Error::Config(format!(
-            "data_dir {:?} is read from the config file's directory, as {}, which does not exist, but {} does \
-             (earlier versions read data_dir from the working directory): move that directory there, or set \
-             data_dir to an absolute path",
-            path.display().to_string(),
-            resolved.display(),
-            path.display()
-        )));
-    }
-    Ok(resolved)
-}
-
 impl WorkerConfig {
     /// The config `text` sets, with its paths as written (relative ones
     /// stay relative to the working directory).
@@ -178,10 +154,11 @@ impl WorkerConfig {
             Error::Config(taskrun_core::located(text, e.span().map(|s| s.start), e.message()))
         })?;
         if let Some(data_dir) = set.data_dir {
-            config.data_dir = data_dir_in(dir, data_dir)?;
+            config.data_dir = taskrun_core::data_dir_in_config_dir(dir, data_dir, Path::exists, Path::is_dir)
+                .map_err(Error::Config)?;
         }
         if let Some(trust_policy) = set.trust_policy {
-            config.trust_policy = in_dir(dir, trust_policy);
+            config.trust_policy = taskrun_core::in_config_dir(dir, trust_policy);
         }
         Ok(config)
     }
