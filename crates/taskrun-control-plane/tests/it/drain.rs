@@ -9,7 +9,7 @@ use taskrun_core::{TaskStatus, WorkerId, WorkerState};
 use taskrun_proto::pb;
 use taskrun_testkit::{Cluster, spec, status_of, wait_for};
 
-use crate::fencing::{RawWorker, completed};
+use crate::fencing::{RawWorker, completed, keep_alive};
 
 use pb::run_client_message::Kind as Up;
 use pb::run_server_message::Kind as Down;
@@ -30,21 +30,6 @@ fn hello(id: &str, draining: Option<pb::WorkerDraining>) -> pb::WorkerHello {
     pb::WorkerHello { info: Some(info), in_flight: Vec::new(), sent_at_unix_ms: 0, draining }
 }
 
-/// Heartbeats on `worker`'s stream (the test cluster's heartbeat timeout
-/// is 600 ms) until aborted.
-fn keep_alive(worker: &RawWorker) -> tokio::task::JoinHandle<()> {
-    let tx = worker.tx.clone();
-    tokio::spawn(async move {
-        loop {
-            let beat = pb::WorkerHeartbeat { free_slots: 0, ..Default::default() };
-            if tx.send(pb::RunClientMessage { kind: Some(Up::Heartbeat(beat)) }).is_err() {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    })
-}
-
 async fn next_drain(worker: &mut RawWorker) -> pb::Drain {
     match worker.next().await {
         Down::Drain(drain) => drain,
@@ -57,7 +42,7 @@ async fn a_draining_worker_is_answered_gets_no_new_runs_and_finishes_its_own() {
     let cluster = Cluster::start(StoreKind::Memory).await;
     cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
     let mut draining = RawWorker::connect_with(&cluster, "draining", 4, vec![]).await.0;
-    let beats = keep_alive(&draining);
+    let beats = keep_alive(&draining.tx);
     let held_task = cluster.create(spec("echo", "\"held\"")).await;
     let held = draining.next_assignment().await;
 
@@ -68,7 +53,7 @@ async fn a_draining_worker_is_answered_gets_no_new_runs_and_finishes_its_own() {
 
     // Three free slots, but new Tasks go to the other Worker.
     let mut other = RawWorker::connect_with(&cluster, "other", 4, vec![]).await.0;
-    let _other_beats = keep_alive(&other);
+    let _other_beats = keep_alive(&other.tx);
     for input in ["1", "2"] {
         let task_id = cluster.create(spec("echo", input)).await;
         let assignment = other.next_assignment().await;
@@ -106,7 +91,7 @@ async fn a_hello_that_says_draining_opens_a_closed_session() {
     cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
     let (mut draining, _) =
         RawWorker::connect_hello(&cluster, hello("draining", Some(notice()))).await.expect("connect");
-    let _beats = keep_alive(&draining);
+    let _beats = keep_alive(&draining.tx);
     let answer = next_drain(&mut draining).await;
     assert_eq!(answer.deadline_unix_ms, Some(DEADLINE));
     assert_eq!(state(&cluster, "draining"), Some(WorkerState::Draining));
@@ -161,6 +146,7 @@ async fn an_interrupted_run_counts_unless_its_worker_drains() {
     // Not draining: the Task, allowed one attempt, fails.
     let task = cluster.create(one_attempt()).await;
     let mut liar = RawWorker::connect(&cluster, "not-draining").await;
+    let liar_beats = keep_alive(&liar.tx);
     let a = liar.next_assignment().await;
     liar.send(interrupted(&a));
     assert_eq!(liar.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
@@ -168,11 +154,14 @@ async fn an_interrupted_run_counts_unless_its_worker_drains() {
     assert_eq!(status_of(&got), TaskStatus::Failed, "{got:#?}");
     assert_eq!(got.runs.len(), 1);
     assert!(!got.runs[0].interrupted);
+    // Gone, so that the next Task can only go to the draining one.
+    liar_beats.abort();
     drop(liar);
 
     // Draining: the Run is retried, the Task goes on.
     let task = cluster.create(one_attempt()).await;
     let mut drainer = RawWorker::connect(&cluster, "draining").await;
+    let _drainer_beats = keep_alive(&drainer.tx);
     let a = drainer.next_assignment().await;
     drainer.send(Up::Draining(notice()));
     drainer.send(interrupted(&a));

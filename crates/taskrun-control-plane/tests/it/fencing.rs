@@ -19,6 +19,22 @@ use taskrun_testkit::{Cluster, spec, status_of};
 use pb::run_client_message::Kind as Up;
 use pb::run_server_message::Kind as Down;
 
+/// Heartbeats on the stream `tx` feeds (the test cluster's heartbeat
+/// timeout is 600 ms, which a busy machine can pass between two steps of a
+/// test) until that stream is gone or the task is aborted.
+pub(crate) fn keep_alive(tx: &mpsc::UnboundedSender<pb::RunClientMessage>) -> tokio::task::JoinHandle<()> {
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            let beat = pb::WorkerHeartbeat { free_slots: 0, ..Default::default() };
+            if tx.send(pb::RunClientMessage { kind: Some(Up::Heartbeat(beat)) }).is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
 pub(crate) struct RawWorker {
     pub(crate) tx: mpsc::UnboundedSender<pb::RunClientMessage>,
     pub(crate) rx: tonic::Streaming<pb::RunServerMessage>,
@@ -355,16 +371,7 @@ async fn a_task_deep_in_the_queue_fails_at_its_schedule_to_start_timeout() {
     cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
     let mut worker = RawWorker::connect(&cluster, "busy").await;
     // Keep the Worker alive (connected and busy) throughout.
-    let tx = worker.tx.clone();
-    let heartbeats = tokio::spawn(async move {
-        loop {
-            let beat = pb::WorkerHeartbeat { free_slots: 0, ..Default::default() };
-            if tx.send(pb::RunClientMessage { kind: Some(Up::Heartbeat(beat)) }).is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let heartbeats = keep_alive(&worker.tx);
     let first = cluster.create(spec("echo", "0")).await;
     assert_eq!(worker.next_assignment().await.task_id, first);
     // The only slot stays taken; 40 Tasks queue ahead of the one with a

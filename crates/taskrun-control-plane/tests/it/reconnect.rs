@@ -14,24 +14,8 @@ use taskrun_control_plane::config::StoreKind;
 use taskrun_core::{TaskStatus, WorkerId, WorkerState};
 use taskrun_proto::pb;
 use taskrun_testkit::{Cluster, spec, status_of};
-use tokio::sync::mpsc;
 
-use crate::fencing::{RawWorker, completed};
-
-use pb::run_client_message::Kind as Up;
-
-/// Keeps a raw Worker's stream alive until its sender is dropped.
-fn heartbeats(tx: mpsc::UnboundedSender<pb::RunClientMessage>) {
-    tokio::spawn(async move {
-        loop {
-            let beat = pb::WorkerHeartbeat { free_slots: 0, ..Default::default() };
-            if tx.send(pb::RunClientMessage { kind: Some(Up::Heartbeat(beat)) }).is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-}
+use crate::fencing::{RawWorker, completed, keep_alive};
 
 fn retry_at_once() -> Option<pb::RetryPolicy> {
     Some(pb::RetryPolicy { max_attempts: Some(2), initial_backoff_ms: Some(1), max_backoff_ms: Some(1) })
@@ -48,7 +32,7 @@ async fn a_reconnect_fails_over_the_runs_its_hello_lacks_and_keeps_the_worker() 
     // stays open (heartbeats keep it so) but the Worker reads no more.
     let (mut old, _) = RawWorker::connect_with(&cluster, "w", 2, vec![]).await;
     let old_beats = old.tx.clone();
-    heartbeats(old_beats.clone());
+    keep_alive(&old_beats);
     let mut tasks = Vec::new();
     for input in ["\"kept\"", "\"lost\""] {
         let mut s = spec("echo", input);
@@ -68,7 +52,7 @@ async fn a_reconnect_fails_over_the_runs_its_hello_lacks_and_keeps_the_worker() 
         ..Default::default()
     };
     let (mut new, accepted) = RawWorker::connect_with(&cluster, "w", 2, vec![held]).await;
-    heartbeats(new.tx.clone());
+    keep_alive(&new.tx);
     assert_eq!(accepted.in_flight.len(), 1);
     assert_eq!(accepted.in_flight[0].verdict, i32::from(pb::InFlightVerdict::Continue), "{accepted:?}");
 
@@ -112,14 +96,14 @@ async fn a_restarted_worker_with_an_empty_hello_gets_its_run_retried() {
     let cp = std::sync::Arc::clone(cluster.server.as_ref().expect("server").control_plane());
     let id: WorkerId = "w".parse().expect("worker id");
     let (mut old, _) = RawWorker::connect_with(&cluster, "w", 1, vec![]).await;
-    heartbeats(old.tx.clone());
+    keep_alive(&old.tx);
     let mut s = spec("echo", "\"again\"");
     s.retry = retry_at_once();
     let task_id = cluster.create(s).await;
     let lost = old.next_assignment().await;
 
     let (mut new, accepted) = RawWorker::connect_with(&cluster, "w", 1, vec![]).await;
-    heartbeats(new.tx.clone());
+    keep_alive(&new.tx);
     assert!(accepted.in_flight.is_empty());
     // Its only slot is free again: the retry is placed on it.
     let retry = new.next_assignment().await;
