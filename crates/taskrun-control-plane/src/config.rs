@@ -106,13 +106,6 @@ impl WorkersConfig {
     }
 }
 
-/// The keys of the file that name files or directories.
-#[derive(Debug, Deserialize)]
-struct PathKeys {
-    data_dir: Option<PathBuf>,
-    trust_policy: Option<PathBuf>,
-}
-
 impl Config {
     /// Reads a TOML file; unknown keys are errors. Relative paths in it are
     /// read from the file's directory, as Cargo and Spin read theirs.
@@ -139,15 +132,15 @@ impl Config {
     pub fn from_toml_in(text: &str, dir: &Path) -> Result<Config> {
         let mut config = Config::from_toml(text)?;
         // It parsed as a whole, so its path keys parse too.
-        let set: PathKeys = toml::from_str(text).map_err(|e: toml::de::Error| {
+        let set: taskrun_core::ConfigPaths = toml::from_str(text).map_err(|e: toml::de::Error| {
             Error::Config(taskrun_core::located(text, e.span().map(|s| s.start), e.message()))
         })?;
+        let set = set.in_config_dir(dir, Path::exists, Path::is_dir).map_err(Error::Config)?;
         if let Some(data_dir) = set.data_dir {
-            config.data_dir = taskrun_core::data_dir_in_config_dir(dir, data_dir, Path::exists, Path::is_dir)
-                .map_err(Error::Config)?;
+            config.data_dir = data_dir;
         }
         if let Some(trust_policy) = set.trust_policy {
-            config.trust_policy = Some(taskrun_core::in_config_dir(dir, trust_policy));
+            config.trust_policy = Some(trust_policy);
         }
         Ok(config)
     }

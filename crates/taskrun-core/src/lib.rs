@@ -21,7 +21,7 @@ pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use error::{Error, Result, error_line, located};
 pub use ids::{AgentDigest, AgentName, AgentVersion, RunId, TaskId, WorkerId};
 pub use model::{Modality, ModelBackend, ModelRequirement};
-pub use paths::{data_dir_in_config_dir, in_config_dir};
+pub use paths::ConfigPaths;
 pub use run::{OutputChunk, Run, RunOutcome, TaskEvent, TaskEventKind};
 pub use status::{
     IllegalTransition, RunStatus, TaskStatus, UNCOUNTED_INTERRUPTIONS, counted_attempts, derive_task_status,

@@ -4,9 +4,37 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
+
+/// The keys of a config file (the control plane's, a Worker's) that name
+/// files or directories, as the file sets them: none = left to its default,
+/// which stays relative to the working directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ConfigPaths {
+    pub data_dir: Option<PathBuf>,
+    pub trust_policy: Option<PathBuf>,
+}
+
+impl ConfigPaths {
+    /// The paths of a config file in directory `dir`, read from there
+    /// ([`in_config_dir`]); `data_dir` checked as [`data_dir_in_config_dir`]
+    /// checks it, with `exists` and `is_dir` answering for the filesystem.
+    pub fn in_config_dir(
+        self,
+        dir: &Path,
+        exists: impl Fn(&Path) -> bool,
+        is_dir: impl Fn(&Path) -> bool,
+    ) -> Result<ConfigPaths, String> {
+        Ok(ConfigPaths {
+            data_dir: self.data_dir.map(|d| data_dir_in_config_dir(dir, d, exists, is_dir)).transpose()?,
+            trust_policy: self.trust_policy.map(|p| in_config_dir(dir, p)),
+        })
+    }
+}
+
 /// `path`, written in a config file in directory `dir`: as it is when
 /// absolute, else from `dir`.
-pub fn in_config_dir(dir: &Path, path: PathBuf) -> PathBuf {
+fn in_config_dir(dir: &Path, path: PathBuf) -> PathBuf {
     if path.is_absolute() { path } else { dir.join(path) }
 }
 
@@ -16,7 +44,7 @@ pub fn in_config_dir(dir: &Path, path: PathBuf) -> PathBuf {
 /// starting on a new, empty data dir would hide what the old one holds.
 /// `exists` and `is_dir` answer for the filesystem (`Path::exists`,
 /// `Path::is_dir`). The error is the message to show.
-pub fn data_dir_in_config_dir(
+fn data_dir_in_config_dir(
     dir: &Path,
     path: PathBuf,
     exists: impl Fn(&Path) -> bool,
@@ -40,7 +68,7 @@ pub fn data_dir_in_config_dir(
 mod tests {
     use std::path::{Path, PathBuf};
 
-    use super::{data_dir_in_config_dir, in_config_dir};
+    use super::{ConfigPaths, data_dir_in_config_dir, in_config_dir};
 
     #[test]
     fn relative_paths_are_read_from_the_config_dir() {
@@ -69,5 +97,17 @@ mod tests {
         assert_eq!(got, PathBuf::from("/srv/data"));
         let got = data_dir_in_config_dir(Path::new(""), "data".into(), only("none"), only("data")).unwrap();
         assert_eq!(got, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn config_paths_resolve_only_what_the_file_sets() {
+        let dir = Path::new("/etc/taskrun");
+        let set = ConfigPaths { data_dir: Some("data".into()), trust_policy: Some("trust.toml".into()) };
+        let got = set.in_config_dir(dir, |_| true, |_| false).unwrap();
+        assert_eq!(got.data_dir, Some(PathBuf::from("/etc/taskrun/data")));
+        assert_eq!(got.trust_policy, Some(PathBuf::from("/etc/taskrun/trust.toml")));
+        assert_eq!(ConfigPaths::default().in_config_dir(dir, |_| true, |_| true).unwrap(), ConfigPaths::default());
+        let old = ConfigPaths { data_dir: Some("data".into()), trust_policy: None };
+        assert!(old.in_config_dir(dir, |_| false, |p| p == Path::new("data")).is_err());
     }
 }
