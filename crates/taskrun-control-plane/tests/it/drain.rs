@@ -154,9 +154,15 @@ async fn an_interrupted_run_counts_unless_its_worker_drains() {
     assert_eq!(status_of(&got), TaskStatus::Failed, "{got:#?}");
     assert_eq!(got.runs.len(), 1);
     assert!(!got.runs[0].interrupted);
-    // Gone, so that the next Task can only go to the draining one.
+    // Gone, so that the next Task can only go to the draining one: wait
+    // until the control plane has ended its session, or the next Task could
+    // still be placed on it and fail with it.
     liar_beats.abort();
     drop(liar);
+    wait_for("the liar's session to end", std::time::Duration::from_secs(10), || {
+        state(&cluster, "not-draining").is_none()
+    })
+    .await;
 
     // Draining: the Run is retried, the Task goes on.
     let task = cluster.create(one_attempt()).await;
