@@ -150,15 +150,15 @@ pub struct ListArgs {
     /// Only Tasks that carry this label (repeatable; all must match).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse::label)]
     pub labels: Vec<(String, String)>,
-    /// Show at most N Tasks [default: one page, as many as the control plane sends].
+    /// Show at most N Tasks [default: one page, 100].
     #[arg(long, value_name = "N", conflicts_with = "all", value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
     /// Show every matching Task, following page after page.
     #[arg(long)]
     pub all: bool,
     /// Tasks asked for per request (1 to 1000) [default: 1000 with --all
-    /// or --limit; otherwise the control plane's page size]. Without --all
-    /// or --limit, one page of this size is shown.
+    /// or --limit; otherwise 100]. Without --all or --limit, one page of
+    /// this size is shown.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub page_size: Option<u32>,
     /// Print JSON (an array of Tasks) instead of a table.

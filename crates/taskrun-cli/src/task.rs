@@ -16,6 +16,10 @@ use crate::output::{self, line, note};
 use crate::parse;
 use crate::watch;
 
+/// Tasks `task list` shows without --all or --limit (the control plane's
+/// default page size).
+const DEFAULT_PAGE_SIZE: u32 = 100;
+
 pub async fn run(conn: Connection, command: TaskCommand) -> anyhow::Result<ExitCode> {
     match command {
         TaskCommand::Create(args) => create(conn, args).await,
@@ -292,10 +296,12 @@ async fn list(conn: Connection, args: ListArgs) -> anyhow::Result<ExitCode> {
     let mut page_token = String::new();
     // --page-size alone: one page of that size, like the default page.
     let following = args.all || args.limit.is_some();
-    let page_size = args.page_size.unwrap_or(if following { 1000 } else { 0 });
+    let page_size = args.page_size.unwrap_or(if following { 1000 } else { DEFAULT_PAGE_SIZE });
+    // How many Tasks to show: --limit's, a page's worth, or (--all) every one.
+    let wanted = args.limit.or((!args.all).then_some(page_size));
     let more = loop {
-        let size = match args.limit {
-            Some(limit) => (limit - tasks.len() as u32).min(page_size),
+        let size = match wanted {
+            Some(wanted) => (wanted - tasks.len() as u32).min(page_size),
             None => page_size,
         };
         let request = pb::ListTasksRequest {
@@ -309,20 +315,21 @@ async fn list(conn: Connection, args: ListArgs) -> anyhow::Result<ExitCode> {
         for t in response.tasks {
             tasks.push(Task::try_from(t).context("the control plane sent an invalid Task")?);
         }
-        if let Some(limit) = args.limit {
-            tasks.truncate(limit as usize);
+        if let Some(wanted) = wanted {
+            tasks.truncate(wanted as usize);
         }
         page_token = response.next_page_token;
         if page_token.is_empty() {
             break false;
         }
-        match args.limit {
-            // --limit N: stop at N, without a hint (the user chose N).
-            Some(limit) if tasks.len() as u32 >= limit => break false,
-            Some(_) => {}
-            // --all follows every page; one page otherwise, and a hint.
-            None if args.all => {}
-            None => break true,
+        // A page can come back short, even empty, with a token: the control
+        // plane looks at a bounded number of Tasks per call. Carry on until
+        // there are as many as wanted; then a hint, unless --limit chose
+        // the number.
+        if let Some(wanted) = wanted
+            && tasks.len() as u32 >= wanted
+        {
+            break args.limit.is_none();
         }
     };
     if args.json {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use taskrun_store::StoreConfig;
 
 use crate::{Error, Result};
 
@@ -71,11 +72,19 @@ pub struct LimitsConfig {
     pub max_output_bytes_per_run: u64,
     /// Largest agent component accepted by PublishAgent, in bytes.
     pub max_agent_bytes: u64,
+    /// The most Tasks one ListTasks call looks at; a filter few Tasks match
+    /// answers a short page (perhaps empty) with a token to carry on.
+    pub max_tasks_examined_per_list: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_input_bytes: 1 << 20, max_output_bytes_per_run: 4 << 20, max_agent_bytes: 64 << 20 }
+        LimitsConfig {
+            max_input_bytes: 1 << 20,
+            max_output_bytes_per_run: 4 << 20,
+            max_agent_bytes: 64 << 20,
+            max_tasks_examined_per_list: StoreConfig::DEFAULT_MAX_TASKS_EXAMINED_PER_LIST,
+        }
     }
 }
 
@@ -170,6 +179,7 @@ impl Config {
             ("limits.max_input_bytes", self.limits.max_input_bytes as u64),
             ("limits.max_output_bytes_per_run", self.limits.max_output_bytes_per_run),
             ("limits.max_agent_bytes", self.limits.max_agent_bytes),
+            ("limits.max_tasks_examined_per_list", self.limits.max_tasks_examined_per_list as u64),
         ] {
             if value == 0 {
                 return Err(Error::Config(format!("{key} must be greater than zero")));
@@ -210,6 +220,10 @@ mod tests {
             (
                 "[transport]\ninsecure = true\n[limits]\nmax_agent_bytes = 0",
                 "limits.max_agent_bytes must be greater than zero",
+            ),
+            (
+                "[transport]\ninsecure = true\n[limits]\nmax_tasks_examined_per_list = 0",
+                "limits.max_tasks_examined_per_list must be greater than zero",
             ),
         ];
         for (toml, expected) in cases {

@@ -32,7 +32,10 @@ pub struct Server {
 
 /// Opens the store the config names: sled under `data_dir/store`, or memory.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
-    let store_config = StoreConfig { max_output_bytes_per_run: config.limits.max_output_bytes_per_run };
+    let store_config = StoreConfig {
+        max_output_bytes_per_run: config.limits.max_output_bytes_per_run,
+        max_tasks_examined_per_list: config.limits.max_tasks_examined_per_list,
+    };
     Ok(match config.store {
         StoreKind::Memory => Arc::new(MemoryStore::with_config(store_config)),
         StoreKind::Sled => {

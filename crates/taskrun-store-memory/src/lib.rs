@@ -16,7 +16,6 @@ use taskrun_store::logic::{self, OutputStep, TaskAggregate, Touched};
 use taskrun_store::{
     AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, FailedRuns, OnApplied, Page,
     PageRequest, Result, RunChange, RunStore, StoreConfig, StoredAgent, TaskFilter, TaskStore, WorkerStore,
-    encode_page_token,
 };
 
 /// The in-memory store.
@@ -167,21 +166,15 @@ impl TaskStore for MemoryStore {
     }
 
     async fn list_tasks(&self, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>> {
-        let size = page.size();
         let before = page.before()?;
         let inner = self.lock();
         let range = match &before {
             Some(before) => inner.tasks.range::<TaskId, _>(..before),
             None => inner.tasks.range::<TaskId, _>(..),
         };
-        let mut matching = range.rev().map(|(_, agg)| &agg.task).filter(|t| filter.matches(t));
-        let items: Vec<Task> = matching.by_ref().take(size).cloned().collect();
-        let more = matching.next().is_some();
-        let next_page_token = match items.last() {
-            Some(last) if more => Some(encode_page_token(&last.id)),
-            _ => None,
-        };
-        Ok(Page { items, next_page_token })
+        page.collect(range.rev(), self.config.max_tasks_examined_per_list, |(id, agg)| {
+            Ok((id.clone(), filter.matches(&agg.task).then(|| agg.task.clone())))
+        })
     }
 
     async fn cancel_task(&self, id: &TaskId, reason: &str, now: Timestamp) -> Result<CancelOutcome> {

@@ -70,7 +70,6 @@ use taskrun_store::logic::{self, OutputStep, TaskAggregate, Touched, TouchedRun}
 use taskrun_store::{
     AgentStore, AppendOutcome, CancelOutcome, CreateOutcome, Error, EventStore, FailedRuns, OnApplied, Page,
     PageRequest, Result, RunChange, RunStore, StoreConfig, StoredAgent, TaskFilter, TaskStore, WorkerStore,
-    encode_page_token,
 };
 
 use crate::apply::{Applier, Install, Installed, Memory, Snapshot};
@@ -198,43 +197,6 @@ impl SledStore {
     /// The Task as sled holds it, its results not read yet.
     fn stored(&self, id: &TaskId) -> Result<records::Loaded> {
         records::load_task(&self.trees.tasks, id)?.ok_or_else(|| Error::not_found("task", id))
-    }
-
-    /// The Task of `key` and `value`, a record with tag `tag` (a head or a
-    /// state record), if it matches `filter`. What the record holds is
-    /// checked before anything more is read.
-    fn listed(&self, tag: u8, key: &[u8], value: &[u8], filter: &TaskFilter) -> Result<Option<Task>> {
-        let tasks = &self.trees.tasks;
-        let head_matches = |head: &TaskHead| {
-            filter.agent.as_ref().is_none_or(|a| a == &head.spec.agent.name)
-                && filter.labels.iter().all(|(k, v)| head.spec.labels.get(k) == Some(v))
-        };
-        let mut loaded = if tag == records::HEAD {
-            let head: TaskHead = decode("task", key, value)?;
-            if !head_matches(&head) {
-                return Ok(None);
-            }
-            records::with_state(tasks, head)?
-        } else {
-            let state = records::decode_state(key, value)?;
-            if !filter.matches_status(state.status) {
-                return Ok(None);
-            }
-            let id: TaskId = id_from("task", &key[1..])?;
-            let head_key = records::head_key(&id);
-            let head =
-                tasks.get(&head_key).map_err(storage)?.ok_or_else(|| Error::corrupt("task", id.as_str(), "missing"))?;
-            let head: TaskHead = decode("task", &head_key, &head)?;
-            if !head_matches(&head) {
-                return Ok(None);
-            }
-            records::join(head, state)?
-        };
-        if !filter.matches(&loaded.agg.task) {
-            return Ok(None);
-        }
-        loaded.read_results(tasks, |_| false)?;
-        Ok(Some(loaded.agg.task))
     }
 
     /// The Task's aggregate, from memory if it is there (with every
@@ -486,39 +448,13 @@ impl TaskStore for SledStore {
     }
 
     async fn list_tasks(&self, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>> {
-        let size = page.size();
-        let before = page.before()?;
-        // Walk one kind of record, newest first: the state records of the
-        // open Tasks or of the ended ones when the filter's statuses are
-        // all on one side (so listing what runs now does not read the
-        // history), else the heads.
-        let tag = match filter.ended() {
-            Some(false) => records::OPEN,
-            Some(true) => records::STATE,
-            None => records::HEAD,
-        };
-        let end = match &before {
-            Some(id) => Bound::Excluded(records::tagged(tag, id.as_str().as_bytes())),
-            None => Bound::Excluded(vec![tag + 1]),
-        };
-        let mut items = Vec::new();
-        let mut more = false;
-        for entry in self.trees.tasks.range((Bound::Included(vec![tag]), end)).rev() {
-            let (key, value) = entry.map_err(storage)?;
-            let Some(task) = self.listed(tag, &key, &value, filter)? else {
-                continue;
-            };
-            if items.len() == size {
-                more = true;
-                break;
-            }
-            items.push(task);
-        }
-        let next_page_token = match items.last() {
-            Some(last) if more => Some(encode_page_token(&last.id)),
-            _ => None,
-        };
-        Ok(Page { items, next_page_token })
+        // The walk reads up to `max_tasks_examined_per_list` records, more
+        // than a runtime thread should wait for.
+        let (tasks, filter, page) = (self.trees.tasks.clone(), filter.clone(), page.clone());
+        let limit = self.config.max_tasks_examined_per_list;
+        tokio::task::spawn_blocking(move || list(&tasks, &filter, &page, limit))
+            .await
+            .map_err(|e| Error::storage(format!("listing Tasks: {e}")))?
     }
 
     async fn cancel_task(&self, id: &TaskId, reason: &str, now: Timestamp) -> Result<CancelOutcome> {
@@ -845,6 +781,70 @@ impl AgentStore for SledStore {
             .map(|b| b.to_vec())
             .ok_or_else(|| Error::not_found("blob", digest))
     }
+}
+
+/// One page of `list_tasks`. It walks one kind of record, newest first: the
+/// state records of the open Tasks or of the ended ones when the filter's
+/// statuses are all on one side (so listing what runs now does not read
+/// the history), else the heads.
+fn list(tasks: &sled::Tree, filter: &TaskFilter, page: &PageRequest, limit: usize) -> Result<Page<Task>> {
+    let tag = match filter.ended() {
+        Some(false) => records::OPEN,
+        Some(true) => records::STATE,
+        None => records::HEAD,
+    };
+    let end = match page.before()? {
+        Some(id) => Bound::Excluded(records::tagged(tag, id.as_str().as_bytes())),
+        None => Bound::Excluded(vec![tag + 1]),
+    };
+    page.collect(tasks.range((Bound::Included(vec![tag]), end)).rev(), limit, |entry| {
+        let (key, value) = entry.map_err(storage)?;
+        let id: TaskId = id_from("task", &key[1..])?;
+        let task = listed(tasks, tag, &id, &key, &value, filter)?;
+        Ok((id, task))
+    })
+}
+
+/// The Task `id` of `key` and `value`, a record with tag `tag` (a head or a
+/// state record), if it matches `filter`. What the record holds is checked
+/// before anything more is read.
+fn listed(
+    tasks: &sled::Tree,
+    tag: u8,
+    id: &TaskId,
+    key: &[u8],
+    value: &[u8],
+    filter: &TaskFilter,
+) -> Result<Option<Task>> {
+    let head_matches = |head: &TaskHead| {
+        filter.agent.as_ref().is_none_or(|a| a == &head.spec.agent.name)
+            && filter.labels.iter().all(|(k, v)| head.spec.labels.get(k) == Some(v))
+    };
+    let mut loaded = if tag == records::HEAD {
+        let head: TaskHead = decode("task", key, value)?;
+        if !head_matches(&head) {
+            return Ok(None);
+        }
+        records::with_state(tasks, head)?
+    } else {
+        let state = records::decode_state(key, value)?;
+        if !filter.matches_status(state.status) {
+            return Ok(None);
+        }
+        let head_key = records::head_key(id);
+        let head =
+            tasks.get(&head_key).map_err(storage)?.ok_or_else(|| Error::corrupt("task", id.as_str(), "missing"))?;
+        let head: TaskHead = decode("task", &head_key, &head)?;
+        if !head_matches(&head) {
+            return Ok(None);
+        }
+        records::join(head, state)?
+    };
+    if !filter.matches(&loaded.agg.task) {
+        return Ok(None);
+    }
+    loaded.read_results(tasks, |_| false)?;
+    Ok(Some(loaded.agg.task))
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ macro_rules! conformance_tests {
             list_filters_by_status_agent_and_labels,
             list_pages_through_25_tasks,
             list_page_token_is_stable_under_inserts,
+            list_looks_at_a_bounded_number_of_tasks_per_call,
             list_refuses_foreign_page_token,
             assign_race_exactly_one_wins,
             assign_refuses_moved_lease,
@@ -553,6 +554,56 @@ where
     assert_eq!(page.next_page_token, None);
     let page = store.list_tasks(&TaskFilter::default(), &PageRequest::first(u32::MAX)).await.unwrap();
     assert_eq!(page.items.len(), 25);
+}
+
+/// One call looks at no more than `max_tasks_examined_per_list` Tasks: a
+/// filter few Tasks match answers short pages, even empty ones, with a
+/// token, and following the tokens still lists every match once, in order.
+/// Full pages are not cut short.
+pub async fn list_looks_at_a_bounded_number_of_tasks_per_call<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = make(StoreConfig { max_tasks_examined_per_list: 4, ..StoreConfig::default() }).await;
+    let mut created = Vec::new();
+    for n in 0..25 {
+        let mut s = spec("echo");
+        if n % 5 == 0 {
+            s.labels.insert("fifth".into(), "yes".into());
+        }
+        created.push(create(&*store, s).await.0.id);
+    }
+    created.reverse();
+    let fifth: Vec<TaskId> = created.iter().rev().step_by(5).rev().cloned().collect();
+    assert_eq!(fifth.len(), 5);
+
+    // Four Tasks looked at per call hold at most one of every fifth.
+    let filter = TaskFilter { labels: [("fifth".to_string(), "yes".to_string())].into(), ..TaskFilter::default() };
+    let pages = page_through(&*store, &filter, 10).await;
+    assert!(pages.iter().all(|p| p.len() <= 1), "{pages:?}");
+    assert!(pages.iter().any(Vec::is_empty), "{pages:?}");
+    assert_eq!(pages.concat(), fifth);
+
+    // Every Task matches: pages are full until the last.
+    let pages = page_through(&*store, &TaskFilter::default(), 3).await;
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![3, 3, 3, 3, 3, 3, 3, 3, 1]);
+    assert_eq!(pages.concat(), created);
+
+    // The walks by state, open and ended, stop the same way.
+    for id in &fifth {
+        store.cancel_task(id, "ended", T0).await.unwrap();
+    }
+    let open: Vec<TaskId> = created.iter().filter(|id| !fifth.contains(id)).cloned().collect();
+    for (statuses, expected) in [(vec![TaskStatus::Cancelled], &fifth), (vec![TaskStatus::Pending], &open)] {
+        let filter = TaskFilter { statuses: statuses.clone(), ..TaskFilter::default() };
+        let pages = page_through(&*store, &filter, 100).await;
+        assert!(pages.iter().all(|p| p.len() <= 4), "{statuses:?}: {pages:?}");
+        assert_eq!(&pages.concat(), expected, "{statuses:?}");
+    }
+    let filter = TaskFilter { statuses: vec![TaskStatus::Completed], ..TaskFilter::default() };
+    assert!(page_through(&*store, &filter, 100).await.concat().is_empty());
 }
 
 pub async fn list_page_token_is_stable_under_inserts<F, Fut>(make: F)
@@ -1471,7 +1522,7 @@ where
     F: Fn(StoreConfig) -> Fut,
     Fut: Future<Output = Arc<dyn Store>>,
 {
-    let store = make(StoreConfig { max_output_bytes_per_run: 10 }).await;
+    let store = make(StoreConfig { max_output_bytes_per_run: 10, ..StoreConfig::default() }).await;
     let mut s = spec("echo");
     s.fan_out = 2;
     let (task, runs) = create(&*store, s).await;
@@ -1573,7 +1624,7 @@ where
     F: Fn(StoreConfig) -> Fut,
     Fut: Future<Output = Arc<dyn Store>>,
 {
-    let store = make(StoreConfig { max_output_bytes_per_run: 10 }).await;
+    let store = make(StoreConfig { max_output_bytes_per_run: 10, ..StoreConfig::default() }).await;
     let (task, runs) = create(&*store, spec("echo")).await;
     let run = &runs[0];
     let lease = run_it(&*store, run, &worker(1), T0).await;

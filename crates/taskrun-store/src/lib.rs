@@ -35,15 +35,25 @@ pub struct StoreConfig {
     /// The most output bytes stored for one Run. A Task's own
     /// `limits.output_limit_bytes` may lower it, never raise it.
     pub max_output_bytes_per_run: u64,
+    /// The most Tasks one `list_tasks` call looks at (at least 1). A filter
+    /// that few Tasks match would otherwise read the whole history in one
+    /// call; past this many the call answers with what it found, perhaps
+    /// nothing, and a token that carries on from where it stopped.
+    pub max_tasks_examined_per_list: usize,
 }
 
 impl StoreConfig {
     pub const DEFAULT_MAX_OUTPUT_BYTES_PER_RUN: u64 = 4 << 20;
+    /// 20–65 ms of reading on the sled store here (docs/benchmarks.md).
+    pub const DEFAULT_MAX_TASKS_EXAMINED_PER_LIST: usize = 10_000;
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { max_output_bytes_per_run: Self::DEFAULT_MAX_OUTPUT_BYTES_PER_RUN }
+        StoreConfig {
+            max_output_bytes_per_run: Self::DEFAULT_MAX_OUTPUT_BYTES_PER_RUN,
+            max_tasks_examined_per_list: Self::DEFAULT_MAX_TASKS_EXAMINED_PER_LIST,
+        }
     }
 }
 
@@ -150,13 +160,55 @@ impl PageRequest {
 /// One page of a listing, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
+    /// At most the page size. Fewer, even none, with a token set, when
+    /// the call stopped at [`StoreConfig::max_tasks_examined_per_list`].
     pub items: Vec<T>,
     /// Set when more items may follow; pass it back to get them.
     pub next_page_token: Option<String>,
 }
 
+impl PageRequest {
+    /// One page from `records`, a walk newest first that starts after the
+    /// token's Task: `examine` reads a record into the id of its Task and
+    /// the item, if the Task matches. Stops at a full page (its token
+    /// names the last item) or after looking at `max_examined` records (its
+    /// token names the last one looked at: the records before it either are
+    /// in the page or did not match).
+    pub fn collect<R, T>(
+        &self,
+        records: impl Iterator<Item = R>,
+        max_examined: usize,
+        mut examine: impl FnMut(R) -> Result<(TaskId, Option<T>)>,
+    ) -> Result<Page<T>> {
+        let size = self.size();
+        let mut records = records.peekable();
+        let mut items = Vec::new();
+        let mut last_item = None;
+        let mut examined = 0;
+        let mut resume_before = None;
+        while let Some(record) = records.next() {
+            let (id, item) = examine(record)?;
+            if let Some(item) = item {
+                if items.len() == size {
+                    resume_before = last_item;
+                    break;
+                }
+                items.push(item);
+                last_item = Some(id.clone());
+            }
+            examined += 1;
+            if examined >= max_examined.max(1) && records.peek().is_some() {
+                resume_before = Some(id);
+                break;
+            }
+        }
+        Ok(Page { items, next_page_token: resume_before.as_ref().map(encode_page_token) })
+    }
+}
+
 /// Pages go from the newest Task to the oldest: a token names the last
-/// Task of its page, and the next page holds the Tasks created before it.
+/// Task its page looked at (the last one it holds, unless it stopped at its
+/// examination limit), and the next page holds the Tasks created before it.
 /// (Tokens of the oldest-first listing that came before began "after:";
 /// they are refused, not misread.)
 const PAGE_TOKEN_PREFIX: &str = "before:";
@@ -276,7 +328,9 @@ pub trait TaskStore: Send + Sync {
     async fn get_task(&self, id: &TaskId) -> Result<Task>;
 
     /// Tasks that match `filter`, newest first (ids sort in creation
-    /// order).
+    /// order). One call looks at no more than
+    /// [`StoreConfig::max_tasks_examined_per_list`] Tasks, so a page may be
+    /// short, or empty, and still have a `next_page_token`.
     async fn list_tasks(&self, filter: &TaskFilter, page: &PageRequest) -> Result<Page<Task>>;
 
     /// Cancels the Task and every Run of it that has not ended. A terminal

@@ -11,6 +11,7 @@ use taskrun_control_plane::config::TransportConfig;
 use taskrun_control_plane::{Config, Server};
 use taskrun_core::{Clock, SystemClock};
 use taskrun_signing::{Overwrite, SigningKey, TrustPolicy, TrustedKey, Verifier};
+use taskrun_store::StoreConfig;
 use taskrun_store_memory::MemoryStore;
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt as _;
@@ -101,6 +102,11 @@ pub struct Env {
 
 impl Env {
     pub async fn start() -> Env {
+        Env::start_with(StoreConfig::default()).await
+    }
+
+    /// A control plane whose store is set up with `config`.
+    pub async fn start_with(config: StoreConfig) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_path = dir.path().join("author.key");
         let key = SigningKey::generate();
@@ -111,7 +117,7 @@ impl Env {
         let verifier = Arc::new(Verifier::new(policy, Arc::new(SystemClock)));
         let component = dir.path().join("agent.wasm");
         std::fs::write(&component, COMPONENT).expect("write component");
-        let store = Arc::new(MemoryStore::new());
+        let store = Arc::new(MemoryStore::with_config(config));
         let server = start_server("127.0.0.1:0".parse().expect("addr"), &store, &verifier).await;
         let url = server.url();
         Env { dir, server: Some(server), store, verifier, url, key: key_path, component }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::support::{Env, dead_url, path_str, run, run_with_stdin, taskrun, wait};
+use taskrun_store::StoreConfig;
 
 #[tokio::test]
 async fn bad_json_is_refused_locally_before_any_request() {
@@ -335,6 +336,38 @@ async fn list_follows_pages_only_when_asked() {
     let out = env.run(&["task", "list", "--page-size", "3", "--json"]).await;
     assert_eq!(ids(&out), all);
     assert!(out.stderr.is_empty(), "all fit in the page: {}", out.stderr);
+    env.stop().await;
+}
+
+/// The control plane looks at a bounded number of Tasks per ListTasks
+/// call, so a filter few Tasks match gets short or empty pages with a
+/// token: `task list` carries on until it has a page's worth.
+#[tokio::test]
+async fn list_fills_its_page_from_short_answers() {
+    let env = Env::start_with(StoreConfig { max_tasks_examined_per_list: 2, ..StoreConfig::default() }).await;
+    env.publish("echo", "1.0.0").await;
+    let mut labelled = Vec::new();
+    for _ in 0..2 {
+        labelled.push(env.run(&["task", "create", "echo", "--label", "team=a"]).await.stdout.trim().to_owned());
+    }
+    for _ in 0..5 {
+        env.run(&["task", "create", "echo"]).await.ok();
+    }
+    labelled.reverse();
+    let ids = |out: &crate::support::Output| -> Vec<String> {
+        let tasks: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+        tasks.iter().map(|t| t["task_id"].as_str().unwrap().to_owned()).collect()
+    };
+    // The first answers hold nothing (five newer Tasks without the label).
+    let out = env.run(&["task", "list", "--label", "team=a", "--json"]).await;
+    out.ok();
+    assert_eq!(ids(&out), labelled);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    let out = env.run(&["task", "list", "--label", "team=a", "--page-size", "1", "--json"]).await;
+    assert_eq!(ids(&out), labelled[..1]);
+    assert_eq!(out.stderr.trim(), "more Tasks match: use --all, or --limit N to see more");
+    let out = env.run(&["task", "list", "--label", "team=a", "--all", "--page-size", "1", "--json"]).await;
+    assert_eq!(ids(&out), labelled);
     env.stop().await;
 }
 
