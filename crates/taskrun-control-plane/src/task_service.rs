@@ -31,6 +31,9 @@ pub const LIST_PAGE_BYTES: usize = 3 << 20;
 /// that result.
 pub const GET_TASK_BYTES: usize = 3 << 20;
 
+/// Events WatchTask reads from the store at a time.
+const WATCH_PAGE: usize = 500;
+
 /// The TaskService handlers.
 #[derive(Debug, Clone)]
 pub struct TaskApi(pub Arc<ControlPlane>);
@@ -278,11 +281,13 @@ fn watch_stream(
             // Mark what we have seen before reading, so an event stored
             // between the read and the wait still wakes us.
             changes.borrow_and_update();
-            let events = cp.store.events_since(&id, cursor, 500).await.map_err(store_status)?;
+            let events = cp.store.events_since(&id, cursor, WATCH_PAGE).await.map_err(store_status)?;
             if events.is_empty() && cp.store.get_task(&id).await.map_err(store_status)?.status.is_terminal() {
                 // Nothing after the cursor, and nothing more will come.
                 break;
             }
+            // A full page may have more stored behind it: read on at once.
+            let full = events.len() == WATCH_PAGE;
             let mut ended = false;
             for event in events {
                 cursor = event.seq;
@@ -298,6 +303,9 @@ fn watch_stream(
             }
             if ended {
                 break;
+            }
+            if full {
+                continue;
             }
             let shutting_down = tokio::select! {
                 changed = changes.changed() => {

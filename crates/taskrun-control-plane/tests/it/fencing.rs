@@ -420,3 +420,47 @@ async fn output_for_another_workers_run_is_dropped() {
     let output = stored_output(&cluster, task_id).await;
     assert_eq!(output, "real");
 }
+
+/// A Task with more events than one read of the store returns (500): a
+/// watch from the start reads on to the terminal event and ends, whether
+/// it starts after the Task ended or follows it live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_reads_past_a_full_page_of_events() {
+    const CHUNKS: i64 = 1200;
+    let cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    let task_id = cluster.create(spec("echo", "{}")).await;
+    let mut worker = RawWorker::connect(&cluster, "chatty").await;
+    let _beats = keep_alive(&worker.tx);
+    let assignment = worker.next_assignment().await;
+    let open = || async {
+        let request = pb::WatchTaskRequest { task_id: task_id.clone(), after_cursor: 0 };
+        cluster.tasks().await.watch_task(request).await.expect("watch").into_inner()
+    };
+    let collect = |stream: tonic::Streaming<pb::WatchTaskResponse>| async move {
+        let events = tokio::time::timeout(Duration::from_secs(20), stream.collect::<Vec<_>>()).await;
+        let events = events.expect("the stream ends");
+        events.into_iter().map(|e| e.expect("event").event.expect("event")).collect::<Vec<pb::TaskEvent>>()
+    };
+    // Opened before the output comes, so it follows the Task live.
+    let live = open().await;
+    for seq in 1..=CHUNKS {
+        worker.send(Up::Output(pb::RunOutputChunk {
+            run_id: assignment.run_id.clone(),
+            lease: assignment.lease,
+            seq,
+            data: format!("{seq} "),
+        }));
+    }
+    worker.send(completed(&assignment, r#""done""#));
+    assert_eq!(worker.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
+    let live = collect(live).await;
+    let after = collect(open().await).await;
+    for events in [after, live] {
+        let outputs = events.iter().filter(|e| matches!(e.kind, Some(pb::task_event::Kind::Output(_)))).count();
+        assert_eq!(outputs as i64, CHUNKS);
+        let cursors: Vec<i64> = events.iter().map(|e| e.cursor).collect();
+        assert!(cursors.windows(2).all(|w| w[1] == w[0] + 1), "in order, none missing");
+        assert!(events.len() > 1000, "{} events", events.len());
+    }
+}
