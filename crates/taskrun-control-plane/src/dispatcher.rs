@@ -226,21 +226,34 @@ impl ControlPlane {
             }
         };
         for w in workers {
-            if !matches!(w.state, WorkerState::Connected | WorkerState::Draining)
-                || self.sessions().contains_key(&w.info.id)
-            {
+            if self.sessions().contains_key(&w.info.id) {
                 continue;
             }
-            self.fail_over(&w.info.id, "did not reconnect after the control plane restarted").await;
+            let absent = matches!(w.state, WorkerState::Connected | WorkerState::Draining);
+            // Lost, but still holding Runs: its failover did not finish.
+            let stranded = w.state == WorkerState::Lost
+                && self.store.active_runs_of_worker(&w.info.id).await.is_ok_and(|runs| !runs.is_empty());
+            if absent || stranded {
+                self.fail_over(&w.info.id, "did not reconnect after the control plane restarted").await;
+            }
         }
     }
 
     /// Cancels a Task and tells the Workers of its active Runs to stop.
-    pub(crate) async fn cancel_task(&self, id: &TaskId, reason: &str) -> Result<Task, tonic::Status> {
-        let out = self.store.cancel_task(id, reason, self.clock.now()).await.map_err(crate::status::store_status)?;
-        info!(task_id = %id, active_runs = out.active_runs.len(), "task cancelled");
-        self.publish(&out.events);
-        self.cancel_on_workers(&out.active_runs, reason);
-        Ok(out.task)
+    ///
+    /// The whole of it runs even if the caller goes away while the store
+    /// writes: once the Task is CANCELLED, its watchers must hear of it and
+    /// its Workers must stop its Runs.
+    pub(crate) async fn cancel_task(self: &Arc<Self>, id: &TaskId, reason: &str) -> Result<Task, tonic::Status> {
+        let (cp, id, reason) = (Arc::clone(self), id.clone(), reason.to_owned());
+        let cancelling = tokio::spawn(async move {
+            let now = cp.clock.now();
+            let out = cp.store.cancel_task(&id, &reason, now).await.map_err(crate::status::store_status)?;
+            info!(task_id = %id, active_runs = out.active_runs.len(), "task cancelled");
+            cp.publish(&out.events);
+            cp.cancel_on_workers(&out.active_runs, &reason);
+            Ok(out.task)
+        });
+        cancelling.await.map_err(|e| tonic::Status::internal(format!("cancelling the task failed: {e}")))?
     }
 }

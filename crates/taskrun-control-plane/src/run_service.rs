@@ -64,10 +64,19 @@ impl pb::run_service_server::RunService for RunApi {
             .transpose()
             .map_err(|e| Status::from(e.under("hello.draining")))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let generation = cp.register(info.clone(), tx, &hello.in_flight, draining).await?;
-        let accepted = cp.accept(&info, &hello.in_flight).await;
-        cp.kick.notify_one();
-        tokio::spawn(session_loop(Arc::clone(&cp), info.id, generation, inbound));
+        // Registration runs to its end even if this call goes away midway
+        // (its session is then ended by its loop, which finds the stream
+        // gone): dropped halfway, it would leave a session that no loop
+        // watches, and placement would keep giving it Runs.
+        let registering = tokio::spawn(async move {
+            let generation = cp.register(info.clone(), tx, &hello.in_flight, draining).await?;
+            let accepted = cp.accept(&info, &hello.in_flight).await;
+            cp.kick.notify_one();
+            tokio::spawn(session_loop(Arc::clone(&cp), info.id, generation, inbound));
+            Ok::<_, Status>(accepted)
+        });
+        let accepted =
+            registering.await.map_err(|e| Status::internal(format!("registering the worker failed: {e}")))??;
         // WorkerAccepted comes first, before anything sent to the session
         // while it registered (an assignment, a cancel).
         let accepted = Ok(pb::RunServerMessage { kind: Some(ServerKind::Accepted(accepted)) });
@@ -215,6 +224,7 @@ impl ControlPlane {
                     info: Arc::new(info),
                     state: WorkerState::Draining,
                     active: HashSet::new(),
+                    unlisted: HashMap::new(),
                     reserved,
                     counts_from,
                     last_assigned: 0,
@@ -279,17 +289,80 @@ impl ControlPlane {
             "worker connected"
         );
         if !missing.is_empty() {
-            self.fail_missing_runs(&id, &missing).await;
+            self.fail_missing_runs(&id, &missing, &format!("worker {id} reconnected without the run")).await;
         }
         Ok(generation)
     }
 
-    /// Fails over the Runs the store says `worker` holds but its hello did
-    /// not list: the Worker does not have them.
-    async fn fail_missing_runs(&self, worker: &WorkerId, missing: &[RunId]) {
-        let reason = format!("worker {worker} reconnected without the run");
-        warn!(worker_id = %worker, runs = missing.len(), "worker reconnected without runs the store gave it; failing them over");
-        let failed = match self.store.fail_runs(worker, missing, &reason, self.clock.now()).await {
+    /// Holds a heartbeat's list of Runs against what the Worker was given.
+    ///
+    /// A Run given to it that its heartbeats have left out for a heartbeat
+    /// timeout never reached it, or it dropped the Run: the Run fails over
+    /// as a lost Worker's do. (One heartbeat alone proves nothing: it may
+    /// have left before the assignment arrived.) A Run it lists that is no
+    /// longer its own (failed over, or given to another Worker) is stopped
+    /// with CancelRun, under the lease it lists.
+    async fn on_heartbeat(&self, worker: &WorkerId, runs: &[pb::RunLease]) {
+        let listed: HashMap<&str, i64> = runs.iter().map(|r| (r.run_id.as_str(), r.lease)).collect();
+        let now = self.clock.now();
+        let timeout = i64::try_from(self.config.workers.heartbeat_timeout_ms).unwrap_or(i64::MAX);
+        let (missing, unknown) = {
+            let mut sessions = self.sessions();
+            let Some(session) = sessions.get_mut(worker) else { return };
+            let Session { active, unlisted, .. } = session;
+            unlisted.retain(|id, _| active.contains(id) && !listed.contains_key(id.as_str()));
+            let mut missing = Vec::new();
+            for id in active.iter().filter(|id| !listed.contains_key(id.as_str())) {
+                let since = *unlisted.entry(id.clone()).or_insert(now);
+                if now.0.saturating_sub(since.0) >= timeout {
+                    missing.push(id.clone());
+                }
+            }
+            let unknown: Vec<(RunId, i64)> = listed
+                .iter()
+                .filter_map(|(&id, &lease)| Some((id.parse::<RunId>().ok()?, lease)))
+                .filter(|(id, _)| !active.contains(id))
+                .collect();
+            (missing, unknown)
+        };
+        if !missing.is_empty() {
+            let reason = format!("worker {worker} no longer lists the run in its heartbeats");
+            self.fail_missing_runs(worker, &missing, &reason).await;
+        }
+        for (id, lease) in unknown {
+            let stop = match self.store.get_run(&id).await {
+                Ok(run) if run.worker_id.as_ref() == Some(worker) && i64::try_from(run.lease).ok() == Some(lease) => {
+                    // Its own: ended, and waiting in the Worker's list for
+                    // the ack; or active, and so this session's.
+                    if run.status.is_active()
+                        && let Some(session) = self.sessions().get_mut(worker)
+                    {
+                        session.active.insert(id.clone());
+                    }
+                    false
+                }
+                Ok(_) => true,
+                Err(e) if e.is_not_found() => true,
+                Err(_) => false,
+            };
+            if stop {
+                let cancel = pb::CancelRun {
+                    message_id: uuid::Uuid::now_v7().simple().to_string(),
+                    run_id: id.to_string(),
+                    lease,
+                    reason: "the run is no longer this worker's".to_owned(),
+                };
+                info!(worker_id = %worker, run_id = %id, lease, "worker lists a run that is not its own; stopping it");
+                self.send_to(worker, ServerKind::Cancel(cancel));
+            }
+        }
+    }
+
+    /// Fails over the Runs the store says `worker` holds but the Worker
+    /// does not have (its hello or its heartbeats left them out).
+    async fn fail_missing_runs(&self, worker: &WorkerId, missing: &[RunId], reason: &str) {
+        warn!(worker_id = %worker, runs = missing.len(), reason, "failing over runs the worker does not have");
+        let failed = match self.store.fail_runs(worker, missing, reason, self.clock.now()).await {
             Ok(failed) => failed,
             Err(e) => {
                 warn!(worker_id = %worker, error = %e, "could not fail the runs a reconnected worker lacks");
@@ -298,10 +371,14 @@ impl ControlPlane {
         };
         for change in &failed.changes {
             // Such a Run may yet have been delivered down the new stream
-            // (a placement that raced the reconnect): stop it there.
+            // (a placement that raced the reconnect): stop it there, under
+            // the lease the Worker was given (failing it moved the lease
+            // on by one, which fences the Worker's reports).
             let delivered = self.sessions().get_mut(worker).is_some_and(|s| s.active.remove(&change.run.id));
             if delivered {
-                self.cancel_on_workers(std::slice::from_ref(&change.run), &reason);
+                let mut given = change.run.clone();
+                given.lease = given.lease.saturating_sub(1);
+                self.cancel_on_workers(std::slice::from_ref(&given), reason);
             }
         }
         self.settle_failed(worker, failed);
@@ -395,7 +472,8 @@ impl ControlPlane {
             None => Err(InvalidMessage::Missing("kind".into()).into()),
             Some(ClientKind::Hello(_)) => Err(Status::failed_precondition("hello sent twice on one stream")),
             Some(ClientKind::Heartbeat(hb)) => {
-                debug!(worker_id = %worker, free_slots = hb.free_slots, "heartbeat");
+                debug!(worker_id = %worker, free_slots = hb.free_slots, runs = hb.active_runs.len(), "heartbeat");
+                self.on_heartbeat(worker, &hb.active_runs).await;
                 Ok(())
             }
             Some(ClientKind::Ack(_)) => Ok(()),
@@ -531,11 +609,15 @@ impl ControlPlane {
                 (pb::RunAckOutcome::Fenced, format!("stale lease {lease}: the run holds lease {actual}"))
             }
             Err(StoreError::FailedPrecondition { reason, .. }) => {
-                if let Some(s) = self.sessions().get_mut(worker) {
-                    s.active.remove(&run_id);
-                }
                 // A resend of a report that was applied before is a duplicate.
                 let current = self.store.get_run(&run_id).await.map_err(store_status)?;
+                // The Worker holds the slot while the Run is still its own
+                // (a RUNNING report repeated); otherwise the slot is free.
+                let still_running_here =
+                    current.status.is_active() && current.lease == lease && current.worker_id.as_ref() == Some(worker);
+                if !still_running_here && let Some(s) = self.sessions().get_mut(worker) {
+                    s.active.remove(&run_id);
+                }
                 if current.lease == lease && (current.status == status || current.status.is_terminal()) {
                     (pb::RunAckOutcome::Duplicate, format!("run is already {}", current.status))
                 } else {
@@ -611,14 +693,19 @@ impl ControlPlane {
 
     /// [`ControlPlane::fail_over`], for a caller that holds the Worker's
     /// turn and has seen it has no session.
+    ///
+    /// The Runs fail first, then the Worker is marked lost: a crash
+    /// between the two leaves it marked connected, and the next start's
+    /// reaper fails it over again. A Worker marked lost that still holds
+    /// Runs (a Run that could not be failed) is failed over again there too.
     async fn fail_over_now(&self, worker: &WorkerId, reason: &str) {
         warn!(worker_id = %worker, reason, "worker lost");
-        self.mark_lost(worker).await;
         match self.store.fail_runs_of_worker(worker, &format!("worker {worker} lost: {reason}"), self.clock.now()).await
         {
             Ok(failed) => self.settle_failed(worker, failed),
             Err(e) => warn!(worker_id = %worker, error = %e, "could not fail the runs of a lost worker"),
         }
+        self.mark_lost(worker).await;
     }
 
     async fn mark_lost(&self, worker: &WorkerId) {

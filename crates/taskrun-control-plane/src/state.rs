@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use taskrun_core::{Clock, RunId, TaskEvent, TaskId, WorkerId, WorkerInfo, WorkerState};
+use taskrun_core::{Clock, RunId, TaskEvent, TaskId, Timestamp, WorkerId, WorkerInfo, WorkerState};
 use taskrun_proto::pb;
 use taskrun_store::Store;
 use tokio::sync::{Notify, mpsc, watch};
@@ -26,6 +26,9 @@ pub(crate) struct Session {
     pub state: WorkerState,
     /// Runs this Worker holds (ASSIGNED or RUNNING).
     pub active: HashSet<RunId>,
+    /// Runs of `active` its heartbeats have left out, since when (see
+    /// `ControlPlane::on_heartbeat`).
+    pub unlisted: HashMap<RunId, Timestamp>,
     /// Slots promised to placements whose store write is under way.
     pub reserved: u32,
     /// The oldest connection of the Worker whose reservations `reserved`

@@ -42,7 +42,7 @@ async fn a_draining_worker_is_answered_gets_no_new_runs_and_finishes_its_own() {
     let cluster = Cluster::start(StoreKind::Memory).await;
     cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
     let mut draining = RawWorker::connect_with(&cluster, "draining", 4, vec![]).await.0;
-    let beats = keep_alive(&draining.tx);
+    let beats = keep_alive(&draining);
     let held_task = cluster.create(spec("echo", "\"held\"")).await;
     let held = draining.next_assignment().await;
 
@@ -53,7 +53,7 @@ async fn a_draining_worker_is_answered_gets_no_new_runs_and_finishes_its_own() {
 
     // Three free slots, but new Tasks go to the other Worker.
     let mut other = RawWorker::connect_with(&cluster, "other", 4, vec![]).await.0;
-    let _other_beats = keep_alive(&other.tx);
+    let _other_beats = keep_alive(&other);
     for input in ["1", "2"] {
         let task_id = cluster.create(spec("echo", input)).await;
         let assignment = other.next_assignment().await;
@@ -91,7 +91,7 @@ async fn a_hello_that_says_draining_opens_a_closed_session() {
     cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
     let (mut draining, _) =
         RawWorker::connect_hello(&cluster, hello("draining", Some(notice()))).await.expect("connect");
-    let _beats = keep_alive(&draining.tx);
+    let _beats = keep_alive(&draining);
     let answer = next_drain(&mut draining).await;
     assert_eq!(answer.deadline_unix_ms, Some(DEADLINE));
     assert_eq!(state(&cluster, "draining"), Some(WorkerState::Draining));
@@ -146,7 +146,7 @@ async fn an_interrupted_run_counts_unless_its_worker_drains() {
     // Not draining: the Task, allowed one attempt, fails.
     let task = cluster.create(one_attempt()).await;
     let mut liar = RawWorker::connect(&cluster, "not-draining").await;
-    let liar_beats = keep_alive(&liar.tx);
+    let liar_beats = keep_alive(&liar);
     let a = liar.next_assignment().await;
     liar.send(interrupted(&a));
     assert_eq!(liar.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
@@ -167,7 +167,7 @@ async fn an_interrupted_run_counts_unless_its_worker_drains() {
     // Draining: the Run is retried, the Task goes on.
     let task = cluster.create(one_attempt()).await;
     let mut drainer = RawWorker::connect(&cluster, "draining").await;
-    let _drainer_beats = keep_alive(&drainer.tx);
+    let _drainer_beats = keep_alive(&drainer);
     let a = drainer.next_assignment().await;
     drainer.send(Up::Draining(notice()));
     drainer.send(interrupted(&a));

@@ -4,6 +4,8 @@
 //! hand, so the test can make it misbehave the way a partitioned Worker
 //! would: report on a Run after the control plane gave up on it.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use taskrun_agent_artifacts as artifacts;
@@ -19,14 +21,21 @@ use taskrun_testkit::{Cluster, spec, status_of};
 use pb::run_client_message::Kind as Up;
 use pb::run_server_message::Kind as Down;
 
-/// Heartbeats on the stream `tx` feeds (the test cluster's heartbeat
-/// timeout is 600 ms, which a busy machine can pass between two steps of a
-/// test) until that stream is gone or the task is aborted.
-pub(crate) fn keep_alive(tx: &mpsc::UnboundedSender<pb::RunClientMessage>) -> tokio::task::JoinHandle<()> {
-    let tx = tx.clone();
+/// Heartbeats on `worker`'s stream, listing the Runs it holds, as a
+/// Worker must (the test cluster's heartbeat timeout is 600 ms, which a
+/// busy machine can pass between two steps of a test), until that stream
+/// is gone or the task is aborted.
+pub(crate) fn keep_alive(worker: &RawWorker) -> tokio::task::JoinHandle<()> {
+    let (tx, held) = (worker.tx.clone(), Arc::clone(&worker.held));
     tokio::spawn(async move {
         loop {
-            let beat = pb::WorkerHeartbeat { free_slots: 0, ..Default::default() };
+            let active_runs = held
+                .lock()
+                .expect("held")
+                .iter()
+                .map(|(run_id, &lease)| pb::RunLease { run_id: run_id.clone(), lease })
+                .collect();
+            let beat = pb::WorkerHeartbeat { free_slots: 0, active_runs, ..Default::default() };
             if tx.send(pb::RunClientMessage { kind: Some(Up::Heartbeat(beat)) }).is_err() {
                 return;
             }
@@ -38,6 +47,9 @@ pub(crate) fn keep_alive(tx: &mpsc::UnboundedSender<pb::RunClientMessage>) -> to
 pub(crate) struct RawWorker {
     pub(crate) tx: mpsc::UnboundedSender<pb::RunClientMessage>,
     pub(crate) rx: tonic::Streaming<pb::RunServerMessage>,
+    /// The Runs it holds, as its heartbeats list them: each assignment it
+    /// has read, until it reads that Run's ack or a CancelRun for it.
+    pub(crate) held: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 impl RawWorker {
@@ -63,12 +75,22 @@ impl RawWorker {
         cluster: &Cluster,
         hello: pb::WorkerHello,
     ) -> Result<(RawWorker, pb::WorkerAccepted), tonic::Status> {
+        // It holds what its hello says it holds (until told to stop).
+        let held: Arc<Mutex<HashMap<String, i64>>> =
+            Arc::new(Mutex::new(hello.in_flight.iter().map(|r| (r.run_id.clone(), r.lease)).collect()));
         let (tx, rx) = mpsc::unbounded_channel();
         tx.send(pb::RunClientMessage { kind: Some(Up::Hello(hello)) }).expect("send hello");
         let mut client = pb::run_service_client::RunServiceClient::new(cluster.channel().await);
         let mut rx = client.connect(UnboundedReceiverStream::new(rx)).await?.into_inner();
         match rx.message().await?.and_then(|m| m.kind) {
-            Some(Down::Accepted(accepted)) => Ok((RawWorker { tx, rx }, accepted)),
+            Some(Down::Accepted(accepted)) => {
+                for verdict in &accepted.in_flight {
+                    if verdict.verdict != i32::from(pb::InFlightVerdict::Continue) {
+                        held.lock().expect("held").remove(&verdict.run_id);
+                    }
+                }
+                Ok((RawWorker { tx, rx, held }, accepted))
+            }
             other => panic!("expected WorkerAccepted, got {other:?}"),
         }
     }
@@ -79,7 +101,19 @@ impl RawWorker {
 
     pub(crate) async fn next(&mut self) -> Down {
         let msg = tokio::time::timeout(Duration::from_secs(10), self.rx.message()).await.expect("no message in 10 s");
-        msg.expect("stream").and_then(|m| m.kind).expect("a message")
+        let down = msg.expect("stream").and_then(|m| m.kind).expect("a message");
+        let mut held = self.held.lock().expect("held");
+        match &down {
+            Down::Assignment(a) => {
+                held.insert(a.run_id.clone(), a.lease);
+            }
+            Down::Ack(pb::RunAck { run_id, .. }) | Down::Cancel(pb::CancelRun { run_id, .. }) => {
+                held.remove(run_id);
+            }
+            _ => {}
+        }
+        drop(held);
+        down
     }
 
     pub(crate) async fn next_assignment(&mut self) -> pb::RunAssignment {
@@ -371,7 +405,7 @@ async fn a_task_deep_in_the_queue_fails_at_its_schedule_to_start_timeout() {
     cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
     let mut worker = RawWorker::connect(&cluster, "busy").await;
     // Keep the Worker alive (connected and busy) throughout.
-    let heartbeats = keep_alive(&worker.tx);
+    let heartbeats = keep_alive(&worker);
     let first = cluster.create(spec("echo", "0")).await;
     assert_eq!(worker.next_assignment().await.task_id, first);
     // The only slot stays taken; 40 Tasks queue ahead of the one with a
@@ -431,7 +465,7 @@ async fn a_watch_reads_past_a_full_page_of_events() {
     cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
     let task_id = cluster.create(spec("echo", "{}")).await;
     let mut worker = RawWorker::connect(&cluster, "chatty").await;
-    let _beats = keep_alive(&worker.tx);
+    let _beats = keep_alive(&worker);
     let assignment = worker.next_assignment().await;
     let open = || async {
         let request = pb::WatchTaskRequest { task_id: task_id.clone(), after_cursor: 0 };
@@ -463,4 +497,84 @@ async fn a_watch_reads_past_a_full_page_of_events() {
         assert!(cursors.windows(2).all(|w| w[1] == w[0] + 1), "in order, none missing");
         assert!(events.len() > 1000, "{} events", events.len());
     }
+}
+
+/// Heartbeats list the Runs a Worker holds. A Run the Worker was given
+/// but leaves out of its heartbeats (it dropped the assignment) fails over
+/// after a heartbeat timeout instead of staying ASSIGNED for ever; a Run
+/// it lists that is no longer its own gets CancelRun with the lease it
+/// listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_held_against_the_runs_the_worker_was_given() {
+    let cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    let mut s = spec("echo", "{}");
+    s.retry = Some(pb::RetryPolicy { max_attempts: Some(2), initial_backoff_ms: Some(0), max_backoff_ms: Some(0) });
+    let task_id = cluster.create(s).await;
+    let mut worker = RawWorker::connect(&cluster, "forgetful").await;
+    let _beats = keep_alive(&worker);
+    let dropped = worker.next_assignment().await;
+    worker.held.lock().expect("held").remove(&dropped.run_id);
+
+    // Told to stop it, under the lease it was given, then given the retry.
+    let cancel = loop {
+        if let Down::Cancel(cancel) = worker.next().await {
+            break cancel;
+        }
+    };
+    assert_eq!((cancel.run_id.as_str(), cancel.lease), (dropped.run_id.as_str(), dropped.lease));
+    let retry = worker.next_assignment().await;
+    assert_eq!((retry.task_id.as_str(), retry.attempt), (task_id.as_str(), 2));
+    let got = cluster.get(&task_id).await;
+    assert_eq!(got.runs[0].status, i32::from(pb::RunStatus::Failed), "{got:#?}");
+    let error = got.runs[0].error.clone().unwrap_or_default();
+    assert!(error.contains("no longer lists the run in its heartbeats"), "{error}");
+
+    // It lists the Run that failed over as if it still ran it: told to
+    // stop, under the lease it lists. The retry goes on.
+    worker.held.lock().expect("held").insert(dropped.run_id.clone(), dropped.lease);
+    let cancel = loop {
+        if let Down::Cancel(cancel) = worker.next().await {
+            break cancel;
+        }
+    };
+    assert_eq!((cancel.run_id.as_str(), cancel.lease), (dropped.run_id.as_str(), dropped.lease));
+    worker.send(completed(&retry, r#""done""#));
+    assert_eq!(worker.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
+    let got = cluster.wait_terminal(&task_id, Duration::from_secs(10)).await;
+    assert_eq!(status_of(&got), TaskStatus::Completed, "{got:#?}");
+}
+
+/// A RUNNING report sent twice is refused the second time, and the Run
+/// keeps its Worker's slot: a Worker with one slot gets no second Run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_running_report_keeps_the_runs_slot() {
+    let cluster = Cluster::start(StoreKind::Memory).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    let mut worker = RawWorker::connect(&cluster, "one-slot").await;
+    let _beats = keep_alive(&worker);
+    let first = cluster.create(spec("echo", "1")).await;
+    let a = worker.next_assignment().await;
+    assert_eq!(a.task_id, first);
+    let running = || {
+        Up::Status(pb::RunStatusUpdate {
+            run_id: a.run_id.clone(),
+            lease: a.lease,
+            status: pb::RunStatus::Running.into(),
+            nonce: format!("nonce-{}", uuid::Uuid::now_v7()),
+            ..Default::default()
+        })
+    };
+    worker.send(running());
+    worker.send(running());
+    let ack = worker.next_ack().await;
+    assert_eq!(ack.outcome, i32::from(pb::RunAckOutcome::Duplicate), "{ack:?}");
+    worker.held.lock().expect("held").insert(a.run_id.clone(), a.lease);
+    // Placed at creation if a slot were free: it stays PENDING.
+    let second = cluster.create(spec("echo", "2")).await;
+    let got = cluster.get(&second).await;
+    assert_eq!(got.runs[0].status, i32::from(pb::RunStatus::Pending), "{got:#?}");
+    worker.send(completed(&a, "1"));
+    assert_eq!(worker.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
+    assert_eq!(worker.next_assignment().await.task_id, second);
 }

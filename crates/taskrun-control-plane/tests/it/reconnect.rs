@@ -31,8 +31,7 @@ async fn a_reconnect_fails_over_the_runs_its_hello_lacks_and_keeps_the_worker() 
     // The first stream gets two assignments and then goes half-open: it
     // stays open (heartbeats keep it so) but the Worker reads no more.
     let (mut old, _) = RawWorker::connect_with(&cluster, "w", 2, vec![]).await;
-    let old_beats = old.tx.clone();
-    keep_alive(&old_beats);
+    keep_alive(&old);
     let mut tasks = Vec::new();
     for input in ["\"kept\"", "\"lost\""] {
         let mut s = spec("echo", input);
@@ -52,7 +51,7 @@ async fn a_reconnect_fails_over_the_runs_its_hello_lacks_and_keeps_the_worker() 
         ..Default::default()
     };
     let (mut new, accepted) = RawWorker::connect_with(&cluster, "w", 2, vec![held]).await;
-    keep_alive(&new.tx);
+    keep_alive(&new);
     assert_eq!(accepted.in_flight.len(), 1);
     assert_eq!(accepted.in_flight[0].verdict, i32::from(pb::InFlightVerdict::Continue), "{accepted:?}");
 
@@ -70,7 +69,6 @@ async fn a_reconnect_fails_over_the_runs_its_hello_lacks_and_keeps_the_worker() 
     let closed = tokio::time::timeout(Duration::from_secs(5), old.rx.message()).await.expect("old stream ends");
     assert!(matches!(closed, Ok(None) | Err(_)), "{closed:?}");
     drop(old);
-    drop(old_beats);
     // Longer than the heartbeat timeout: whichever way the old stream's
     // end is seen, it has been handled.
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -96,14 +94,14 @@ async fn a_restarted_worker_with_an_empty_hello_gets_its_run_retried() {
     let cp = std::sync::Arc::clone(cluster.server.as_ref().expect("server").control_plane());
     let id: WorkerId = "w".parse().expect("worker id");
     let (mut old, _) = RawWorker::connect_with(&cluster, "w", 1, vec![]).await;
-    keep_alive(&old.tx);
+    keep_alive(&old);
     let mut s = spec("echo", "\"again\"");
     s.retry = retry_at_once();
     let task_id = cluster.create(s).await;
     let lost = old.next_assignment().await;
 
     let (mut new, accepted) = RawWorker::connect_with(&cluster, "w", 1, vec![]).await;
-    keep_alive(&new.tx);
+    keep_alive(&new);
     assert!(accepted.in_flight.is_empty());
     // Its only slot is free again: the retry is placed on it.
     let retry = new.next_assignment().await;
