@@ -161,6 +161,20 @@ impl Memory {
         }
     }
 
+    /// After a call that read the Task and changed nothing: if memory
+    /// would not keep it (ended, or too heavy), it leaves again. (It was
+    /// cached to be changed; only a change that is applied leaves the cache
+    /// by [`Memory::install`].)
+    pub(crate) fn release(&mut self, task: &TaskId) {
+        let unkept = self
+            .tasks
+            .get(task)
+            .is_some_and(|s| s.agg.task.status.is_terminal() || self.too_heavy(weight(&s.agg, &s.tail)));
+        if unkept {
+            self.forget(task);
+        }
+    }
+
     /// Whether a Task of `weight` is too heavy to keep: over an eighth of
     /// the byte limit, it would push out many others (and one over the
     /// whole limit, every other). It is read from sled when a change needs it.
@@ -570,6 +584,27 @@ mod tests {
         assert!(matches!(err, Error::Storage(_)), "{err}");
     }
 
+    /// A refusal rests on what is on disk. Here the change it rests on was
+    /// applied and its flush failed (a crash would have taken it back): a
+    /// resent report that memory would call a repeat gets the storage
+    /// error, not a refusal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusal_waits_until_what_it_rests_on_is_durable() {
+        let store = SledStore::temporary(StoreConfig::default()).unwrap();
+        let worker: WorkerId = "worker-1".parse().unwrap();
+        let created = store.create_task(task()).await.unwrap().into_inner();
+        let run = store.list_runs(&created.id).await.unwrap().remove(0);
+        let lease = store.assign_run(&run.id, &worker, 0, T0).await.unwrap().run.lease;
+        store.committer.fail_flushes();
+        let done = || RunOutcome::Completed { result: Json::parse("result", "1").unwrap() };
+        let err = store.finish_run(&run.id, lease, done(), T0).await.unwrap_err();
+        assert!(matches!(err, Error::Storage(_)), "{err}");
+        let err = store.finish_run(&run.id, lease, done(), T0).await.unwrap_err();
+        assert!(matches!(err, Error::Storage(_)), "the resend: {err}");
+        let err = store.cancel_task(&created.id, "too late", T0).await.unwrap_err();
+        assert!(matches!(err, Error::Storage(_)), "a cancel: {err}");
+    }
+
     /// Open Tasks with large inputs: memory keeps what fits in its byte
     /// limit, however few Tasks that is, keeps none heavier than an eighth
     /// of it, and every Task left out still works, read from sled.
@@ -616,6 +651,12 @@ mod tests {
             assert!(store.memory().usage().1 <= limits.bytes);
         }
         // Ended Tasks leave the cache.
+        assert_eq!(store.memory().usage(), (0, 0));
+        // And stay out of it when a call reads one and changes nothing: a
+        // cancel of an ended Task, a report under a stale lease.
+        store.cancel_task(&ids[0], "too late", T0).await.unwrap_err();
+        let run = store.list_runs(&heavy).await.unwrap().remove(0);
+        store.start_run(&run.id, run.lease + 7, T0).await.unwrap_err();
         assert_eq!(store.memory().usage(), (0, 0));
     }
 }

@@ -250,6 +250,18 @@ impl SledStore {
         Ok(agg.runs[agg.run_index(id)?].run.clone())
     }
 
+    /// `refused`, once what it rests on is on disk: the state it was
+    /// refused against may be a change applied but not flushed yet, and a
+    /// refusal must not outlive a crash that takes that change back (a
+    /// Worker told its resent report is a duplicate stops resending it).
+    async fn once_durable(&self, task: &TaskId, refused: Error) -> Error {
+        self.memory().release(task);
+        match self.committer.durable().await {
+            Ok(()) => refused,
+            Err(flush) => flush,
+        }
+    }
+
     /// Applies `f` to the Task's aggregate: prepares the change from a
     /// snapshot, submits it, and prepares it again if the Task moved on
     /// meanwhile. Answers once the change is on disk.
@@ -260,10 +272,14 @@ impl SledStore {
         for _ in 0..MAX_ATTEMPTS {
             let snapshot = self.snapshot(task)?;
             let mut agg = TaskAggregate::clone(&snapshot.agg);
-            let (touched, value) = f(&mut agg)?;
+            let (touched, value) = match f(&mut agg) {
+                Ok(done) => done,
+                Err(refused) => return Err(self.once_durable(task, refused).await),
+            };
             if touched == Touched::default() {
                 // Nothing to write; what the answer rests on is on disk
                 // once the next flush is.
+                self.memory().release(task);
                 self.committer.durable().await?;
                 return Ok(value);
             }
@@ -572,12 +588,23 @@ impl EventStore for SledStore {
             let mut agg = TaskAggregate::clone(&snapshot.agg);
             let i = agg.run_index(run)?;
             let before = agg.runs[i].run.clone();
-            let step =
-                logic::append_output(&mut agg.meta, &mut agg.runs[i], lease, seq, data.clone(), &self.config, now)?;
+            let step = match logic::append_output(
+                &mut agg.meta,
+                &mut agg.runs[i],
+                lease,
+                seq,
+                data.clone(),
+                &self.config,
+                now,
+            ) {
+                Ok(step) => step,
+                Err(refused) => return Err(self.once_durable(&task, refused).await),
+            };
             let mut touched =
                 Touched { task: false, runs: vec![TouchedRun { index: i, before: Some(before) }], events: Vec::new() };
             let (install, answer) = match step {
                 OutputStep::Duplicate => {
+                    self.memory().release(&task);
                     self.committer.durable().await?;
                     return Ok(AppendOutcome::Duplicate);
                 }
