@@ -544,7 +544,7 @@ mod tests {
     use taskrun_core::{
         AgentRef, Json, RunOutcome, RunStatus, Task, TaskId, TaskSpec, TaskStatus, Timestamp, WorkerId,
     };
-    use taskrun_store::{Error, RunStore, StoreConfig, TaskStore};
+    use taskrun_store::{Error, RunStore, StoreConfig, TaskStore, WorkerStore};
 
     use super::CacheLimits;
     use crate::{SledStore, records};
@@ -582,6 +582,22 @@ mod tests {
         assert_eq!(records::load_task(&store.trees.tasks, &created.id).unwrap(), stored);
         let err = store.create_task(task()).await.unwrap_err();
         assert!(matches!(err, Error::Storage(_)), "{err}");
+        // Nor a Worker's record.
+        let stored = store.get_worker(&worker).await;
+        let info = taskrun_core::WorkerInfo {
+            id: worker.clone(),
+            agents: Default::default(),
+            digests: Default::default(),
+            model_backends: Vec::new(),
+            labels: Default::default(),
+            slots: 1,
+            version: "0.1.0".into(),
+        };
+        let record =
+            taskrun_core::Worker { info, state: taskrun_core::WorkerState::Connected, first_seen: T0, last_seen: T0 };
+        let err = store.upsert_worker(record).await.unwrap_err();
+        assert!(err.to_string().contains("takes no more changes"), "{err}");
+        assert_eq!(store.get_worker(&worker).await.map_err(|e| e.to_string()), stored.map_err(|e| e.to_string()));
     }
 
     /// A refusal rests on what is on disk. Here the change it rests on was

@@ -250,6 +250,18 @@ impl SledStore {
         Ok(agg.runs[agg.run_index(id)?].run.clone())
     }
 
+    /// Refuses a write once a flush has failed, as the applier does for
+    /// Tasks: a call that returns an error must have changed nothing, and
+    /// nothing written now could be acknowledged.
+    fn writable(&self) -> Result<()> {
+        match self.committer.handle().failed() {
+            None => Ok(()),
+            Some(error) => {
+                Err(Error::storage(format!("an earlier flush failed, the store takes no more changes: {error}")))
+            }
+        }
+    }
+
     /// `refused`, once what it rests on is on disk: the state it was
     /// refused against may be a change applied but not flushed yet, and a
     /// refusal must not outlive a crash that takes that change back (a
@@ -681,6 +693,7 @@ impl EventStore for SledStore {
 #[async_trait]
 impl WorkerStore for SledStore {
     async fn upsert_worker(&self, worker: Worker) -> Result<()> {
+        self.writable()?;
         let key = worker.info.id.as_str().as_bytes();
         let bytes = encode("worker", key, &worker)?;
         self.trees.workers.insert(key, bytes).map_err(storage)?;
@@ -701,6 +714,7 @@ impl WorkerStore for SledStore {
     }
 
     async fn set_worker_state(&self, id: &WorkerId, state: WorkerState) -> Result<Worker> {
+        self.writable()?;
         let key = id.as_str().as_bytes();
         let worker = self
             .trees
@@ -740,6 +754,7 @@ impl AgentStore for SledStore {
         component: Vec<u8>,
     ) -> Result<CreateOutcome<StoredAgent>> {
         logic::check_component(&manifest, &component)?;
+        self.writable()?;
         let key = records::agent_key(&manifest.name, manifest.version);
         let digest = manifest.digest.as_bytes().to_vec();
         let manifest_bytes = encode("agent", &key, &manifest)?;
