@@ -544,7 +544,7 @@ mod tests {
     use taskrun_core::{
         AgentRef, Json, RunOutcome, RunStatus, Task, TaskId, TaskSpec, TaskStatus, Timestamp, WorkerId,
     };
-    use taskrun_store::{Error, RunStore, StoreConfig, TaskStore, WorkerStore};
+    use taskrun_store::{Error, EventStore, RunStore, StoreConfig, TaskStore, WorkerStore};
 
     use super::CacheLimits;
     use crate::{SledStore, records};
@@ -619,6 +619,9 @@ mod tests {
         assert!(matches!(err, Error::Storage(_)), "the resend: {err}");
         let err = store.cancel_task(&created.id, "too late", T0).await.unwrap_err();
         assert!(matches!(err, Error::Storage(_)), "a cancel: {err}");
+        // Nor are the events of a change that is not on disk handed out.
+        let err = store.events_since(&created.id, 0, 100).await.unwrap_err();
+        assert!(matches!(err, Error::Storage(_)), "events: {err}");
     }
 
     /// Open Tasks with large inputs: memory keeps what fits in its byte

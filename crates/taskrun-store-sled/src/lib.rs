@@ -686,6 +686,13 @@ impl EventStore for SledStore {
         }
         let room = limit - out.len();
         out.extend(tail.iter().filter(|e| e.seq > after_seq).take(room).cloned());
+        // The tail in memory may hold events applied but not flushed yet:
+        // none is handed out before it is on disk, or a crash could take
+        // it back and give its seq to another event, which a watcher
+        // resuming after that seq would never see.
+        if !out.is_empty() {
+            self.committer.durable().await?;
+        }
         Ok(out)
     }
 }
