@@ -146,9 +146,16 @@ async fn session_loop(
     cp.worker_lost(&worker, generation, &reason).await;
 }
 
-/// Handles one Run's reports in order; ends after its terminal report.
+/// Handles one Run's reports in order; ends after its terminal report, or
+/// after a report on a Run this Worker does not hold (refused, or late):
+/// reports on Runs that are not its own must not keep lanes open.
 async fn lane(cp: Arc<ControlPlane>, worker: WorkerId, mut rx: mpsc::UnboundedReceiver<pb::RunClientMessage>) {
     while let Some(msg) = rx.recv().await {
+        let run_id = match &msg.kind {
+            Some(ClientKind::Status(u)) => u.run_id.parse::<RunId>().ok(),
+            Some(ClientKind::Output(c)) => c.run_id.parse::<RunId>().ok(),
+            _ => None,
+        };
         let terminal = matches!(
             &msg.kind,
             Some(ClientKind::Status(u)) if pb::RunStatus::try_from(u.status).is_ok_and(|s| matches!(
@@ -159,7 +166,8 @@ async fn lane(cp: Arc<ControlPlane>, worker: WorkerId, mut rx: mpsc::UnboundedRe
         if let Err(status) = cp.handle(&worker, msg).await {
             warn!(worker_id = %worker, error = %status.message(), "worker message refused");
         }
-        if terminal {
+        let held = run_id.is_some_and(|id| cp.sessions().get(&worker).is_some_and(|s| s.active.contains(&id)));
+        if terminal || !held {
             rx.close();
         }
     }
