@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use taskrun_core::{AgentDigest, AgentManifest, RunId, RunOutcome, TaskLimits, Timestamp};
 use taskrun_proto::{MAX_RUN_MESSAGE_BYTES, RunOutputReport, RunProgress, RunStatusReport, pb};
@@ -24,6 +24,10 @@ const REPORT_RUNNING_AFTER: Duration = Duration::from_millis(50);
 
 /// How often unacked terminal reports are sent again.
 const RESEND_EVERY: Duration = Duration::from_secs(2);
+
+/// A deadline this far off is no deadline (and keeps `Instant` arithmetic
+/// in range).
+const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// The largest agent component a Worker accepts from the control plane.
 const MAX_AGENT_BYTES: u64 = 64 << 20;
@@ -329,6 +333,9 @@ impl Worker {
     }
 
     fn on_assignment(&self, a: pb::RunAssignment) {
+        // The Run's deadline counts from now: fetching and compiling its
+        // agent use it up as running it does.
+        let arrived = Instant::now();
         if let Some(probe) = lock(&self.0.probe).0.as_ref()
             && let (Ok(task), Ok(run)) = (a.task_id.parse(), a.run_id.parse())
         {
@@ -396,10 +403,13 @@ impl Worker {
         }
         let worker = self.clone();
         tokio::spawn(async move {
-            worker.execute(id, lease, manifest, a.input_json, run_limits, cancel).await;
+            worker.execute(id, lease, manifest, a.input_json, run_limits, arrived, cancel).await;
         });
     }
 
+    /// Runs a Run whose deadline, `limits.deadline`, counts from `since`
+    /// (when its assignment arrived).
+    #[allow(clippy::too_many_arguments)]
     async fn execute(
         &self,
         id: RunId,
@@ -407,12 +417,14 @@ impl Worker {
         manifest: AgentManifest,
         input: String,
         limits: RunLimits,
+        since: Instant,
         cancel: CancelToken,
     ) {
         self.0.counters.runs_started.fetch_add(1, Ordering::Relaxed);
         // Fetching and compiling count against the Run's deadline, and a
         // CancelRun stops the wait (the compile, once started, finishes in
         // the background and serves the next Run of that agent).
+        let deadline = tokio::time::Instant::from_std(since) + limits.deadline.min(MAX_DEADLINE);
         let prepared = tokio::select! {
             biased;
             prepared = self.agent(&manifest) => prepared,
@@ -420,7 +432,7 @@ impl Worker {
                 self.finish(&id, lease, self.stopped(&id));
                 return;
             }
-            () = tokio::time::sleep(limits.deadline) => {
+            () = tokio::time::sleep_until(deadline) => {
                 let error = format!(
                     "timed out after {} ms fetching and preparing the agent",
                     limits.deadline.as_millis()
@@ -467,8 +479,11 @@ impl Worker {
                 worker.send(ClientKind::Output(report.into()));
             }))
         };
+        // The sandbox gets what is left of the deadline (and, with nothing
+        // left, times the Run out without starting the agent).
         let request = RunRequest::new(input)
             .limits(limits)
+            .since(since)
             .backends(Arc::clone(&self.0.backends))
             .output(OutputSink::channel(otx))
             .cancel(cancel)

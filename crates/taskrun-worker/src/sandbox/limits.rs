@@ -7,7 +7,8 @@ use taskrun_core::TaskLimits;
 /// cap, which fails the call that would pass it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunLimits {
-    /// Wall-clock time from the start of the Run (instantiation included).
+    /// Wall-clock time from the start of the Run (instantiation included),
+    /// or from [`RunRequest::since`](super::RunRequest::since) if set.
     pub deadline: Duration,
     /// Linear memory, all memories of the instance together. Capped by
     /// [`SandboxConfig::max_memory_bytes`](super::SandboxConfig::max_memory_bytes).

@@ -199,6 +199,11 @@ pub struct RunRequest {
     pub cancel: CancelToken,
     /// For logs only.
     pub run_id: Option<RunId>,
+    /// When the Run's clock started, if before the call to run it (the
+    /// Worker starts it when the assignment arrives, so that fetching and
+    /// compiling the agent count against the deadline). `None`: when the
+    /// sandbox starts the Run.
+    pub since: Option<Instant>,
 }
 
 impl RunRequest {
@@ -212,6 +217,7 @@ impl RunRequest {
             output: OutputSink::discard(),
             cancel: CancelToken::new(),
             run_id: None,
+            since: None,
         }
     }
 
@@ -237,6 +243,14 @@ impl RunRequest {
 
     pub fn run_id(mut self, run_id: RunId) -> RunRequest {
         self.run_id = Some(run_id);
+        self
+    }
+
+    /// Counts the deadline ([`RunLimits::deadline`]) from `since` rather
+    /// than from the start of the Run: the sandbox gets only what is left,
+    /// and a Run with nothing left times out without starting the agent.
+    pub fn since(mut self, since: Instant) -> RunRequest {
+        self.since = Some(since);
         self
     }
 }
@@ -602,7 +616,10 @@ impl Sandbox {
         let mut limits = request.limits.capped(config);
         // A year is "no deadline" and keeps `Instant` arithmetic in range.
         limits.deadline = limits.deadline.min(MAX_DEADLINE);
-        let deadline = started + limits.deadline;
+        // The Run's clock may have started before it reached the sandbox
+        // (its agent was fetched and compiled meanwhile): what passed since
+        // counts.
+        let deadline = request.since.map_or(started, |since| since.min(started)) + limits.deadline;
         let logs = SharedLogs::new(config.log_bytes);
         let state = RunState {
             wasi: LazyWasi::new(Arc::clone(&self.0.grants)),
@@ -645,6 +662,9 @@ impl Sandbox {
 
         let outcome = if store.data().cancel.is_cancelled() {
             Outcome::Cancelled
+        } else if Instant::now() >= deadline {
+            // Nothing left of the deadline: the agent does not start.
+            Outcome::TimedOut
         } else {
             match prepared.0.pre.instantiate_async(&mut store).await {
                 Err(e) if e.is::<PoolConcurrencyLimitError>() => {

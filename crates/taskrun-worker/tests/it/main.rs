@@ -2,9 +2,11 @@
 //! under `agents/`, the compiled-component cache, cancellation, the
 //! ModelBackend providers (the `openai` one against a local HTTP server),
 //! the Worker's session with a real control plane (`session`), its
-//! graceful drain (`drain`, and `signals` for the binary's SIGTERM) and
-//! its config file (`config`).
+//! graceful drain (`drain`, and `signals` for the binary's SIGTERM), its
+//! config file (`config`), and its side of the protocol against a scripted
+//! control plane (`scripted`: `assignments`).
 
+mod assignments;
 mod cache;
 mod cancel;
 mod config;
@@ -13,6 +15,7 @@ mod examples;
 mod hostile;
 mod model;
 mod runtime;
+mod scripted;
 mod session;
 #[cfg(unix)]
 mod signals;
