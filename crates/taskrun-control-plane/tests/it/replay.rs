@@ -1,8 +1,10 @@
 //! Replay protection on the Worker: an assignment whose nonce was seen
 //! before, or that was issued outside the allowed clock skew, is refused
-//! and nothing runs. The "control plane" here is a bare RunService that
-//! sends whatever the test tells it to, as an attacker replaying captured
-//! messages would.
+//! and nothing runs. A refusal for the clock skew is reported FAILED under
+//! the assignment's lease (so its Run does not stay assigned for ever); a
+//! replay is not reported. The "control plane" here is a bare RunService
+//! that sends whatever the test tells it to, as an attacker replaying
+//! captured messages would.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,8 @@ type Outbound = mpsc::UnboundedSender<Result<pb::RunServerMessage, Status>>;
 #[derive(Clone, Default)]
 struct BareRunService {
     session: Arc<Mutex<Option<Outbound>>>,
+    /// Every status update the Worker sent.
+    statuses: Arc<Mutex<Vec<pb::RunStatusUpdate>>>,
 }
 
 #[tonic::async_trait]
@@ -48,7 +52,14 @@ impl pb::run_service_server::RunService for BareRunService {
         let _ = tx.send(Ok(pb::RunServerMessage { kind: Some(Down::Accepted(accepted)) }));
         *self.session.lock().expect("session") = Some(tx);
         // Keep reading so the Worker's stream stays open.
-        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        let statuses = Arc::clone(&self.statuses);
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = inbound.message().await {
+                if let Some(pb::run_client_message::Kind::Status(update)) = msg.kind {
+                    statuses.lock().expect("statuses").push(update);
+                }
+            }
+        });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 }
@@ -131,8 +142,26 @@ async fn replayed_and_stale_assignments_are_refused() {
     wait_for("the refusals", Duration::from_secs(5), || worker.metrics().assignments_refused == 3).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(worker.metrics().runs_started, 1, "nothing but the first assignment ran");
-    let active = worker.active_runs();
-    assert!(active.iter().all(|r| r.as_str() == "run_first"), "{active:?}");
+    // The stale and future ones are reported FAILED (and held until acked);
+    // the replay is not reported.
+    wait_for("the refusals' reports", Duration::from_secs(5), || {
+        service.statuses.lock().expect("statuses").iter().filter(|s| s.run_id != "run_first").count() >= 2
+    })
+    .await;
+    let mut refused: Vec<(String, i64, i32)> = service
+        .statuses
+        .lock()
+        .expect("statuses")
+        .iter()
+        .filter(|s| s.run_id != "run_first")
+        .map(|s| (s.run_id.clone(), s.lease, s.status))
+        .collect();
+    refused.sort();
+    let failed = i32::from(pb::RunStatus::Failed);
+    assert_eq!(refused, [("run_future".to_owned(), 1, failed), ("run_stale".to_owned(), 1, failed)]);
+    let mut active = worker.active_runs();
+    active.sort();
+    assert_eq!(active.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["run_first", "run_future", "run_stale"]);
 
     worker.shut_down();
     let _ = running.await;

@@ -74,8 +74,9 @@ pub struct WorkerMetrics {
     pub runs_finished: u64,
     /// Agents that failed verification (their Runs failed, nothing compiled).
     pub agents_refused: u64,
-    /// Assignments refused as replays (same nonce, or issued outside the
-    /// allowed clock skew).
+    /// Assignments refused: as replays (same nonce; not reported), or
+    /// issued outside the allowed clock skew or with a short nonce
+    /// (reported FAILED). Malformed ones are not counted here.
     pub assignments_refused: u64,
 }
 

@@ -10,7 +10,7 @@ use taskrun_signing::Expect;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{InFlight, MAX_ERROR_BYTES, MAX_RESULT_BYTES, Worker, lock, output};
 use crate::sandbox::{OutputSink, Prepared, RunLimits, RunRequest};
@@ -176,7 +176,20 @@ impl Worker {
                 let _ = tx.send(pb::RunClientMessage { kind: Some(ClientKind::Draining(notice)) });
             }
         }
-        *lock(&self.0.max_skew) = Duration::from_millis(accepted.max_clock_skew_ms.max(1000).unsigned_abs());
+        let max_skew = Duration::from_millis(accepted.max_clock_skew_ms.max(1000).unsigned_abs());
+        *lock(&self.0.max_skew) = max_skew;
+        // Assignments from a control plane whose clock is this far from ours
+        // would all be refused: say so once, plainly.
+        let offset_ms = accepted.server_time_unix_ms.saturating_sub(self.0.clock.now().as_millis());
+        if accepted.server_time_unix_ms > 0 && u128::from(offset_ms.unsigned_abs()) > max_skew.as_millis() {
+            error!(
+                worker_id = %self.0.config.id,
+                offset_ms,
+                max_clock_skew_ms = max_skew.as_millis() as u64,
+                "the control plane's clock is {offset_ms} ms from this worker's, beyond the allowed skew: its \
+                 assignments will be refused; check the clocks"
+            );
+        }
         self.0.counters.sessions.fetch_add(1, Ordering::Relaxed);
         info!(worker_id = %self.0.config.id, in_flight = accepted.in_flight.len(), "session established");
         self.apply_verdicts(&accepted.in_flight);
@@ -352,7 +365,8 @@ impl Worker {
         let (id, lease, manifest, limits) = match parsed {
             Ok(p) => p,
             Err(e) => {
-                warn!(run_id = %a.run_id, error = %e, "malformed assignment ignored");
+                warn!(run_id = %a.run_id, error = %e, "malformed assignment refused");
+                self.refuse(&a, format!("assignment refused as malformed: {e}"));
                 return;
             }
         };
@@ -362,13 +376,34 @@ impl Worker {
         let skew = *lock(&self.0.max_skew);
         let issued = Timestamp::from_millis(a.issued_at_unix_ms);
         let off = if issued > now { issued.since(now) } else { now.since(issued) };
-        {
-            let mut nonces = lock(&self.0.nonces);
-            if off > skew || a.nonce.len() < 16 || !nonces.first_sighting(&a.nonce, now, skew * 2) {
-                self.0.counters.assignments_refused.fetch_add(1, Ordering::Relaxed);
-                warn!(run_id = %id, skew_ms = off.as_millis() as u64, "assignment refused as a replay or out of the clock-skew window");
-                return;
-            }
+        let refusal = if off > skew {
+            Some(format!(
+                "assignment refused: issued_at is {} ms from this Worker's clock, beyond the {} ms allowed skew; \
+                 check the clocks",
+                off.as_millis(),
+                skew.as_millis()
+            ))
+        } else if a.nonce.len() < 16 {
+            Some(format!(
+                "assignment refused as malformed: its nonce has {} characters, fewer than the 16 required",
+                a.nonce.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(error) = refusal {
+            // Not a replay of an assignment we run: reported, so that the
+            // control plane does not wait on the Run for ever.
+            self.0.counters.assignments_refused.fetch_add(1, Ordering::Relaxed);
+            warn!(run_id = %id, skew_ms = off.as_millis() as u64, error = %error, "assignment refused");
+            self.refuse(&a, error);
+            return;
+        }
+        if !lock(&self.0.nonces).first_sighting(&a.nonce, now, skew * 2) {
+            // A replay: the assignment it repeats is ours already (or was).
+            self.0.counters.assignments_refused.fetch_add(1, Ordering::Relaxed);
+            warn!(run_id = %id, "assignment refused as a replay: its nonce was seen before");
+            return;
         }
         let cancel = CancelToken::new();
         {
@@ -556,7 +591,27 @@ impl Worker {
         trailing_output: Vec<(u64, String)>,
     ) {
         self.0.counters.runs_finished.fetch_add(1, Ordering::Relaxed);
-        let update: pb::RunStatusUpdate = RunStatusReport {
+        let update = self.terminal_update(id, lease, outcome, last_output_seq, trailing_output);
+        {
+            let mut runs = lock(&self.0.runs);
+            match runs.get_mut(id) {
+                Some(r) if r.lease == lease => r.terminal = Some(update.clone()),
+                // Fenced or told to stop meanwhile: nobody wants the report.
+                _ => return,
+            }
+        }
+        self.send(ClientKind::Status(update));
+    }
+
+    fn terminal_update(
+        &self,
+        id: &RunId,
+        lease: u64,
+        outcome: RunOutcome,
+        last_output_seq: u64,
+        trailing_output: Vec<(u64, String)>,
+    ) -> pb::RunStatusUpdate {
+        RunStatusReport {
             run_id: id.clone(),
             lease,
             progress: RunProgress::Finished(fit_for_report(outcome)),
@@ -565,14 +620,34 @@ impl Worker {
             last_output_seq,
             trailing_output,
         }
-        .into();
+        .into()
+    }
+
+    /// Reports the Run of an assignment this Worker refuses FAILED with
+    /// `error`, as a terminal report kept (and resent) until acked, so that
+    /// the control plane does not keep it assigned for ever. Nothing is
+    /// reported for an assignment whose run id or lease does not parse
+    /// (there is no Run to report on), nor for a Run this Worker holds.
+    fn refuse(&self, a: &pb::RunAssignment, error: String) {
+        let (Ok(id), Ok(lease)) = (a.run_id.parse::<RunId>(), u64::try_from(a.lease)) else { return };
+        let update = self.terminal_update(&id, lease, RunOutcome::Failed { error }, 0, Vec::new());
         {
             let mut runs = lock(&self.0.runs);
-            match runs.get_mut(id) {
-                Some(r) if r.lease == lease => r.terminal = Some(update.clone()),
-                // Fenced or told to stop meanwhile: nobody wants the report.
-                _ => return,
+            if runs.contains_key(&id) {
+                return;
             }
+            runs.insert(
+                id,
+                InFlight {
+                    lease,
+                    cancel: CancelToken::new(),
+                    cancel_reason: None,
+                    shutdown_error: None,
+                    started: false,
+                    outputs: Vec::new(),
+                    terminal: Some(update.clone()),
+                },
+            );
         }
         self.send(ClientKind::Status(update));
     }
