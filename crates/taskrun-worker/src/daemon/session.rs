@@ -164,11 +164,17 @@ impl Worker {
             Err(s) => return Err(Error::Connect { url, message: format!("{}: {}", s.code(), s.message()) }),
         };
         *lock(&self.0.channel) = Some(channel);
-        if self.0.silenced.load(Ordering::SeqCst) {
-            return Ok(());
-        }
         {
+            // Senders hold this lock while they send. What the control plane
+            // lacks (output after the seq it has, then stored terminal
+            // reports) goes into the new stream before the stream is
+            // published, so nothing new of a Run (its next chunk, its final
+            // report) can overtake what is resent of it.
             let mut outbound = lock(&self.0.outbound);
+            if self.0.silenced.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.apply_verdicts(&accepted.in_flight, &tx);
             *outbound = Some(tx.clone());
             // A drain that began after the hello was made: say it now
             // ([`Worker::drain`] found no session to say it on).
@@ -192,7 +198,6 @@ impl Worker {
         }
         self.0.counters.sessions.fetch_add(1, Ordering::Relaxed);
         info!(worker_id = %self.0.config.id, in_flight = accepted.in_flight.len(), "session established");
-        self.apply_verdicts(&accepted.in_flight);
 
         let interval = Duration::from_millis(accepted.heartbeat_interval_ms.max(50).unsigned_abs());
         let ticker = {
@@ -255,8 +260,13 @@ impl Worker {
         }
     }
 
-    /// Follows the control plane's verdict on the Runs we said we hold.
-    fn apply_verdicts(&self, verdicts: &[pb::InFlightRunVerdict]) {
+    /// Follows the control plane's verdict on the Runs we said we hold,
+    /// resending on `tx` (the new stream, not published yet) what it lacks
+    /// of each: output chunks in seq order, then the terminal report.
+    fn apply_verdicts(&self, verdicts: &[pb::InFlightRunVerdict], tx: &mpsc::UnboundedSender<pb::RunClientMessage>) {
+        let send = |kind| {
+            let _ = tx.send(pb::RunClientMessage { kind: Some(kind) });
+        };
         for v in verdicts {
             let Ok(id) = v.run_id.parse::<RunId>() else { continue };
             let continue_ = v.verdict == i32::from(pb::InFlightVerdict::Continue);
@@ -276,7 +286,7 @@ impl Worker {
             };
             let lease = v.lease;
             for (seq, data) in outputs {
-                self.send(ClientKind::Output(pb::RunOutputChunk {
+                send(ClientKind::Output(pb::RunOutputChunk {
                     run_id: v.run_id.clone(),
                     lease,
                     seq: i64::try_from(seq).unwrap_or(i64::MAX),
@@ -284,7 +294,7 @@ impl Worker {
                 }));
             }
             if let Some(update) = terminal {
-                self.send(ClientKind::Status(update));
+                send(ClientKind::Status(update));
             }
         }
         // Runs the verdicts did not mention were not known to the control

@@ -4,7 +4,7 @@
 //! the Worker's session with a real control plane (`session`), its
 //! graceful drain (`drain`, and `signals` for the binary's SIGTERM), its
 //! config file (`config`), and its side of the protocol against a scripted
-//! control plane (`scripted`: `assignments`).
+//! control plane (`scripted`: `assignments`, `reconnect`).
 
 mod assignments;
 mod cache;
@@ -14,6 +14,7 @@ mod drain;
 mod examples;
 mod hostile;
 mod model;
+mod reconnect;
 mod runtime;
 mod scripted;
 mod session;

@@ -79,6 +79,10 @@ impl Session {
             }
         }
     }
+
+    /// Ends the session from the control plane's side (the Worker sees its
+    /// stream end, and connects again).
+    pub fn end(self) {}
 }
 
 /// What WorkerAccepted carries by default: heartbeats rarely, the control
