@@ -119,8 +119,8 @@ struct Inner {
     /// Agents verified and prepared, with what was verified: checked again
     /// (policy, expiry, rollback floor, name) before every Run.
     agents: Mutex<HashMap<AgentDigest, (Prepared, VerifiedAgent)>>,
-    /// One fetch-verify-compile at a time.
-    /// One fetch-verify-compile at a time per digest.
+    /// One fetch-verify-compile at a time per digest (an entry goes once
+    /// nobody holds or waits for its lock).
     fetching: Mutex<HashMap<AgentDigest, Arc<tokio::sync::Mutex<()>>>>,
     /// The current session's outbound stream, if connected.
     outbound: Mutex<Option<mpsc::UnboundedSender<pb::RunClientMessage>>>,

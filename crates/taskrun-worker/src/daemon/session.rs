@@ -52,6 +52,37 @@ impl Drop for SessionEnd<'_> {
     }
 }
 
+/// A Run's turn to fetch, verify and compile a digest. Dropping it (also
+/// when the Run stops waiting) lets the next Run of that digest go, and
+/// forgets the digest's lock once nobody holds or waits for it.
+struct FetchTurn<'a> {
+    worker: &'a Worker,
+    digest: AgentDigest,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<'a> FetchTurn<'a> {
+    async fn take(worker: &'a Worker, digest: AgentDigest) -> FetchTurn<'a> {
+        let shared = Arc::clone(lock(&worker.0.fetching).entry(digest).or_default());
+        let mut turn = FetchTurn { worker, digest, lock: shared, held: None };
+        turn.held = Some(Arc::clone(&turn.lock).lock_owned().await);
+        turn
+    }
+}
+
+impl Drop for FetchTurn<'_> {
+    fn drop(&mut self) {
+        self.held = None;
+        let mut fetching = lock(&self.worker.0.fetching);
+        // Ours and the map's: nobody else holds or waits for it.
+        if Arc::strong_count(&self.lock) == 2 && fetching.get(&self.digest).is_some_and(|l| Arc::ptr_eq(l, &self.lock))
+        {
+            fetching.remove(&self.digest);
+        }
+    }
+}
+
 /// Resolves once `cancel` is cancelled (checked every 10 ms).
 async fn cancelled(cancel: &CancelToken) {
     while !cancel.is_cancelled() {
@@ -671,8 +702,7 @@ impl Worker {
             return Ok(p);
         }
         // One fetch and compile per digest at a time; other agents' go on.
-        let one_at_a_time = Arc::clone(lock(&self.0.fetching).entry(digest).or_default());
-        let _one_at_a_time = one_at_a_time.lock().await;
+        let _turn = FetchTurn::take(self, digest).await;
         if let Some(p) = self.known_agent(&digest, &expect)? {
             return Ok(p);
         }

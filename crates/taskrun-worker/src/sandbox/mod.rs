@@ -291,9 +291,11 @@ struct Inner {
     fingerprint: String,
     disk: Option<DiskCache>,
     prepared: Mutex<HashMap<AgentDigest, Prepared>>,
-    /// Held while loading or compiling, so a digest is compiled once even
-    /// when several Runs of it arrive together.
-    compiling: Mutex<()>,
+    /// One lock per digest being loaded or compiled, held meanwhile, so a
+    /// digest is compiled once even when several Runs of it arrive
+    /// together, while other digests load and compile alongside. An entry
+    /// goes once nobody holds or waits for its lock.
+    compiling: Mutex<HashMap<AgentDigest, Arc<Mutex<()>>>>,
     counters: Counters,
     _ticker: Ticker,
 }
@@ -418,7 +420,7 @@ impl Sandbox {
             fingerprint,
             disk,
             prepared: Mutex::new(HashMap::new()),
-            compiling: Mutex::new(()),
+            compiling: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             _ticker: ticker,
         })))
@@ -486,7 +488,26 @@ impl Sandbox {
             counters.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(prepared.clone()));
         }
-        let _compiling = self.0.compiling.lock().unwrap_or_else(PoisonError::into_inner);
+        let turn = Arc::clone(self.lock_compiling().entry(*digest).or_default());
+        let result = {
+            let _turn = turn.lock().unwrap_or_else(PoisonError::into_inner);
+            self.load_or_compile(digest, bytes)
+        };
+        let mut compiling = self.lock_compiling();
+        // Ours and the map's: nobody else holds or waits for it.
+        if Arc::strong_count(&turn) == 2 && compiling.get(digest).is_some_and(|t| Arc::ptr_eq(t, &turn)) {
+            compiling.remove(digest);
+        }
+        result
+    }
+
+    fn lock_compiling(&self) -> std::sync::MutexGuard<'_, HashMap<AgentDigest, Arc<Mutex<()>>>> {
+        self.0.compiling.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// [`prepare_inner`](Sandbox::prepare_inner) with the digest's lock held.
+    fn load_or_compile(&self, digest: &AgentDigest, bytes: Option<&[u8]>) -> Result<Option<Prepared>> {
+        let counters = &self.0.counters;
         if let Some(prepared) = self.lock_prepared().get(digest) {
             counters.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(prepared.clone()));
@@ -527,6 +548,7 @@ impl Sandbox {
             (Some(component), _) => component,
             (None, None) => return Ok(None),
             (None, Some(bytes)) => {
+                tracing::debug!("compiling agent");
                 let started = Instant::now();
                 let component = Component::new(&self.0.engine, bytes)
                     .map_err(|e| Error::Compile { digest: *digest, message: format!("{e:#}") })?;

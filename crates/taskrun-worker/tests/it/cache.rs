@@ -124,3 +124,81 @@ fn a_core_module_is_not_an_agent() {
     let error = sandbox().prepare(&AgentDigest::of(&bytes), &bytes).expect_err("not a component");
     assert!(matches!(error, Error::Compile { .. }), "{error}");
 }
+
+/// Holds the thread it runs on at the sandbox's "compiling agent" event
+/// (emitted with the digest's compile lock held) until told to go on.
+struct PauseAtCompile {
+    reached: std::sync::mpsc::Sender<()>,
+    resume: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl tracing::Subscriber for PauseAtCompile {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0 |= field.name() == "message" && format!("{value:?}") == "compiling agent";
+            }
+        }
+        let mut message = Message(false);
+        event.record(&mut message);
+        if message.0 {
+            let _ = self.reached.send(());
+            // Bounded, so that a sandbox that makes the other prepare wait
+            // for this compile fails the test instead of hanging it.
+            let _ = self.resume.lock().expect("resume").recv_timeout(std::time::Duration::from_secs(20));
+        }
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A compile holds up only its own digest: while one agent compiles,
+/// another one the disk cache has is prepared (and runs) at once.
+#[test]
+fn a_compile_does_not_hold_up_other_agents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = bytes(ECHO);
+    let echo_digest = AgentDigest::of(&echo);
+    sandbox_in(dir.path()).prepare(&echo_digest, &echo).expect("prepare echo");
+    let big = bytes(taskrun_agent_artifacts::HOSTILE_OPEN_SOCKET);
+    let big_digest = AgentDigest::of(&big);
+
+    // A restarted Worker: echo is on disk, the big agent nowhere.
+    let sandbox = sandbox_in(dir.path());
+    let (reached, at_compile) = std::sync::mpsc::channel();
+    let (go_on, resume) = std::sync::mpsc::channel();
+    let order = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        let compiling = scope.spawn(|| {
+            let pause = PauseAtCompile { reached, resume: std::sync::Mutex::new(resume) };
+            let prepared = tracing::subscriber::with_default(pause, || sandbox.prepare(&big_digest, &big));
+            order.lock().expect("order").push("compiled");
+            prepared.expect("prepare the big agent")
+        });
+        at_compile.recv_timeout(std::time::Duration::from_secs(20)).expect("the compile began");
+        // The big agent's compile is under way (and paused) here.
+        let prepared = sandbox.prepare(&echo_digest, &echo).expect("prepare echo");
+        order.lock().expect("order").push("echo prepared");
+        let _ = go_on.send(());
+        assert_runs(&sandbox, &prepared);
+        compiling.join().expect("compiling thread");
+    });
+    assert_eq!(*order.lock().expect("order"), ["echo prepared", "compiled"]);
+    let metrics = sandbox.metrics();
+    assert_eq!((metrics.compiles, metrics.cache_loads), (1, 1), "{metrics:?}");
+}
