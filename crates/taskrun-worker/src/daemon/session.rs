@@ -361,7 +361,14 @@ impl Worker {
                         runs.remove(&id);
                         self.0.settled.notify_waiters();
                     }
-                    _ if run.terminal.is_some() => {
+                    // Only an ack of the terminal status itself ends what
+                    // the Worker owes: one of its output, or of an earlier
+                    // status, leaves the final report to be resent.
+                    _ if run
+                        .terminal
+                        .as_ref()
+                        .is_some_and(|t| ack.subject == Some(pb::run_ack::Subject::Status(t.status))) =>
+                    {
                         debug!(run_id = %id, outcome = ?outcome, "terminal report acked");
                         runs.remove(&id);
                         self.0.settled.notify_waiters();

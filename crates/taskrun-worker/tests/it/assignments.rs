@@ -1,6 +1,6 @@
 //! What a Worker does with the assignments a scripted control plane
 //! (`scripted`) sends it: the deadline of a Run whose agent is slow to
-//! arrive, and assignments it refuses.
+//! arrive, assignments it refuses, and the acks it waits for.
 
 use std::time::{Duration, Instant};
 
@@ -112,6 +112,45 @@ async fn refused_assignments_are_reported_failed() {
     assert_eq!(reported, ["run_future"], "the replay is not reported");
     let metrics = worker.metrics();
     assert_eq!((metrics.runs_started, metrics.assignments_refused), (1, 3), "{metrics:?}");
+
+    worker.shut_down();
+    let _ = running.await;
+}
+
+/// A Run's end is forgotten only once the control plane acks its terminal
+/// status: an ack of its output (or of an earlier status) leaves it held,
+/// and its final report is resent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_ack_of_the_terminal_status_forgets_a_run() {
+    let mut scripted = Scripted::start().await;
+    let echo = scripted.serve("echo", artifacts::ECHO);
+    let (worker, running) = scripted.start_worker(scripted.worker_config("w1"));
+    let mut session = scripted.session().await;
+    session.accept(vec![]);
+
+    session.send(Down::Assignment(assignment("run_echo", &echo, "[1]", Duration::from_secs(10))));
+    let done = session.status("run_echo", pb::RunStatus::Completed).await;
+    let ack = |subject| {
+        Down::Ack(pb::RunAck {
+            run_id: "run_echo".into(),
+            lease: 1,
+            subject: Some(subject),
+            outcome: pb::RunAckOutcome::Accepted.into(),
+            reason: String::new(),
+        })
+    };
+    session.send(ack(pb::run_ack::Subject::OutputSeq(done.last_output_seq)));
+    session.send(ack(pb::run_ack::Subject::Status(pb::RunStatus::Running.into())));
+    // Two resends: the acks above were read before the second one at the
+    // latest (resends are 2 s apart).
+    for _ in 0..2 {
+        let again = session.status("run_echo", pb::RunStatus::Completed).await;
+        assert_eq!(again.nonce, done.nonce);
+    }
+    assert_eq!(worker.active_runs().iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["run_echo"]);
+
+    session.send(status_ack(&done));
+    eventually("the run to be forgotten", || worker.active_runs().is_empty()).await;
 
     worker.shut_down();
     let _ = running.await;
