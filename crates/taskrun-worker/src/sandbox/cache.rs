@@ -3,14 +3,18 @@
 //!
 //! Layout: `<dir>/<fingerprint>/<digest hex>.cwasm`, where the fingerprint
 //! hashes wasmtime's compatibility hash (its version and every setting that
-//! shapes compiled code). Each file is `MAGIC`, the SHA-256 of the payload,
-//! then the payload (`Component::serialize` output); files are written to a
-//! temporary name and renamed, and one that fails its checksum is deleted
-//! and recompiled. One that cannot be read at all (no permission, a
-//! directory in its place) is a miss: the agent is compiled again, and the
-//! new file replaces it if it can (else the Worker goes on without caching
-//! that digest). Only the Worker writes there: deserializing is `unsafe`
-//! precisely because it trusts these bytes.
+//! shapes compiled code). Each file is `MAGIC`, the agent's digest, the
+//! engine fingerprint, the SHA-256 of those two and the payload, then the
+//! payload (`Component::serialize` output); files are written to a
+//! temporary name and renamed. One that fails its checksum, or whose header
+//! names another digest or engine (a file copied or renamed into place),
+//! is deleted and recompiled: a file is tied to its agent by its checked
+//! contents, not by its name. One that cannot be read at all (no
+//! permission, a directory in its place) is a miss: the agent is compiled
+//! again, and the new file replaces it if it can (else the Worker goes on
+//! without caching that digest). Only the Worker writes there (the
+//! directories are made, or narrowed, to mode 0700 on Unix): deserializing
+//! is `unsafe` precisely because it trusts these bytes.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -24,8 +28,14 @@ use wasmtime::Engine;
 
 use crate::{Error, Result};
 
-const MAGIC: &[u8; 8] = b"TRCWASM1";
-const HEADER: usize = MAGIC.len() + 32;
+const MAGIC: &[u8; 8] = b"TRCWASM2";
+/// Bytes of the engine fingerprint (hex of 12 bytes).
+const FINGERPRINT: usize = 24;
+/// Where the agent digest, the fingerprint and the checksum start.
+const DIGEST_AT: usize = MAGIC.len();
+const FINGERPRINT_AT: usize = DIGEST_AT + 32;
+const CHECKSUM_AT: usize = FINGERPRINT_AT + FINGERPRINT;
+const HEADER: usize = CHECKSUM_AT + 32;
 
 /// A [`Hasher`] over SHA-256, so the fingerprint is the same in every
 /// process (std's hashers are seeded or unspecified).
@@ -52,6 +62,36 @@ pub(crate) fn engine_fingerprint(engine: &Engine) -> String {
 #[derive(Debug)]
 pub(crate) struct DiskCache {
     dir: PathBuf,
+    fingerprint: String,
+}
+
+/// The checksum a file carries: over the digest and fingerprint in its
+/// header and its payload.
+fn checksum(digest: &[u8], fingerprint: &[u8], payload: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(digest);
+    hasher.update(fingerprint);
+    hasher.update(payload);
+    hasher.finalize().into()
+}
+
+/// Makes `dir` (and its missing parents) with mode 0700, and narrows it to
+/// 0700 if it exists: nobody but the Worker may put compiled code there.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        let mode = fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode != 0o700 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        fs::create_dir_all(dir)
+    }
 }
 
 /// What the cache holds for a digest.
@@ -65,8 +105,13 @@ pub(crate) enum Lookup {
 impl DiskCache {
     pub(crate) fn open(root: &Path, fingerprint: &str) -> Result<DiskCache> {
         let dir = root.join(fingerprint);
-        fs::create_dir_all(&dir).map_err(|source| Error::Cache { path: dir.clone(), source })?;
-        Ok(DiskCache { dir })
+        for dir in [root, &dir] {
+            private_dir(dir).map_err(|source| Error::Cache { path: dir.to_owned(), source })?;
+        }
+        // The fingerprint is hex of a fixed length; anything else would not
+        // fit the header (and no engine makes one).
+        let fingerprint = format!("{fingerprint:0<FINGERPRINT$.FINGERPRINT$}");
+        Ok(DiskCache { dir, fingerprint })
     }
 
     pub(crate) fn path(&self, digest: &AgentDigest) -> PathBuf {
@@ -88,9 +133,20 @@ impl DiskCache {
         };
         let valid = bytes.len() > HEADER
             && &bytes[..MAGIC.len()] == MAGIC
-            && Sha256::digest(&bytes[HEADER..]).as_slice() == &bytes[MAGIC.len()..HEADER];
+            && checksum(&bytes[DIGEST_AT..FINGERPRINT_AT], &bytes[FINGERPRINT_AT..CHECKSUM_AT], &bytes[HEADER..])
+                == bytes[CHECKSUM_AT..HEADER];
         if !valid {
             tracing::warn!(path = %path.display(), "removing corrupt compiled component");
+            self.remove(digest);
+            return Ok(Lookup::Corrupt);
+        }
+        if &bytes[DIGEST_AT..FINGERPRINT_AT] != digest.as_bytes()
+            || &bytes[FINGERPRINT_AT..CHECKSUM_AT] != self.fingerprint.as_bytes()
+        {
+            tracing::warn!(
+                path = %path.display(),
+                "removing a compiled component made for another agent or engine than its name says"
+            );
             self.remove(digest);
             return Ok(Lookup::Corrupt);
         }
@@ -114,7 +170,9 @@ impl DiskCache {
         ));
         let mut file = Vec::with_capacity(HEADER + payload.len());
         file.extend_from_slice(MAGIC);
-        file.extend_from_slice(&Sha256::digest(payload));
+        file.extend_from_slice(digest.as_bytes());
+        file.extend_from_slice(self.fingerprint.as_bytes());
+        file.extend_from_slice(&checksum(digest.as_bytes(), self.fingerprint.as_bytes(), payload));
         file.extend_from_slice(payload);
         let result = fs::write(&tmp, &file).and_then(|()| {
             fs::rename(&tmp, &path).or_else(|e| {

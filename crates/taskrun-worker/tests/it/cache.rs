@@ -202,3 +202,41 @@ fn a_compile_does_not_hold_up_other_agents() {
     let metrics = sandbox.metrics();
     assert_eq!((metrics.compiles, metrics.cache_loads), (1, 1), "{metrics:?}");
 }
+
+/// A cache file is tied to its agent by its checked header, not by its
+/// name: another agent's compiled file copied into its place is refused
+/// and the right agent compiled again. The directories are the Worker's
+/// alone.
+#[test]
+fn another_agents_cache_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = bytes(ECHO);
+    let echo_digest = AgentDigest::of(&echo);
+    let panic = bytes(taskrun_agent_artifacts::HOSTILE_PANIC);
+    let panic_digest = AgentDigest::of(&panic);
+    let first = sandbox_in(dir.path());
+    first.prepare(&echo_digest, &echo).expect("prepare echo");
+    first.prepare(&panic_digest, &panic).expect("prepare panic");
+    let echo_path = first.cache_path(&echo_digest).expect("path");
+    std::fs::copy(first.cache_path(&panic_digest).expect("path"), &echo_path).expect("copy");
+    drop(first);
+
+    let sandbox = sandbox_in(dir.path());
+    let prepared = sandbox.prepare(&echo_digest, &echo).expect("prepare echo");
+    let metrics = sandbox.metrics();
+    assert_eq!((metrics.cache_rejects, metrics.compiles, metrics.cache_loads), (1, 1, 0), "{metrics:?}");
+    assert_runs(&sandbox, &prepared);
+    // The file was replaced by echo's own.
+    let fresh = sandbox_in(dir.path());
+    assert_runs(&fresh, &fresh.prepare(&echo_digest, &echo).expect("prepare echo"));
+    assert_eq!((fresh.metrics().compiles, fresh.metrics().cache_loads), (0, 1));
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [dir.path().to_owned(), echo_path.parent().expect("fingerprint dir").to_owned()] {
+            let mode = std::fs::metadata(&dir).expect("metadata").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
+    }
+}
