@@ -31,6 +31,17 @@ pub fn test_config(store: StoreKind, data_dir: &Path) -> Config {
     }
 }
 
+/// A new key for signing agents, and a trust policy that pins it, saved
+/// as `dir/trust.toml`: (the key, the policy's path).
+pub fn trusted_key(dir: &Path) -> (SigningKey, PathBuf) {
+    let key = SigningKey::generate();
+    let mut policy = TrustPolicy::new();
+    policy.trust(TrustedKey::new(key.public_key())).expect("trust key");
+    let policy_path = dir.join("trust.toml");
+    policy.save(&policy_path).expect("save policy");
+    (key, policy_path)
+}
+
 /// A control plane, the key that signs agents, and Workers.
 #[derive(Debug)]
 pub struct Cluster {
@@ -45,11 +56,7 @@ pub struct Cluster {
 impl Cluster {
     pub async fn start(store: StoreKind) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let key = SigningKey::generate();
-        let mut policy = TrustPolicy::new();
-        policy.trust(TrustedKey::new(key.public_key())).expect("trust key");
-        let policy_path = dir.path().join("trust.toml");
-        policy.save(&policy_path).expect("save policy");
+        let (key, policy_path) = trusted_key(dir.path());
         let config = test_config(store, &dir.path().join("cp"));
         let mut cluster = Cluster { dir, server: None, config, key, policy_path, workers: Vec::new() };
         cluster.start_server().await;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use taskrun_core::{AgentDigest, AgentName, AgentVersion, Clock, SystemClock};
 use taskrun_proto::pb;
-use taskrun_signing::{AgentDetails, SigningKey, TrustPolicy, TrustedKey};
+use taskrun_signing::{AgentDetails, SigningKey};
 use taskrun_worker::{Worker, WorkerConfig};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -218,11 +218,7 @@ impl Scripted {
             }
         });
         let dir = tempfile::tempdir().expect("tempdir");
-        let key = SigningKey::generate();
-        let mut policy = TrustPolicy::new();
-        policy.trust(TrustedKey::new(key.public_key())).expect("trust key");
-        let policy_path = dir.path().join("trust.toml");
-        policy.save(&policy_path).expect("save policy");
+        let (key, policy_path) = taskrun_testkit::trusted_key(dir.path());
         Scripted { addr, dir, key, policy_path, sessions, agents, server }
     }
 
