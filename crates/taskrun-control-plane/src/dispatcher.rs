@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::join_all;
-use taskrun_core::{AgentManifest, AgentRef, Run, Task, TaskId, Timestamp, WorkerState};
+use taskrun_core::{AgentManifest, AgentRef, Run, RunId, Task, TaskId, Timestamp, WorkerId, WorkerState};
 use taskrun_store::Error as StoreError;
 use taskrun_store::logic::start_deadline;
 use tracing::{debug, info, warn};
@@ -198,7 +198,7 @@ impl ControlPlane {
     }
 
     /// Fails the Runs of a Worker that has no session (anymore).
-    pub(crate) async fn worker_vanished(&self, worker: &taskrun_core::WorkerId) {
+    pub(crate) async fn worker_vanished(&self, worker: &WorkerId) {
         // Shutting down clears every session: the Worker did not go
         // anywhere, it will reconnect to the next control plane with its
         // Runs, which must not fail for a routine restart.
@@ -236,6 +236,56 @@ impl ControlPlane {
             if absent || stranded {
                 self.fail_over(&w.info.id, "did not reconnect after the control plane restarted").await;
             }
+        }
+    }
+
+    /// Runs until shutdown, once a heartbeat interval: fails over the Runs
+    /// whose Workers did not report their end by their deadline, and tries
+    /// again the failovers that did not finish.
+    ///
+    /// A Worker enforces a Run's timeout itself; this is for the Worker
+    /// that does not (hung, or its sandbox stuck) yet still heartbeats and
+    /// lists the Run. It is told to stop the Run (CancelRun, under the
+    /// lease it was given), and the Run is retried per its Task's policy.
+    pub(crate) async fn watchdog_loop(self: Arc<Self>) {
+        let every = self.config.workers.heartbeat_interval();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            self.fail_overdue_runs().await;
+            self.retry_failovers().await;
+        }
+    }
+
+    /// Fails over each active Run past its report deadline (see
+    /// `Session::active`).
+    async fn fail_overdue_runs(&self) {
+        let now = self.clock.now();
+        let overdue: Vec<(WorkerId, Vec<RunId>)> = self
+            .sessions()
+            .iter()
+            .filter_map(|(worker, session)| {
+                let runs: Vec<RunId> =
+                    session.active.iter().filter(|(_, due)| **due <= now).map(|(run, _)| run.clone()).collect();
+                (!runs.is_empty()).then(|| (worker.clone(), runs))
+            })
+            .collect();
+        let grace = self.config.workers.heartbeat_timeout_ms;
+        for (worker, runs) in overdue {
+            let reason =
+                format!("worker {worker} did not report the end of the run within its run timeout and {grace} ms more");
+            self.fail_missing_runs(&worker, &runs, &reason).await;
+        }
+    }
+
+    /// Fails over again the Workers whose failover did not finish.
+    async fn retry_failovers(&self) {
+        let unsettled: Vec<(WorkerId, String)> = self.unsettled().drain().collect();
+        for (worker, reason) in unsettled {
+            info!(worker_id = %worker, "failing over a lost worker's runs again");
+            self.fail_over(&worker, &reason).await;
         }
     }
 

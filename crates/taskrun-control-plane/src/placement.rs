@@ -166,7 +166,7 @@ impl ControlPlane {
             let mut sessions = self.sessions();
             let sent = match sessions.get_mut(worker) {
                 Some(s) => {
-                    s.active.insert(run.id.clone());
+                    s.active.insert(run.id.clone(), deadline.saturating_add(self.config.workers.heartbeat_timeout()));
                     s.send(pb::run_server_message::Kind::Assignment(assignment))
                 }
                 None => false,

@@ -16,9 +16,11 @@
 //! keeps the Worker's record as it was, so a restarted Worker takes Runs
 //! again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use taskrun_core::{RunId, RunOutcome, Worker, WorkerId, WorkerInfo, WorkerState};
@@ -58,6 +60,7 @@ impl pb::run_service_server::RunService for RunApi {
         };
         let info = WorkerInfo::try_from(hello.info.ok_or(InvalidMessage::Missing("hello.info".into()))?)
             .map_err(|e| Status::from(e.under("hello.info")))?;
+        cp.check_clock(&info.id, hello.sent_at_unix_ms)?;
         let draining = hello
             .draining
             .map(DrainNotice::try_from)
@@ -166,7 +169,7 @@ async fn lane(cp: Arc<ControlPlane>, worker: WorkerId, mut rx: mpsc::UnboundedRe
         if let Err(status) = cp.handle(&worker, msg).await {
             warn!(worker_id = %worker, error = %status.message(), "worker message refused");
         }
-        let held = run_id.is_some_and(|id| cp.sessions().get(&worker).is_some_and(|s| s.active.contains(&id)));
+        let held = run_id.is_some_and(|id| cp.sessions().get(&worker).is_some_and(|s| s.active.contains_key(&id)));
         if terminal || !held {
             rx.close();
         }
@@ -231,7 +234,7 @@ impl ControlPlane {
                     tx,
                     info: Arc::new(info),
                     state: WorkerState::Draining,
-                    active: HashSet::new(),
+                    active: HashMap::new(),
                     unlisted: HashMap::new(),
                     reserved,
                     counts_from,
@@ -259,6 +262,13 @@ impl ControlPlane {
             }
         };
         let listed: HashMap<&str, i64> = in_flight.iter().map(|r| (r.run_id.as_str(), r.lease)).collect();
+        // The Runs it still holds, each with when it must have ended.
+        let mut adopted = HashMap::new();
+        for run in &held {
+            if i64::try_from(run.lease).ok().is_some_and(|lease| listed.get(run.id.as_str()) == Some(&lease)) {
+                adopted.insert(run.id.clone(), self.report_deadline(run).await);
+            }
+        }
         let (active, missing) = {
             let mut sessions = self.sessions();
             // Only shutdown removes a session while we hold the Worker's turn.
@@ -267,13 +277,15 @@ impl ControlPlane {
             };
             let mut missing = Vec::new();
             for run in held {
-                let lease = i64::try_from(run.lease).ok();
-                if session.active.contains(&run.id) {
+                match session.active.entry(run.id) {
                     // Delivered down this stream after the session went in.
-                } else if lease.is_some() && listed.get(run.id.as_str()) == lease.as_ref() {
-                    session.active.insert(run.id);
-                } else {
-                    missing.push(run.id);
+                    Entry::Occupied(_) => {}
+                    Entry::Vacant(slot) => match adopted.remove(slot.key()) {
+                        Some(deadline) => {
+                            slot.insert(deadline);
+                        }
+                        None => missing.push(slot.into_key()),
+                    },
                 }
             }
             match &draining {
@@ -318,9 +330,9 @@ impl ControlPlane {
             let mut sessions = self.sessions();
             let Some(session) = sessions.get_mut(worker) else { return };
             let Session { active, unlisted, .. } = session;
-            unlisted.retain(|id, _| active.contains(id) && !listed.contains_key(id.as_str()));
+            unlisted.retain(|id, _| active.contains_key(id) && !listed.contains_key(id.as_str()));
             let mut missing = Vec::new();
-            for id in active.iter().filter(|id| !listed.contains_key(id.as_str())) {
+            for id in active.keys().filter(|id| !listed.contains_key(id.as_str())) {
                 let since = *unlisted.entry(id.clone()).or_insert(now);
                 if now.0.saturating_sub(since.0) >= timeout {
                     missing.push(id.clone());
@@ -329,7 +341,7 @@ impl ControlPlane {
             let unknown: Vec<(RunId, i64)> = listed
                 .iter()
                 .filter_map(|(&id, &lease)| Some((id.parse::<RunId>().ok()?, lease)))
-                .filter(|(id, _)| !active.contains(id))
+                .filter(|(id, _)| !active.contains_key(id))
                 .collect();
             (missing, unknown)
         };
@@ -342,10 +354,11 @@ impl ControlPlane {
                 Ok(run) if run.worker_id.as_ref() == Some(worker) && i64::try_from(run.lease).ok() == Some(lease) => {
                     // Its own: ended, and waiting in the Worker's list for
                     // the ack; or active, and so this session's.
-                    if run.status.is_active()
-                        && let Some(session) = self.sessions().get_mut(worker)
-                    {
-                        session.active.insert(id.clone());
+                    if run.status.is_active() {
+                        let deadline = self.report_deadline(&run).await;
+                        if let Some(session) = self.sessions().get_mut(worker) {
+                            session.active.entry(id.clone()).or_insert(deadline);
+                        }
                     }
                     false
                 }
@@ -366,10 +379,25 @@ impl ControlPlane {
         }
     }
 
-    /// Fails over the Runs the store says `worker` holds but the Worker
-    /// does not have (its hello or its heartbeats left them out).
-    async fn fail_missing_runs(&self, worker: &WorkerId, missing: &[RunId], reason: &str) {
-        warn!(worker_id = %worker, runs = missing.len(), reason, "failing over runs the worker does not have");
+    /// When the Worker must have reported the end of `run`, a Run it held
+    /// before this session: the Run's deadline (its assignment and its
+    /// Task's run timeout) and a heartbeat timeout more, for the report.
+    async fn report_deadline(&self, run: &taskrun_core::Run) -> taskrun_core::Timestamp {
+        let timeout = match self.store.get_task(&run.task_id).await {
+            Ok(task) => task.spec.limits.run_timeout_ms,
+            Err(_) => taskrun_core::TaskLimits::MAX_RUN_TIMEOUT_MS,
+        };
+        run.assigned_at
+            .unwrap_or_else(|| self.clock.now())
+            .saturating_add(Duration::from_millis(timeout))
+            .saturating_add(self.config.workers.heartbeat_timeout())
+    }
+
+    /// Fails over Runs the store says `worker` holds that the Worker does
+    /// not have (its hello or its heartbeats left them out), or did not
+    /// end in time.
+    pub(crate) async fn fail_missing_runs(&self, worker: &WorkerId, missing: &[RunId], reason: &str) {
+        warn!(worker_id = %worker, runs = missing.len(), reason, "failing runs over");
         let failed = match self.store.fail_runs(worker, missing, reason, self.clock.now()).await {
             Ok(failed) => failed,
             Err(e) => {
@@ -382,7 +410,7 @@ impl ControlPlane {
             // (a placement that raced the reconnect): stop it there, under
             // the lease the Worker was given (failing it moved the lease
             // on by one, which fences the Worker's reports).
-            let delivered = self.sessions().get_mut(worker).is_some_and(|s| s.active.remove(&change.run.id));
+            let delivered = self.sessions().get_mut(worker).is_some_and(|s| s.active.remove(&change.run.id).is_some());
             if delivered {
                 let mut given = change.run.clone();
                 given.lease = given.lease.saturating_sub(1);
@@ -435,10 +463,13 @@ impl ControlPlane {
         }
     }
 
-    /// The highest output seq stored for a Run (0 = none).
+    /// How far a Run's stored output goes without a gap: every chunk up to
+    /// this seq is stored (0 = none). The Worker resends what follows it, so
+    /// a chunk lost before a later one was stored is sent again (a later
+    /// chunk it resends is a duplicate, and changes nothing).
     async fn last_output_seq(&self, task: &taskrun_core::TaskId, run: &RunId) -> u64 {
         let mut after = 0;
-        let mut last = 0;
+        let mut seqs = Vec::new();
         while let Ok(events) = self.store.events_since(task, after, 1000).await {
             let Some(tail) = events.last() else { break };
             after = tail.seq;
@@ -446,17 +477,41 @@ impl ControlPlane {
                 if let taskrun_core::TaskEventKind::Output(chunk) = &e.kind
                     && &chunk.run_id == run
                 {
-                    last = last.max(chunk.seq);
+                    seqs.push(chunk.seq);
                 }
             }
         }
-        last
+        gap_free_end(seqs)
+    }
+
+    /// Refuses a Worker whose clock is further from ours than the allowed
+    /// skew. It would refuse every assignment (their times are checked
+    /// against its clock) and each refusal would use up an attempt of a
+    /// Task: better that it is not given any, and hears why.
+    fn check_clock(&self, worker: &WorkerId, sent_at_unix_ms: i64) -> Result<(), Status> {
+        if sent_at_unix_ms <= 0 {
+            return Err(Status::invalid_argument(
+                "hello.sent_at_unix_ms: required: the worker's clock (unix ms) when it sent the hello",
+            ));
+        }
+        let offset_ms = sent_at_unix_ms.saturating_sub(self.clock.now().as_millis());
+        let allowed = self.config.workers.max_clock_skew_ms;
+        if offset_ms.unsigned_abs() <= allowed {
+            return Ok(());
+        }
+        let side = if offset_ms > 0 { "ahead of" } else { "behind" };
+        warn!(worker_id = %worker, offset_ms, max_clock_skew_ms = allowed, "worker refused: its clock is off");
+        Err(Status::failed_precondition(format!(
+            "worker {worker}: its clock is {} ms {side} the control plane's, beyond the allowed skew \
+             (workers.max_clock_skew_ms = {allowed}); synchronise the clocks (NTP) and it can connect",
+            offset_ms.unsigned_abs()
+        )))
     }
 
     /// Whether `run` is assigned to `worker`: its session's active Runs
     /// first, the store for the rest (an unknown Run is nobody's).
     async fn runs_on(&self, worker: &WorkerId, run: &RunId) -> Result<bool, Status> {
-        if self.sessions().get(worker).is_some_and(|s| s.active.contains(run)) {
+        if self.sessions().get(worker).is_some_and(|s| s.active.contains_key(run)) {
             return Ok(true);
         }
         match self.store.get_run(run).await {
@@ -708,10 +763,26 @@ impl ControlPlane {
     /// Runs (a Run that could not be failed) is failed over again there too.
     async fn fail_over_now(&self, worker: &WorkerId, reason: &str) {
         warn!(worker_id = %worker, reason, "worker lost");
-        match self.store.fail_runs_of_worker(worker, &format!("worker {worker} lost: {reason}"), self.clock.now()).await
+        let settled = match self
+            .store
+            .fail_runs_of_worker(worker, &format!("worker {worker} lost: {reason}"), self.clock.now())
+            .await
         {
-            Ok(failed) => self.settle_failed(worker, failed),
-            Err(e) => warn!(worker_id = %worker, error = %e, "could not fail the runs of a lost worker"),
+            Ok(failed) => {
+                let settled = failed.errors.is_empty();
+                self.settle_failed(worker, failed);
+                settled
+            }
+            Err(e) => {
+                warn!(worker_id = %worker, error = %e, "could not fail the runs of a lost worker");
+                false
+            }
+        };
+        if settled {
+            self.unsettled().remove(worker);
+        } else {
+            // The watchdog tries again (ControlPlane::retry_failovers).
+            self.unsettled().insert(worker.clone(), reason.to_owned());
         }
         self.mark_lost(worker).await;
     }
@@ -736,6 +807,20 @@ impl ControlPlane {
     }
 }
 
+/// The end of the run of seqs 1, 2, 3, … in `seqs` (0 if 1 is missing).
+fn gap_free_end(mut seqs: Vec<u64>) -> u64 {
+    seqs.sort_unstable();
+    let mut end = 0;
+    for seq in seqs {
+        if seq == end + 1 {
+            end = seq;
+        } else if seq > end + 1 {
+            break;
+        }
+    }
+    end
+}
+
 /// The answer to a Worker's drain notice: no new Runs will come; Runs
 /// still going at its own deadline are stopped (by the Worker).
 fn drain_answer(notice: &DrainNotice) -> pb::Drain {
@@ -754,4 +839,23 @@ fn ack(run_id: &str, lease: i64, status: i32, outcome: pb::RunAckOutcome, reason
         outcome: outcome.into(),
         reason,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gap_free_end;
+
+    #[test]
+    fn output_is_acked_up_to_its_first_gap() {
+        for (seqs, end) in [
+            (vec![], 0),
+            (vec![2, 3], 0),
+            (vec![1], 1),
+            (vec![3, 1, 2], 3),
+            (vec![1, 2, 4, 5], 2),
+            (vec![1, 1, 2, 2], 2),
+        ] {
+            assert_eq!(gap_free_end(seqs.clone()), end, "{seqs:?}");
+        }
+    }
 }

@@ -115,6 +115,7 @@ impl Server {
         let control_plane = ControlPlane::new(store, clock, config, verifier);
         tokio::spawn(Arc::clone(&control_plane).scheduler_loop());
         tokio::spawn(Arc::clone(&control_plane).reap_absent_workers());
+        tokio::spawn(Arc::clone(&control_plane).watchdog_loop());
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<pb::task_service_server::TaskServiceServer<TaskApi>>().await;

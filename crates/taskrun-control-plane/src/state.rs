@@ -1,7 +1,7 @@
 //! The control plane's shared state: the store, the connected Workers'
 //! sessions, the scheduler's wake-up and the WatchTask subscriptions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -24,8 +24,10 @@ pub(crate) struct Session {
     pub tx: Outbound,
     pub info: Arc<WorkerInfo>,
     pub state: WorkerState,
-    /// Runs this Worker holds (ASSIGNED or RUNNING).
-    pub active: HashSet<RunId>,
+    /// Runs this Worker holds (ASSIGNED or RUNNING), each with the time by
+    /// which the Worker must have reported its end: the Run's deadline and
+    /// a heartbeat timeout more (see `ControlPlane::watchdog_loop`).
+    pub active: HashMap<RunId, Timestamp>,
     /// Runs of `active` its heartbeats have left out, since when (see
     /// `ControlPlane::on_heartbeat`).
     pub unlisted: HashMap<RunId, Timestamp>,
@@ -96,6 +98,9 @@ pub struct ControlPlane {
     pub(crate) waiting: AtomicUsize,
     pub(crate) placed_at_creation: AtomicU64,
     pub(crate) placed_by_scheduler: AtomicU64,
+    /// Workers whose failover did not finish (a store error), with why they
+    /// were lost: the watchdog tries again until it does.
+    unsettled: Mutex<HashMap<WorkerId, String>>,
     /// Set when the control plane shuts down: streams end, loops stop.
     pub(crate) shutdown: CancellationToken,
 }
@@ -121,6 +126,7 @@ impl ControlPlane {
             waiting: AtomicUsize::new(0),
             placed_at_creation: AtomicU64::new(0),
             placed_by_scheduler: AtomicU64::new(0),
+            unsettled: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
         })
     }
@@ -133,6 +139,10 @@ impl ControlPlane {
         // A panic while holding the lock cannot leave a session half-updated
         // in a way that matters more than losing the whole map would.
         self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn unsettled(&self) -> MutexGuard<'_, HashMap<WorkerId, String>> {
+        self.unsettled.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Waits for `worker`'s turn to register or to be handled as lost, so

@@ -9,7 +9,7 @@ use taskrun_core::{TaskStatus, WorkerId, WorkerState};
 use taskrun_proto::pb;
 use taskrun_testkit::{Cluster, spec, status_of, wait_for};
 
-use crate::fencing::{RawWorker, completed, keep_alive};
+use crate::fencing::{RawWorker, completed, keep_alive, now_ms};
 
 use pb::run_client_message::Kind as Up;
 use pb::run_server_message::Kind as Down;
@@ -27,7 +27,7 @@ fn notice() -> pb::WorkerDraining {
 
 fn hello(id: &str, draining: Option<pb::WorkerDraining>) -> pb::WorkerHello {
     let info = pb::WorkerInfo { worker_id: id.into(), slots: 4, version: "raw".into(), ..Default::default() };
-    pb::WorkerHello { info: Some(info), in_flight: Vec::new(), sent_at_unix_ms: 0, draining }
+    pb::WorkerHello { info: Some(info), in_flight: Vec::new(), sent_at_unix_ms: now_ms(), draining }
 }
 
 async fn next_drain(worker: &mut RawWorker) -> pb::Drain {

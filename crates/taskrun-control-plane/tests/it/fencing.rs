@@ -44,6 +44,11 @@ pub(crate) fn keep_alive(worker: &RawWorker) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// This machine's clock, as a hello carries it.
+pub(crate) fn now_ms() -> i64 {
+    taskrun_core::Clock::now(&taskrun_core::SystemClock).as_millis()
+}
+
 pub(crate) struct RawWorker {
     pub(crate) tx: mpsc::UnboundedSender<pb::RunClientMessage>,
     pub(crate) rx: tonic::Streaming<pb::RunServerMessage>,
@@ -66,7 +71,7 @@ impl RawWorker {
         in_flight: Vec<pb::InFlightRun>,
     ) -> (RawWorker, pb::WorkerAccepted) {
         let info = pb::WorkerInfo { worker_id: id.into(), slots, version: "raw".into(), ..Default::default() };
-        let hello = pb::WorkerHello { info: Some(info), in_flight, sent_at_unix_ms: 0, draining: None };
+        let hello = pb::WorkerHello { info: Some(info), in_flight, sent_at_unix_ms: now_ms(), draining: None };
         RawWorker::connect_hello(cluster, hello).await.expect("connect")
     }
 
@@ -128,6 +133,14 @@ impl RawWorker {
         loop {
             if let Down::Ack(a) = self.next().await {
                 return a;
+            }
+        }
+    }
+
+    pub(crate) async fn next_cancel(&mut self) -> pb::CancelRun {
+        loop {
+            if let Down::Cancel(cancel) = self.next().await {
+                return cancel;
             }
         }
     }
@@ -516,33 +529,37 @@ async fn heartbeats_are_held_against_the_runs_the_worker_was_given() {
     let dropped = worker.next_assignment().await;
     worker.held.lock().expect("held").remove(&dropped.run_id);
 
-    // Told to stop it, under the lease it was given, then given the retry.
-    let cancel = loop {
-        if let Down::Cancel(cancel) = worker.next().await {
-            break cancel;
-        }
-    };
-    assert_eq!((cancel.run_id.as_str(), cancel.lease), (dropped.run_id.as_str(), dropped.lease));
-    let retry = worker.next_assignment().await;
-    assert_eq!((retry.task_id.as_str(), retry.attempt), (task_id.as_str(), 2));
-    let got = cluster.get(&task_id).await;
-    assert_eq!(got.runs[0].status, i32::from(pb::RunStatus::Failed), "{got:#?}");
-    let error = got.runs[0].error.clone().unwrap_or_default();
-    assert!(error.contains("no longer lists the run in its heartbeats"), "{error}");
+    let retry = failed_over(&cluster, &mut worker, &dropped, "no longer lists the run in its heartbeats").await;
 
     // It lists the Run that failed over as if it still ran it: told to
     // stop, under the lease it lists. The retry goes on.
     worker.held.lock().expect("held").insert(dropped.run_id.clone(), dropped.lease);
-    let cancel = loop {
-        if let Down::Cancel(cancel) = worker.next().await {
-            break cancel;
-        }
-    };
+    let cancel = worker.next_cancel().await;
     assert_eq!((cancel.run_id.as_str(), cancel.lease), (dropped.run_id.as_str(), dropped.lease));
     worker.send(completed(&retry, r#""done""#));
     assert_eq!(worker.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
     let got = cluster.wait_terminal(&task_id, Duration::from_secs(10)).await;
     assert_eq!(status_of(&got), TaskStatus::Completed, "{got:#?}");
+}
+
+/// The control plane took `given` from `worker`: the Worker is told to
+/// stop it, under the lease it was given; the Run FAILED, saying `why`;
+/// and the retry comes to the Worker. Returns the retry.
+async fn failed_over(
+    cluster: &Cluster,
+    worker: &mut RawWorker,
+    given: &pb::RunAssignment,
+    why: &str,
+) -> pb::RunAssignment {
+    let cancel = worker.next_cancel().await;
+    assert_eq!((cancel.run_id.as_str(), cancel.lease), (given.run_id.as_str(), given.lease));
+    let retry = worker.next_assignment().await;
+    assert_eq!((retry.task_id.as_str(), retry.attempt), (given.task_id.as_str(), 2));
+    let got = cluster.get(&given.task_id).await;
+    assert_eq!(got.runs[0].status, i32::from(pb::RunStatus::Failed), "{got:#?}");
+    let error = got.runs[0].error.clone().unwrap_or_default();
+    assert!(error.contains(why), "{error}");
+    retry
 }
 
 /// A RUNNING report sent twice is refused the second time, and the Run
@@ -577,4 +594,77 @@ async fn a_repeated_running_report_keeps_the_runs_slot() {
     worker.send(completed(&a, "1"));
     assert_eq!(worker.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
     assert_eq!(worker.next_assignment().await.task_id, second);
+}
+
+/// A Run its Worker neither ends nor drops — the Worker heartbeats and
+/// lists it, but its sandbox is stuck — fails over once its run timeout
+/// and a heartbeat timeout have passed: the Worker is told to stop it,
+/// under the lease it was given, and the Task's retry goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_its_worker_does_not_end_in_time_fails_over() {
+    let cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    let mut s = spec("echo", "{}");
+    s.retry = Some(pb::RetryPolicy { max_attempts: Some(2), initial_backoff_ms: Some(0), max_backoff_ms: Some(0) });
+    s.limits = Some(pb::TaskLimits { run_timeout_ms: Some(300), ..Default::default() });
+    let task_id = cluster.create(s).await;
+    let mut worker = RawWorker::connect(&cluster, "stuck").await;
+    let _beats = keep_alive(&worker);
+    let stuck = worker.next_assignment().await;
+    let given = std::time::Instant::now();
+    worker.send(Up::Status(pb::RunStatusUpdate {
+        run_id: stuck.run_id.clone(),
+        lease: stuck.lease,
+        status: pb::RunStatus::Running.into(),
+        nonce: format!("nonce-{}", uuid::Uuid::now_v7()),
+        ..Default::default()
+    }));
+
+    let retry =
+        failed_over(&cluster, &mut worker, &stuck, "did not report the end of the run within its run timeout").await;
+    // Not before the run timeout (300 ms) and the heartbeat timeout
+    // (600 ms) had passed since the assignment was sent.
+    let waited = given.elapsed();
+    assert!(waited >= Duration::from_millis(850), "stopped after {waited:?}");
+
+    // Its late completion of the first attempt is fenced; the retry's counts.
+    worker.send(completed(&stuck, r#""late""#));
+    assert_eq!(worker.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Fenced));
+    worker.send(completed(&retry, r#""done""#));
+    assert_eq!(worker.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
+    let got = cluster.wait_terminal(&task_id, Duration::from_secs(10)).await;
+    assert_eq!(status_of(&got), TaskStatus::Completed, "{got:#?}");
+    assert_eq!(got.task.and_then(|t| t.result_json).as_deref(), Some(r#""done""#));
+}
+
+/// A Worker whose clock is off by more than the allowed skew is refused
+/// at its hello, with what to fix, and is not registered: it would refuse
+/// every assignment, using up the attempts of the Tasks placed on it. One
+/// within the skew connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_clock_is_off_is_refused() {
+    let cluster = Cluster::start(StoreKind::Memory).await;
+    let cp = Arc::clone(cluster.server.as_ref().expect("server").control_plane());
+    let hello = |id: &str, sent_at_unix_ms: i64| {
+        let info = pb::WorkerInfo { worker_id: id.into(), slots: 1, version: "raw".into(), ..Default::default() };
+        pb::WorkerHello { info: Some(info), in_flight: vec![], sent_at_unix_ms, draining: None }
+    };
+    for (sent_at, code, says) in [
+        (now_ms() - 60_000, tonic::Code::FailedPrecondition, "ms behind the control plane's"),
+        (now_ms() + 60_000, tonic::Code::FailedPrecondition, "ms ahead of the control plane's"),
+        (0, tonic::Code::InvalidArgument, "hello.sent_at_unix_ms: required"),
+    ] {
+        let refused = RawWorker::connect_hello(&cluster, hello("skewed", sent_at)).await.err().expect("refused");
+        assert_eq!(refused.code(), code, "{refused:?}");
+        assert!(refused.message().contains(says), "{}", refused.message());
+    }
+    let skewed: taskrun_core::WorkerId = "skewed".parse().expect("worker id");
+    assert!(cp.store().get_worker(&skewed).await.is_err_and(|e| e.is_not_found()));
+    assert!(cp.connected_workers().is_empty());
+
+    // 5 s off, within the 30 s allowed.
+    let (_worker, accepted) =
+        RawWorker::connect_hello(&cluster, hello("close", now_ms() + 5_000)).await.expect("connect");
+    assert_eq!(accepted.worker_id, "close");
+    assert_eq!(cp.connected_workers(), vec!["close".parse().expect("worker id")]);
 }

@@ -118,3 +118,76 @@ async fn a_restarted_worker_with_an_empty_hello_gets_its_run_retried() {
     assert_eq!(cp.store().get_worker(&id).await.expect("worker").state, WorkerState::Connected);
     drop(old);
 }
+
+/// A Worker reconnecting is told how far its Run's stored output goes
+/// without a gap, not the highest chunk stored: a chunk lost before a
+/// later one arrived is resent, and the output is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_resends_output_from_its_first_gap() {
+    let cluster = Cluster::start(StoreKind::Sled).await;
+    cluster.publish("echo", "1.0.0", artifacts::ECHO).await;
+    let cp = std::sync::Arc::clone(cluster.server.as_ref().expect("server").control_plane());
+    let task_id = cluster.create(spec("echo", "{}")).await;
+    let (mut old, _) = RawWorker::connect_with(&cluster, "w", 1, vec![]).await;
+    keep_alive(&old);
+    let a = old.next_assignment().await;
+    // Chunk 3 is lost on the way.
+    for (seq, data) in [(1, "a"), (2, "b"), (4, "d")] {
+        old.send(pb::run_client_message::Kind::Output(pb::RunOutputChunk {
+            run_id: a.run_id.clone(),
+            lease: a.lease,
+            seq,
+            data: data.into(),
+        }));
+    }
+    let task: taskrun_core::TaskId = task_id.parse().expect("task id");
+    let output_events = || async {
+        let events = cp.store().events_since(&task, 0, 100).await.expect("events");
+        events.iter().filter(|e| matches!(e.kind, taskrun_core::TaskEventKind::Output(_))).count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while output_events().await < 3 {
+        assert!(std::time::Instant::now() < deadline, "the three chunks were not stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let held = pb::InFlightRun {
+        run_id: a.run_id.clone(),
+        lease: a.lease,
+        status: pb::RunStatus::Assigned.into(),
+        last_output_seq: 4,
+    };
+    let (mut new, accepted) = RawWorker::connect_with(&cluster, "w", 1, vec![held]).await;
+    keep_alive(&new);
+    drop(old);
+    assert_eq!(accepted.in_flight.len(), 1, "{accepted:?}");
+    assert_eq!(accepted.in_flight[0].verdict, i32::from(pb::InFlightVerdict::Continue), "{accepted:?}");
+    assert_eq!(accepted.in_flight[0].output_seq_acked, 2, "{accepted:?}");
+
+    // It resends 3 and 4 (4 is a duplicate) and ends the Run.
+    for (seq, data) in [(3, "c"), (4, "d")] {
+        new.send(pb::run_client_message::Kind::Output(pb::RunOutputChunk {
+            run_id: a.run_id.clone(),
+            lease: a.lease,
+            seq,
+            data: data.into(),
+        }));
+    }
+    new.send(completed(&a, r#""done""#));
+    assert_eq!(new.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
+    let got = cluster.wait_terminal(&task_id, Duration::from_secs(10)).await;
+    assert_eq!(status_of(&got), TaskStatus::Completed, "{got:#?}");
+    let mut seqs: Vec<u64> = cp
+        .store()
+        .events_since(&task, 0, 100)
+        .await
+        .expect("events")
+        .iter()
+        .filter_map(|e| match &e.kind {
+            taskrun_core::TaskEventKind::Output(chunk) => Some(chunk.seq),
+            _ => None,
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+}
