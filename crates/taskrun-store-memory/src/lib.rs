@@ -116,17 +116,18 @@ impl Inner {
 #[async_trait]
 impl TaskStore for MemoryStore {
     async fn create_task(&self, task: Task) -> Result<CreateOutcome<Task>> {
+        // Checked first: a bad Task is InvalidArgument even as a repeat.
+        let (agg, touched) = TaskAggregate::create(task)?;
         let mut inner = self.lock();
-        if let Some(key) = &task.spec.idempotency_key
+        if let Some(key) = &agg.task.spec.idempotency_key
             && let Some(existing) = inner.idempotency.get(key)
         {
             let existing = inner.aggregate(existing)?.task.clone();
-            return logic::idempotent_repeat(existing, &task);
+            return logic::idempotent_repeat(existing, &agg.task);
         }
-        if inner.tasks.contains_key(&task.id) {
-            return Err(Error::AlreadyExists { kind: "task", id: task.id.to_string() });
+        if inner.tasks.contains_key(&agg.task.id) {
+            return Err(Error::AlreadyExists { kind: "task", id: agg.task.id.to_string() });
         }
-        let (agg, touched) = TaskAggregate::create(task)?;
         if let Some(key) = &agg.task.spec.idempotency_key {
             inner.idempotency.insert(key.clone(), agg.task.id.clone());
         }
@@ -141,17 +142,17 @@ impl TaskStore for MemoryStore {
         worker: &WorkerId,
         on_applied: OnApplied<'_>,
     ) -> Result<CreateOutcome<(Task, Option<RunChange>)>> {
+        let (agg, touched, change) = TaskAggregate::create_assigned(task, worker)?;
         let mut inner = self.lock();
-        if let Some(key) = &task.spec.idempotency_key
+        if let Some(key) = &agg.task.spec.idempotency_key
             && let Some(existing) = inner.idempotency.get(key)
         {
             let existing = inner.aggregate(existing)?.task.clone();
-            return Ok(logic::idempotent_repeat(existing, &task)?.map(|t| (t, None)));
+            return Ok(logic::idempotent_repeat(existing, &agg.task)?.map(|t| (t, None)));
         }
-        if inner.tasks.contains_key(&task.id) {
-            return Err(Error::AlreadyExists { kind: "task", id: task.id.to_string() });
+        if inner.tasks.contains_key(&agg.task.id) {
+            return Err(Error::AlreadyExists { kind: "task", id: agg.task.id.to_string() });
         }
-        let (agg, touched, change) = TaskAggregate::create_assigned(task, worker)?;
         if let Some(key) = &agg.task.spec.idempotency_key {
             inner.idempotency.insert(key.clone(), agg.task.id.clone());
         }

@@ -328,11 +328,25 @@ where
     store.create_task(task.clone()).await.unwrap();
     let mut again = task.clone();
     again.spec.input = json("[1]");
-    let err = store.create_task(again).await.unwrap_err();
+    let err = store.create_task(again.clone()).await.unwrap_err();
     assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+    // Bad and a repeat (of an id, of an idempotency key): bad wins, in
+    // every store.
+    again.spec.fan_out = 0;
+    let err = store.create_task(again).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    let mut keyed = spec("echo");
+    keyed.idempotency_key = Some("kept".into());
+    let first = new_task(keyed.clone(), T0);
+    store.create_task(first.clone()).await.unwrap();
+    let mut bad_repeat = new_task(keyed, T0);
+    bad_repeat.spec.fan_out = 0;
+    let err = store.create_task(bad_repeat).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    assert_eq!(store.get_task(&first.id).await.unwrap(), first);
     assert_eq!(store.get_task(&task.id).await.unwrap(), task);
     let all = store.list_tasks(&TaskFilter::default(), &PageRequest::default()).await.unwrap();
-    assert_eq!(all.items, vec![task]);
+    assert_eq!(all.items, vec![first, task]);
 }
 
 pub async fn idempotency_same_key_same_spec<F, Fut>(make: F)
