@@ -121,7 +121,7 @@ async fn session_loop(
             Some(ClientKind::Status(u)) => u.run_id.clone(),
             Some(ClientKind::Output(c)) => c.run_id.clone(),
             _ => {
-                if let Err(status) = cp.handle(&worker, msg).await {
+                if let Err(status) = cp.handle(&worker, generation, msg).await {
                     warn!(worker_id = %worker, error = %status.message(), "worker message refused");
                 }
                 continue;
@@ -138,7 +138,7 @@ async fn session_loop(
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(msg);
-        tokio::spawn(lane(Arc::clone(&cp), worker.clone(), rx));
+        tokio::spawn(lane(Arc::clone(&cp), worker.clone(), generation, rx));
         lanes.insert(run_id, tx);
         since_sweep += 1;
         if since_sweep >= 256 {
@@ -152,7 +152,12 @@ async fn session_loop(
 /// Handles one Run's reports in order; ends after its terminal report, or
 /// after a report on a Run this Worker does not hold (refused, or late):
 /// reports on Runs that are not its own must not keep lanes open.
-async fn lane(cp: Arc<ControlPlane>, worker: WorkerId, mut rx: mpsc::UnboundedReceiver<pb::RunClientMessage>) {
+async fn lane(
+    cp: Arc<ControlPlane>,
+    worker: WorkerId,
+    generation: u64,
+    mut rx: mpsc::UnboundedReceiver<pb::RunClientMessage>,
+) {
     while let Some(msg) = rx.recv().await {
         let run_id = match &msg.kind {
             Some(ClientKind::Status(u)) => u.run_id.parse::<RunId>().ok(),
@@ -166,7 +171,7 @@ async fn lane(cp: Arc<ControlPlane>, worker: WorkerId, mut rx: mpsc::UnboundedRe
                 pb::RunStatus::Completed | pb::RunStatus::Failed | pb::RunStatus::Cancelled
             ))
         );
-        if let Err(status) = cp.handle(&worker, msg).await {
+        if let Err(status) = cp.handle(&worker, generation, msg).await {
             warn!(worker_id = %worker, error = %status.message(), "worker message refused");
         }
         let held = run_id.is_some_and(|id| cp.sessions().get(&worker).is_some_and(|s| s.active.contains_key(&id)));
@@ -322,13 +327,13 @@ impl ControlPlane {
     /// have left before the assignment arrived.) A Run it lists that is no
     /// longer its own (failed over, or given to another Worker) is stopped
     /// with CancelRun, under the lease it lists.
-    async fn on_heartbeat(&self, worker: &WorkerId, runs: &[pb::RunLease]) {
+    async fn on_heartbeat(&self, worker: &WorkerId, generation: u64, runs: &[pb::RunLease]) {
         let listed: HashMap<&str, i64> = runs.iter().map(|r| (r.run_id.as_str(), r.lease)).collect();
         let now = self.clock.now();
         let timeout = i64::try_from(self.config.workers.heartbeat_timeout_ms).unwrap_or(i64::MAX);
         let (missing, unknown) = {
             let mut sessions = self.sessions();
-            let Some(session) = sessions.get_mut(worker) else { return };
+            let Some(session) = sessions.get_mut(worker).filter(|s| s.generation == generation) else { return };
             let Session { active, unlisted, .. } = session;
             unlisted.retain(|id, _| active.contains_key(id) && !listed.contains_key(id.as_str()));
             let mut missing = Vec::new();
@@ -356,7 +361,7 @@ impl ControlPlane {
                     // the ack; or active, and so this session's.
                     if run.status.is_active() {
                         let deadline = self.report_deadline(&run).await;
-                        if let Some(session) = self.sessions().get_mut(worker) {
+                        if let Some(session) = self.sessions().get_mut(worker).filter(|s| s.generation == generation) {
                             session.active.entry(id.clone()).or_insert(deadline);
                         }
                     }
@@ -530,17 +535,20 @@ impl ControlPlane {
         self.sessions().get(worker).is_some_and(|s| s.send(kind))
     }
 
-    async fn handle(&self, worker: &WorkerId, msg: pb::RunClientMessage) -> Result<(), Status> {
+    /// Handles a message that came on the Worker's connection `generation`.
+    /// What it says of the session (heartbeats, a drain) is dropped once a
+    /// newer connection has replaced that one.
+    async fn handle(&self, worker: &WorkerId, generation: u64, msg: pb::RunClientMessage) -> Result<(), Status> {
         match msg.kind {
             None => Err(InvalidMessage::Missing("kind".into()).into()),
             Some(ClientKind::Hello(_)) => Err(Status::failed_precondition("hello sent twice on one stream")),
             Some(ClientKind::Heartbeat(hb)) => {
                 debug!(worker_id = %worker, free_slots = hb.free_slots, runs = hb.active_runs.len(), "heartbeat");
-                self.on_heartbeat(worker, &hb.active_runs).await;
+                self.on_heartbeat(worker, generation, &hb.active_runs).await;
                 Ok(())
             }
             Some(ClientKind::Ack(_)) => Ok(()),
-            Some(ClientKind::Draining(notice)) => self.on_draining(worker, DrainNotice::try_from(notice)?),
+            Some(ClientKind::Draining(notice)) => self.on_draining(worker, generation, DrainNotice::try_from(notice)?),
             Some(ClientKind::Output(chunk)) => self.on_output(worker, chunk).await,
             Some(ClientKind::Status(update)) => self.on_status(worker, update).await,
         }
@@ -564,9 +572,9 @@ impl ControlPlane {
 
     /// The Worker is shutting down: it gets no new Runs, and Drain once no
     /// placement on it is under way.
-    fn on_draining(&self, worker: &WorkerId, notice: DrainNotice) -> Result<(), Status> {
+    fn on_draining(&self, worker: &WorkerId, generation: u64, notice: DrainNotice) -> Result<(), Status> {
         let mut sessions = self.sessions();
-        let Some(session) = sessions.get_mut(worker) else { return Ok(()) };
+        let Some(session) = sessions.get_mut(worker).filter(|s| s.generation == generation) else { return Ok(()) };
         if session.state != WorkerState::Draining {
             info!(
                 worker_id = %worker,

@@ -366,6 +366,9 @@ struct Shared {
     committer: CommitHandle,
     batches: AtomicU64,
     submissions: AtomicU64,
+    /// Tests: the next batch fails, as a failing disk would fail it.
+    #[cfg(test)]
+    fail_next_batch: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -398,6 +401,8 @@ impl Applier {
             committer,
             batches: AtomicU64::new(0),
             submissions: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next_batch: std::sync::atomic::AtomicBool::new(false),
         });
         let thread = std::thread::Builder::new()
             .name("taskrun-store-apply".into())
@@ -443,6 +448,12 @@ impl Applier {
     pub(crate) fn stats(&self) -> (u64, u64) {
         (self.shared.batches.load(Ordering::Relaxed), self.shared.submissions.load(Ordering::Relaxed))
     }
+
+    /// Tests: makes the next batch fail.
+    #[cfg(test)]
+    pub(crate) fn fail_next_batch(&self) {
+        self.shared.fail_next_batch.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Applier {
@@ -474,7 +485,7 @@ fn run(shared: &Shared, t: &Trees) {
         // Nothing is acknowledged after a failed flush, so nothing is
         // applied: a call that returns an error has changed nothing.
         if let Some(error) = shared.committer.failed() {
-            let error = format!("an earlier flush failed, the store takes no more changes: {error}");
+            let error = format!("the store takes no more changes: {error}");
             for submission in submissions {
                 submission.deliver(Err(&error));
             }
@@ -500,6 +511,13 @@ fn run(shared: &Shared, t: &Trees) {
             submission.outcome = Some(submission.apply(&t.tasks, &mut batch, &versions));
         }
         let changed = batch.changed;
+        #[cfg(test)]
+        let result = if shared.fail_next_batch.swap(false, Ordering::SeqCst) {
+            Err(sled::Error::Unsupported("injected batch failure".into()))
+        } else {
+            t.tasks.apply_batch(batch.writes)
+        };
+        #[cfg(not(test))]
         let result = t.tasks.apply_batch(batch.writes);
         shared.batches.fetch_add(1, Ordering::Relaxed);
         shared.submissions.fetch_add(submissions.len() as u64, Ordering::Relaxed);
@@ -529,8 +547,16 @@ fn run(shared: &Shared, t: &Trees) {
                 );
             }
             Err(e) => {
-                let error = e.to_string();
-                tracing::error!(error = %error, submissions = submissions.len(), "writing a batch failed");
+                let error = format!("writing a batch failed: {e}");
+                tracing::error!(
+                    error = %error,
+                    submissions = submissions.len(),
+                    "the store takes no more changes"
+                );
+                // sled may hold part of the batch in memory (its log
+                // recovers a batch whole or not at all): nothing more may
+                // be applied on top of that, as after a failed flush.
+                shared.committer.stop_changes(&error);
                 for submission in submissions {
                     submission.deliver(Err(&error));
                 }
@@ -598,6 +624,32 @@ mod tests {
         let err = store.upsert_worker(record).await.unwrap_err();
         assert!(err.to_string().contains("takes no more changes"), "{err}");
         assert_eq!(store.get_worker(&worker).await.map_err(|e| e.to_string()), stored.map_err(|e| e.to_string()));
+    }
+
+    /// A batch that could not be written may be half in sled's memory:
+    /// its callers get the error, and from then on the store takes no
+    /// change, so nothing builds on the half. What was applied before it
+    /// is flushed and stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_failed_batch_nothing_is_applied() {
+        let store = SledStore::temporary(StoreConfig::default()).unwrap();
+        let worker: WorkerId = "worker-1".parse().unwrap();
+        let created = store.create_task(task()).await.unwrap().into_inner();
+        let run = store.list_runs(&created.id).await.unwrap().remove(0);
+
+        store.applier.fail_next_batch();
+        let err = store.assign_run(&run.id, &worker, run.lease, T0).await.unwrap_err();
+        assert!(err.to_string().contains("writing a batch failed: "), "{err}");
+        assert!(err.to_string().contains("injected batch failure"), "{err}");
+        // Before, the next batch was written on top of it.
+        let err = store.create_task(task()).await.unwrap_err();
+        assert!(err.to_string().contains("the store takes no more changes: writing a batch failed"), "{err}");
+        let err = store.cancel_task(&created.id, "x", T0).await.unwrap_err();
+        assert!(err.to_string().contains("takes no more changes"), "{err}");
+        assert_eq!(store.get_run(&run.id).await.unwrap().status, RunStatus::Pending);
+        assert_eq!(store.get_task(&created.id).await.unwrap(), created);
+        let all = store.list_tasks(&Default::default(), &Default::default()).await.unwrap();
+        assert_eq!(all.items, vec![created]);
     }
 
     /// A refusal rests on what is on disk. Here the change it rests on was

@@ -31,7 +31,8 @@ struct State {
     /// Counted like the acks they stand for, for the stats.
     writes: u64,
     shutdown: bool,
-    /// Set for good once a flush failed: nothing is acknowledged after it.
+    /// Set for good once a flush failed (nothing is acknowledged after it)
+    /// or a batch could not be written (nothing is applied after it).
     failed: Option<String>,
 }
 
@@ -134,10 +135,17 @@ impl Committer {
 }
 
 impl CommitHandle {
-    /// Why a flush failed, once one has: from then on nothing is
-    /// acknowledged, so nothing may be applied.
+    /// Why the store takes no more changes, once it does not: a flush
+    /// failed (from then on nothing is acknowledged, so nothing may be
+    /// applied) or a batch could not be written.
     pub(crate) fn failed(&self) -> Option<String> {
         self.shared.lock().failed.clone()
+    }
+
+    /// Stops the store taking changes, as a failed flush does. What was
+    /// applied before still gets its flush.
+    pub(crate) fn stop_changes(&self, error: &str) {
+        self.shared.lock().failed.get_or_insert_with(|| error.to_owned());
     }
 
     /// Delivers `ack` after the next flush; `writes` is how many writes it
@@ -192,7 +200,7 @@ fn run(shared: &Shared, db: &sled::Db) {
             }
             Err(error) => {
                 tracing::error!(error = %error, "sled flush failed; the store acknowledges no write from now on");
-                shared.lock().failed = Some(error.clone());
+                shared.lock().failed = Some(format!("a flush failed: {error}"));
                 for ack in acks {
                     ack(Err(&error));
                 }

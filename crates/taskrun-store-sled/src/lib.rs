@@ -256,9 +256,7 @@ impl SledStore {
     fn writable(&self) -> Result<()> {
         match self.committer.handle().failed() {
             None => Ok(()),
-            Some(error) => {
-                Err(Error::storage(format!("an earlier flush failed, the store takes no more changes: {error}")))
-            }
+            Some(error) => Err(Error::storage(format!("the store takes no more changes: {error}"))),
         }
     }
 
@@ -803,7 +801,7 @@ impl AgentStore for SledStore {
     }
 
     async fn get_agent(&self, name: &AgentName, version: Option<AgentVersion>) -> Result<StoredAgent> {
-        self.catalog().get(name, version).cloned().ok_or_else(|| {
+        self.catalog().get(name, version)?.cloned().ok_or_else(|| {
             Error::not_found(
                 "agent",
                 match version {

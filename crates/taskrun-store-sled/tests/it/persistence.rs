@@ -7,7 +7,9 @@ use taskrun_core::{
     AgentDigest, AgentManifest, AgentRef, Json, RunOutcome, RunStatus, Task, TaskEventKind, TaskId, TaskSpec,
     TaskStatus, Timestamp, WorkerId,
 };
-use taskrun_store::{AppendOutcome, CreateOutcome, Error, PageRequest, Store, StoreConfig, TaskFilter, TaskStore};
+use taskrun_store::{
+    AgentStore, AppendOutcome, CreateOutcome, Error, PageRequest, Store, StoreConfig, TaskFilter, TaskStore,
+};
 use taskrun_store_sled::SledStore;
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
@@ -142,6 +144,55 @@ async fn corrupt_records_are_errors_not_panics() {
 /// (beside the Run in the state record, whose Run layout predates both):
 /// after reopening, the Runs still say so and the Task's status still
 /// follows from its Runs.
+/// A damaged agent record does not stop the store opening. That build is
+/// a Corrupt error, and so is the latest of its name (never the build
+/// before it, silently); the other builds are served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_agent_record_is_an_error_not_a_dead_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let build = |name: &str, version: &str| {
+        let component = format!("\0asm {name} {version}").into_bytes();
+        let manifest = AgentManifest {
+            name: name.parse().unwrap(),
+            version: version.parse().unwrap(),
+            digest: AgentDigest::of(&component),
+            size: component.len() as u64,
+            wit_world: taskrun_core::WIT_WORLD.into(),
+            signer: "key-1".into(),
+            published_at: T0,
+        };
+        (manifest, component)
+    };
+    let builds = [build("echo", "1.0.0"), build("echo", "1.1.0"), build("chat", "2.0.0")];
+    {
+        let store = SledStore::open(dir.path(), StoreConfig::default()).unwrap();
+        for (manifest, component) in &builds {
+            store.put_agent(manifest.clone(), b"env".to_vec(), component.clone()).await.unwrap();
+        }
+    }
+    {
+        // An `agents` key is the name, a 0 byte and the version's three
+        // numbers (u32, big-endian).
+        let db = taskrun_store_sled::open_raw(dir.path()).unwrap();
+        let key = [b"echo\0".as_slice(), &1u32.to_be_bytes(), &1u32.to_be_bytes(), &0u32.to_be_bytes()].concat();
+        let agents = db.open_tree("agents").unwrap();
+        assert!(agents.insert(key, &b"\xff\xff"[..]).unwrap().is_some(), "the key names echo 1.1.0");
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(dir.path(), StoreConfig::default()).unwrap();
+    let echo = "echo".parse().unwrap();
+    for version in [None, Some("1.1.0".parse().unwrap())] {
+        let err = store.get_agent(&echo, version).await.unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{version:?}: {err}");
+        assert!(err.to_string().contains("echo@1.1.0"), "{err}");
+    }
+    let older = store.get_agent(&echo, Some("1.0.0".parse().unwrap())).await.unwrap();
+    assert_eq!(older.manifest, builds[0].0);
+    assert_eq!(store.get_agent(&"chat".parse().unwrap(), None).await.unwrap().manifest, builds[2].0);
+    let listed: Vec<AgentManifest> = store.list_agents().await.unwrap();
+    assert_eq!(listed, vec![builds[2].0.clone(), builds[0].0.clone()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_flags_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
