@@ -175,6 +175,15 @@ impl Config {
                 "workers.heartbeat_timeout_ms must be greater than workers.heartbeat_interval_ms (> 0)".to_owned(),
             ));
         }
+        // Workers allow no less than a second either way; a smaller window
+        // would refuse Workers whose clocks are fine.
+        if w.max_clock_skew_ms < 1000 {
+            return Err(Error::Config(format!(
+                "workers.max_clock_skew_ms must be at least 1000 (is {}): clocks kept by NTP still differ by \
+                 milliseconds, and a hello takes time to arrive",
+                w.max_clock_skew_ms
+            )));
+        }
         for (key, value) in [
             ("limits.max_input_bytes", self.limits.max_input_bytes as u64),
             ("limits.max_output_bytes_per_run", self.limits.max_output_bytes_per_run),
@@ -208,6 +217,10 @@ mod tests {
             (
                 "[transport]\ninsecure = true\n[workers]\nheartbeat_interval_ms = 500\nheartbeat_timeout_ms = 500",
                 "workers.heartbeat_timeout_ms must be greater than workers.heartbeat_interval_ms",
+            ),
+            (
+                "[transport]\ninsecure = true\n[workers]\nmax_clock_skew_ms = 0",
+                "workers.max_clock_skew_ms must be at least 1000 (is 0)",
             ),
             (
                 "[transport]\ninsecure = true\n[limits]\nmax_input_bytes = 0",

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use taskrun_core::{RunId, RunOutcome, Worker, WorkerId, WorkerInfo, WorkerState};
+use taskrun_core::{RunId, RunOutcome, Timestamp, Worker, WorkerId, WorkerInfo, WorkerState};
 use taskrun_proto::{DrainNotice, InvalidMessage, RunOutputReport, RunProgress, RunStatusReport, pb};
 use taskrun_store::{AppendOutcome, Error as StoreError};
 use tokio::sync::mpsc;
@@ -387,29 +387,43 @@ impl ControlPlane {
     /// When the Worker must have reported the end of `run`, a Run it held
     /// before this session: the Run's deadline (its assignment and its
     /// Task's run timeout) and a heartbeat timeout more, for the report.
-    async fn report_deadline(&self, run: &taskrun_core::Run) -> taskrun_core::Timestamp {
+    /// A deadline that passed while the Worker was away (a control-plane
+    /// restart, a long partition) counts from now instead: the report of a
+    /// Run that ended meanwhile is on its way, resent after the hello.
+    async fn report_deadline(&self, run: &taskrun_core::Run) -> Timestamp {
         let timeout = match self.store.get_task(&run.task_id).await {
             Ok(task) => task.spec.limits.run_timeout_ms,
             Err(_) => taskrun_core::TaskLimits::MAX_RUN_TIMEOUT_MS,
         };
-        run.assigned_at
-            .unwrap_or_else(|| self.clock.now())
-            .saturating_add(Duration::from_millis(timeout))
-            .saturating_add(self.config.workers.heartbeat_timeout())
+        let now = self.clock.now();
+        let deadline = run.assigned_at.unwrap_or(now).saturating_add(Duration::from_millis(timeout));
+        deadline.max(now).saturating_add(self.config.workers.heartbeat_timeout())
     }
 
     /// Fails over Runs the store says `worker` holds that the Worker does
     /// not have (its hello or its heartbeats left them out), or did not
     /// end in time.
+    ///
+    /// A Run skipped (it ended, or moved on, since) is no longer the
+    /// Worker's. One the store could not fail stays the Worker's and is
+    /// tried again: by the watchdog when it is overdue, at the next
+    /// heartbeat that leaves it out otherwise.
     pub(crate) async fn fail_missing_runs(&self, worker: &WorkerId, missing: &[RunId], reason: &str) {
         warn!(worker_id = %worker, runs = missing.len(), reason, "failing runs over");
         let failed = match self.store.fail_runs(worker, missing, reason, self.clock.now()).await {
             Ok(failed) => failed,
             Err(e) => {
-                warn!(worker_id = %worker, error = %e, "could not fail the runs a reconnected worker lacks");
+                warn!(worker_id = %worker, error = %e, "could not fail runs over; they are tried again");
+                self.retry_missing_runs(worker, missing);
                 return;
             }
         };
+        let retry: Vec<RunId> = failed
+            .errors
+            .iter()
+            .filter(|(_, e)| matches!(e, StoreError::Storage(_)))
+            .map(|(id, _)| id.clone())
+            .collect();
         for change in &failed.changes {
             // Such a Run may yet have been delivered down the new stream
             // (a placement that raced the reconnect): stop it there, under
@@ -422,7 +436,30 @@ impl ControlPlane {
                 self.cancel_on_workers(std::slice::from_ref(&given), reason);
             }
         }
+        if let Some(session) = self.sessions().get_mut(worker) {
+            for id in missing.iter().filter(|id| !retry.contains(id)) {
+                session.active.remove(id);
+            }
+        }
+        self.retry_missing_runs(worker, &retry);
         self.settle_failed(worker, failed);
+    }
+
+    /// Keeps `retry` in the Worker's session to be failed over again. A
+    /// Run the session does not hold yet (its hello left it out) counts as
+    /// left out of heartbeats for long: the next heartbeat fails it over
+    /// again.
+    fn retry_missing_runs(&self, worker: &WorkerId, retry: &[RunId]) {
+        let now = self.clock.now();
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get_mut(worker) else { return };
+        for id in retry {
+            if let Entry::Vacant(slot) = session.active.entry(id.clone()) {
+                let far = now.saturating_add(Duration::from_millis(taskrun_core::TaskLimits::MAX_RUN_TIMEOUT_MS));
+                slot.insert(far);
+                session.unlisted.insert(id.clone(), Timestamp::ZERO);
+            }
+        }
     }
 
     /// The answer to a hello: settings and a verdict per in-flight Run.
@@ -777,7 +814,9 @@ impl ControlPlane {
             .await
         {
             Ok(failed) => {
-                let settled = failed.errors.is_empty();
+                // A Run that cannot be failed for another reason (a
+                // damaged record) would fail the same way again.
+                let settled = !failed.errors.iter().any(|(_, e)| matches!(e, StoreError::Storage(_)));
                 self.settle_failed(worker, failed);
                 settled
             }

@@ -6,7 +6,8 @@
 //! A build whose record is damaged does not stop the store opening: it is
 //! left out, and asking for it (or for the latest version of its name,
 //! when it would be that) is a Corrupt error, never an older build in
-//! its place.
+//! its place — as long as its key still names it (a damaged key leaves
+//! the build unknown). Looked up by digest, a damaged build is not found.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;

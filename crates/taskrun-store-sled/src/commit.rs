@@ -200,7 +200,7 @@ fn run(shared: &Shared, db: &sled::Db) {
             }
             Err(error) => {
                 tracing::error!(error = %error, "sled flush failed; the store acknowledges no write from now on");
-                shared.lock().failed = Some(format!("a flush failed: {error}"));
+                shared.lock().failed.get_or_insert_with(|| format!("a flush failed: {error}"));
                 for ack in acks {
                     ack(Err(&error));
                 }

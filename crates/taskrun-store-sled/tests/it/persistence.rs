@@ -140,10 +140,6 @@ async fn corrupt_records_are_errors_not_panics() {
     assert_eq!(store.pending_runs(T0, 10).await.unwrap().len(), 1);
 }
 
-/// Whether a Run failed permanently or was interrupted is kept with it
-/// (beside the Run in the state record, whose Run layout predates both):
-/// after reopening, the Runs still say so and the Task's status still
-/// follows from its Runs.
 /// A damaged agent record does not stop the store opening. That build is
 /// a Corrupt error, and so is the latest of its name (never the build
 /// before it, silently); the other builds are served as before.
@@ -193,6 +189,10 @@ async fn a_damaged_agent_record_is_an_error_not_a_dead_store() {
     assert_eq!(listed, vec![builds[2].0.clone(), builds[0].0.clone()]);
 }
 
+/// Whether a Run failed permanently or was interrupted is kept with it
+/// (beside the Run in the state record, whose Run layout predates both):
+/// after reopening, the Runs still say so and the Task's status still
+/// follows from its Runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_flags_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
