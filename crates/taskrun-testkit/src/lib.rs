@@ -12,6 +12,7 @@ use taskrun_control_plane::{Config, Server};
 use taskrun_core::{AgentName, AgentVersion, SystemClock, TaskStatus, WorkerId};
 use taskrun_proto::pb;
 use taskrun_signing::{AgentDetails, SigningKey, TrustPolicy, TrustedKey, Verifier};
+use taskrun_store::Store;
 use taskrun_worker::{Worker, WorkerConfig};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -55,20 +56,36 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(store: StoreKind) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (key, policy_path) = trusted_key(dir.path());
-        let config = test_config(store, &dir.path().join("cp"));
-        let mut cluster = Cluster { dir, server: None, config, key, policy_path, workers: Vec::new() };
+        let mut cluster = Cluster::new(store);
         cluster.start_server().await;
         cluster
     }
 
+    /// A cluster whose control plane keeps its state in `store` (a
+    /// memory store wrapped to inject faults, say).
+    pub async fn start_on(store: Arc<dyn Store>) -> Cluster {
+        let mut cluster = Cluster::new(StoreKind::Memory);
+        cluster.start_server_on(store).await;
+        cluster
+    }
+
+    fn new(store: StoreKind) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (key, policy_path) = trusted_key(dir.path());
+        let config = test_config(store, &dir.path().join("cp"));
+        Cluster { dir, server: None, config, key, policy_path, workers: Vec::new() }
+    }
+
     /// (Re)starts the control plane on the configured address.
     pub async fn start_server(&mut self) {
+        let store = taskrun_control_plane::server::open_store(&self.config).expect("open store");
+        self.start_server_on(store).await;
+    }
+
+    async fn start_server_on(&mut self, store: Arc<dyn Store>) {
         let clock = Arc::new(SystemClock);
         let policy = TrustPolicy::load(&self.policy_path).expect("load policy");
         let verifier = Arc::new(Verifier::new(policy, clock.clone()).with_rollback_protection(false));
-        let store = taskrun_control_plane::server::open_store(&self.config).expect("open store");
         let server = Server::start_with(self.config.clone(), store, clock, Some(verifier)).await.expect("start server");
         // Restarts come back on the same port, where the Workers look.
         self.config.listen = server.addr();

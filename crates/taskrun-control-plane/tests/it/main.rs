@@ -3,6 +3,7 @@ mod config;
 mod drain;
 mod e2e;
 mod edges;
+mod faults;
 mod fencing;
 mod reconnect;
 mod replay;
