@@ -193,6 +193,19 @@ impl AgentStore for Faulty {
     }
 }
 
+/// `first` failed over, saying `why`: its retry comes to `worker`, which
+/// completes it, and the Task completes.
+async fn retried(cluster: &Cluster, worker: &mut RawWorker, first: &pb::RunAssignment, why: &str) {
+    let retry = worker.next_assignment().await;
+    assert_eq!((retry.task_id.as_str(), retry.attempt), (first.task_id.as_str(), 2));
+    assert_ne!(first.run_id, retry.run_id);
+    let got = cluster.get(&first.task_id).await;
+    let error = got.runs[0].error.clone().unwrap_or_default();
+    assert!(error.contains(why), "{error}");
+    worker.send(completed(&retry, "\"again\""));
+    assert_eq!(worker.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
+}
+
 fn retried_once() -> Option<pb::RetryPolicy> {
     Some(pb::RetryPolicy { max_attempts: Some(2), initial_backoff_ms: Some(0), max_backoff_ms: Some(0) })
 }
@@ -213,21 +226,15 @@ async fn a_lost_workers_failover_the_store_refused_is_tried_again() {
     let task_id = cluster.create(s).await;
     let mut lost = RawWorker::connect(&cluster, "gone").await;
     let given = lost.next_assignment().await;
+    assert_eq!(given.task_id, task_id);
 
     store.refuse_fail_runs_of_worker.store(1, Ordering::SeqCst);
     let mut other = RawWorker::connect(&cluster, "other").await;
     let _beats = keep_alive(&other);
     drop(lost);
 
-    let retry = other.next_assignment().await;
-    assert_eq!((retry.task_id.as_str(), retry.attempt), (task_id.as_str(), 2));
+    retried(&cluster, &mut other, &given, "worker gone lost").await;
     assert_eq!(store.refuse_fail_runs_of_worker.load(Ordering::SeqCst), 0, "the refusal was not met");
-    let got = cluster.get(&task_id).await;
-    let error = got.runs[0].error.clone().unwrap_or_default();
-    assert!(error.contains("worker gone lost"), "{error}");
-    assert_ne!(given.run_id, retry.run_id);
-    other.send(completed(&retry, "\"again\""));
-    assert_eq!(other.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
 }
 
 /// A Worker reconnects without a Run the store says it holds, and the
@@ -243,19 +250,13 @@ async fn a_run_a_hello_left_out_is_failed_over_when_the_store_lets_it() {
     let task_id = cluster.create(s).await;
     let (mut old, _) = RawWorker::connect_with(&cluster, "w", 1, vec![]).await;
     let lost = old.next_assignment().await;
+    assert_eq!(lost.task_id, task_id);
 
     store.refuse_fail_runs.store(1, Ordering::SeqCst);
     // The process restarted: its hello holds nothing.
     let (mut new, _) = RawWorker::connect_with(&cluster, "w", 1, vec![]).await;
     let _beats = keep_alive(&new);
     drop(old);
-    let retry = new.next_assignment().await;
-    assert_eq!((retry.task_id.as_str(), retry.attempt), (task_id.as_str(), 2));
+    retried(&cluster, &mut new, &lost, "no longer lists the run in its heartbeats").await;
     assert_eq!(store.refuse_fail_runs.load(Ordering::SeqCst), 0, "the refusal was not met");
-    let got = cluster.get(&task_id).await;
-    let error = got.runs[0].error.clone().unwrap_or_default();
-    assert!(error.contains("no longer lists the run in its heartbeats"), "{error}");
-    assert_ne!(lost.run_id, retry.run_id);
-    new.send(completed(&retry, "\"again\""));
-    assert_eq!(new.next_ack().await.outcome, i32::from(pb::RunAckOutcome::Accepted));
 }
